@@ -1,0 +1,9 @@
+//! sipnotify-agent: captures Genesys SIP NOTIFYs with an XDP program and delivers their
+//! `X-Genesys-CallUUID` to the WebRTC bridge.
+//!
+//! The pipeline is `capture → sip → dedup → queue → sink`; see `docs/ARCHITECTURE.md`.
+//! The binary (`src/main.rs`) is a thin shell over this library so every stage can be tested
+//! without root.
+
+pub mod event;
+pub mod sip;

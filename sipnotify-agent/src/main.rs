@@ -1,0 +1,2 @@
+//! The `sipnotify-agent` binary.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Zero-copy SIP NOTIFY parser (see issue 3).

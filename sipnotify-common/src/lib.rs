@@ -1,0 +1,240 @@
+//! The contract between the XDP program and the agent.
+//!
+//! Everything that crosses the kernel/userspace boundary is defined here once: the ring-buffer
+//! record header, the configuration the agent writes before attaching, the counter indices and
+//! the map names. The header walk in [`net`] is shared too, so the offline `replay` command
+//! reads packets exactly the way the XDP program does.
+//!
+//! Every type is `#[repr(C)]` with explicit padding and a compile-time size check, so a change
+//! of layout fails the build on both sides instead of corrupting records at run time.
+#![no_std]
+#![deny(missing_docs)]
+
+pub mod net;
+
+use core::mem::{align_of, size_of};
+
+/// Name of the `BPF_MAP_TYPE_RINGBUF` map carrying captured NOTIFYs.
+pub const EVENTS_MAP: &str = "SIP_EVENTS";
+/// Name of the one-entry array holding [`SipConfig`].
+pub const CONFIG_MAP: &str = "SIP_CONFIG";
+/// Name of the per-CPU array of `u64` counters indexed by [`Counter`].
+pub const STATS_MAP: &str = "SIP_STATS";
+/// Name of the per-CPU scratch array the program assembles records in.
+pub const SCRATCH_MAP: &str = "SIP_SCRATCH";
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "sipnotify_xdp";
+
+/// Largest UDP payload copied into a record. A jumbo frame (MTU 9000) carries at most 8972
+/// bytes of UDP payload over IPv4; longer payloads are cut here and flagged [`FLAG_TRUNCATED`].
+pub const MAX_PAYLOAD: usize = 9216;
+
+/// Most ports the agent may watch at once (the contract in the CLI, not a limit of the bitmap).
+pub const MAX_PORTS: usize = 16;
+
+/// Default ring-buffer size: 16 MiB holds about 25 000 600-byte NOTIFYs, i.e. tens of
+/// milliseconds at 1 M/s, far more than the agent's 1 ms poll interval needs.
+pub const DEFAULT_RING_BYTES: u32 = 16 * 1024 * 1024;
+
+/// The payload starts with this (RFC 3261 method names are case-sensitive).
+pub const NOTIFY_PREFIX: &[u8; 7] = b"NOTIFY ";
+
+/// The record carries fewer bytes than the UDP payload had.
+pub const FLAG_TRUNCATED: u16 = 1 << 0;
+/// The frame carried at least one 802.1Q/802.1ad tag.
+pub const FLAG_VLAN: u16 = 1 << 1;
+/// The frame is the first fragment of a fragmented IP datagram; the rest never reaches XDP as
+/// one piece, so the payload is incomplete.
+pub const FLAG_FIRST_FRAGMENT: u16 = 1 << 2;
+/// The frame carried two VLAN tags (QinQ).
+pub const FLAG_QINQ: u16 = 1 << 3;
+
+/// Header of every ring-buffer record; the UDP payload bytes follow it directly.
+///
+/// Addresses are stored as 16 bytes: an IPv4 address occupies the first four and the rest are
+/// zero. Ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// `bpf_ktime_get_ns()` at capture (CLOCK_MONOTONIC).
+    pub timestamp_ns: u64,
+    /// Interface index the frame arrived on.
+    pub ifindex: u32,
+    /// UDP payload length according to the UDP header (what the sender sent).
+    pub payload_len: u32,
+    /// Number of payload bytes following this header in the record.
+    pub captured_len: u32,
+    /// `FLAG_*` bits.
+    pub flags: u16,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// Explicit padding; always zero.
+    pub _pad0: u8,
+    /// Source address (IPv4 in the first four bytes).
+    pub src_addr: [u8; 16],
+    /// Destination address (IPv4 in the first four bytes).
+    pub dst_addr: [u8; 16],
+    /// UDP source port.
+    pub src_port: u16,
+    /// UDP destination port.
+    pub dst_port: u16,
+    /// TCI of the outermost VLAN tag, zero when untagged.
+    pub vlan_tci: u16,
+    /// Explicit padding; always zero.
+    pub _pad1: [u8; 2],
+}
+
+/// Size of [`EventHeader`] in bytes.
+pub const EVENT_HEADER_LEN: usize = size_of::<EventHeader>();
+const _: () = assert!(EVENT_HEADER_LEN == 64);
+const _: () = assert!(align_of::<EventHeader>() == 8);
+
+/// The per-CPU buffer a record is assembled in before `bpf_ringbuf_output` copies exactly
+/// `EVENT_HEADER_LEN + captured_len` bytes of it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EventBuffer {
+    /// The record header.
+    pub header: EventHeader,
+    /// Payload bytes; only the first `header.captured_len` are meaningful.
+    pub payload: [u8; MAX_PAYLOAD],
+}
+const _: () = assert!(size_of::<EventBuffer>() == EVENT_HEADER_LEN + MAX_PAYLOAD);
+// Per-CPU array values are limited to 32 KiB (PCPU_MIN_UNIT_SIZE).
+const _: () = assert!(size_of::<EventBuffer>() <= 32 * 1024);
+
+/// Configuration written by the agent into [`CONFIG_MAP`] before the program is attached.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SipConfig {
+    /// Force a reader wake-up once this many bytes are pending in the ring buffer; below it
+    /// records are submitted with `BPF_RB_NO_WAKEUP` and the agent's poll timer collects them.
+    pub wakeup_bytes: u64,
+    /// Bit `p` set means UDP destination port `p` is watched: one array lookup and a bit test,
+    /// instead of a hash lookup per packet.
+    pub port_bitmap: [u64; 1024],
+}
+const _: () = assert!(size_of::<SipConfig>() == 8 + 8192);
+
+impl SipConfig {
+    /// A configuration watching no port.
+    pub const fn empty() -> Self {
+        Self {
+            wakeup_bytes: 0,
+            port_bitmap: [0; 1024],
+        }
+    }
+
+    /// Adds `port` to the watched set.
+    pub fn watch(&mut self, port: u16) {
+        self.port_bitmap[usize::from(port >> 6)] |= 1 << (port & 63);
+    }
+
+    /// Whether `port` is watched.
+    #[inline(always)]
+    pub fn is_watched(&self, port: u16) -> bool {
+        self.port_bitmap[usize::from(port >> 6)] & (1 << (port & 63)) != 0
+    }
+}
+
+/// Indices into [`STATS_MAP`]. Every way a packet leaves the program is counted once.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Every frame the program saw.
+    PacketsSeen = 0,
+    /// UDP datagrams (or first fragments) addressed to a watched port.
+    UdpWatched = 1,
+    /// Of those, payloads starting with `NOTIFY `.
+    NotifyMatched = 2,
+    /// Records written to the ring buffer.
+    Copied = 3,
+    /// Records lost because the ring buffer was full.
+    RingbufFull = 4,
+    /// Records whose payload was cut at [`MAX_PAYLOAD`] or by a short frame.
+    Truncated = 5,
+    /// First fragments of fragmented datagrams (flagged, still inspected).
+    FirstFragments = 6,
+    /// Later fragments (no UDP header; passed uninspected).
+    LaterFragments = 7,
+    /// Header walk gave up: a header extends past the end of the frame.
+    BailShortHeader = 8,
+    /// Header walk gave up: an IPv4 header with IHL < 5 or a version mismatch.
+    BailBadIpHeader = 9,
+    /// Header walk gave up: more IPv6 extension headers than the walk follows.
+    BailExtHeaderLimit = 10,
+    /// The payload could not be loaded from the frame (`bpf_xdp_load_bytes` failed).
+    LoadFailed = 11,
+}
+
+impl Counter {
+    /// Number of counters; the size of [`STATS_MAP`].
+    pub const COUNT: u32 = 12;
+
+    /// All counters in index order.
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::PacketsSeen,
+        Counter::UdpWatched,
+        Counter::NotifyMatched,
+        Counter::Copied,
+        Counter::RingbufFull,
+        Counter::Truncated,
+        Counter::FirstFragments,
+        Counter::LaterFragments,
+        Counter::BailShortHeader,
+        Counter::BailBadIpHeader,
+        Counter::BailExtHeaderLimit,
+        Counter::LoadFailed,
+    ];
+
+    /// The metric-friendly name of the counter.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::PacketsSeen => "packets_seen",
+            Counter::UdpWatched => "udp_watched",
+            Counter::NotifyMatched => "notify_matched",
+            Counter::Copied => "copied",
+            Counter::RingbufFull => "ringbuf_full",
+            Counter::Truncated => "truncated",
+            Counter::FirstFragments => "first_fragments",
+            Counter::LaterFragments => "later_fragments",
+            Counter::BailShortHeader => "bail_short_header",
+            Counter::BailBadIpHeader => "bail_bad_ip_header",
+            Counter::BailExtHeaderLimit => "bail_ext_header_limit",
+            Counter::LoadFailed => "load_failed",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: `#[repr(C)]`, every field is plain old data and the padding is explicit, so any
+    // bit pattern is a valid value and no byte is uninitialised.
+    unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: as above: a `u64` and an array of `u64`.
+    unsafe impl aya::Pod for super::SipConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_bitmap_sets_only_the_given_ports() {
+        let mut config = SipConfig::empty();
+        for port in [0, 63, 64, 5061, 65535] {
+            config.watch(port);
+        }
+        for port in 0..=u16::MAX {
+            let expected = matches!(port, 0 | 63 | 64 | 5061 | 65535);
+            assert_eq!(config.is_watched(port), expected, "port {port}");
+        }
+    }
+
+    #[test]
+    fn counter_indices_match_all() {
+        for (i, counter) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*counter as usize, i, "{}", counter.name());
+        }
+    }
+}
