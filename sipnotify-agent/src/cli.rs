@@ -1,0 +1,139 @@
+//! The command line (design.md's contract): `run`, `replay`, `doctor`.
+//!
+//! Flag names are part of the contract; every flag has a one-line help and, where the
+//! choice is not obvious, a longer one.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::bpf::AttachMode;
+
+/// Captures Genesys SIP NOTIFYs with XDP and delivers their CallUUID to the WebRTC bridge.
+#[derive(Debug, Parser)]
+#[command(name = "sipnotify-agent", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to interfaces and deliver every captured NOTIFY.
+    Run(RunArgs),
+}
+
+/// `run` flags.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Interface to capture on (repeat for several).
+    #[arg(long = "iface", value_name = "IFACE", required = true)]
+    pub ifaces: Vec<String>,
+
+    /// UDP destination port to watch (repeat for several, at most 16).
+    #[arg(long = "port", value_name = "PORT", default_values_t = [5061])]
+    pub ports: Vec<u16>,
+
+    /// How to attach the XDP program.
+    ///
+    /// `auto` tries native (driver) mode and falls back to generic (skb) mode; the log says
+    /// which one was used.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub xdp_mode: AttachMode,
+
+    /// Ring buffer size per interface in bytes (a power of two, at least 4096).
+    #[arg(long, value_name = "BYTES", default_value_t = sipnotify_common::DEFAULT_RING_BYTES)]
+    pub ring_bytes: u32,
+
+    /// How often the ring buffer is polled when no wake-up arrives.
+    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Print each captured NOTIFY as one JSON line on stdout.
+    #[arg(long)]
+    pub stdout: bool,
+}
+
+/// Parses `250ms`, `5s`, `1m` (humantime syntax).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|err| format!("invalid duration `{text}`: {err}"))
+}
+
+/// The reason an option value is bad.
+pub fn check_ports(ports: &[u16]) -> Result<(), String> {
+    if ports.is_empty() || ports.len() > sipnotify_common::MAX_PORTS {
+        return Err(format!(
+            "between 1 and {} ports may be watched, got {}",
+            sipnotify_common::MAX_PORTS,
+            ports.len()
+        ));
+    }
+    if let Some(zero) = ports.iter().find(|&&p| p == 0) {
+        return Err(format!("port {zero} is not a valid UDP port"));
+    }
+    Ok(())
+}
+
+/// Checks the ring size the kernel will accept: a power-of-two number of pages.
+pub fn check_ring_bytes(bytes: u32) -> Result<(), String> {
+    if bytes < 4096 || !bytes.is_power_of_two() {
+        return Err(format!(
+            "ring buffer size {bytes} must be a power of two of at least 4096 bytes"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_defaults_to_port_5061_and_auto_mode() {
+        let cli = Cli::try_parse_from(["sipnotify-agent", "run", "--iface", "eth0"]).unwrap();
+        let Command::Run(run) = cli.command;
+        assert_eq!(run.ifaces, ["eth0"]);
+        assert_eq!(run.ports, [5061]);
+        assert_eq!(run.xdp_mode, AttachMode::Auto);
+        assert_eq!(run.poll_interval, Duration::from_millis(1));
+    }
+
+    #[test]
+    fn run_takes_repeated_interfaces_and_ports() {
+        let cli = Cli::try_parse_from([
+            "sipnotify-agent", "run", "--iface", "a", "--iface", "b", "--port", "5060",
+            "--port", "5061", "--xdp-mode", "generic",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command;
+        assert_eq!(run.ifaces, ["a", "b"]);
+        assert_eq!(run.ports, [5060, 5061]);
+        assert_eq!(run.xdp_mode, AttachMode::Generic);
+    }
+
+    #[test]
+    fn run_requires_an_interface() {
+        assert!(Cli::try_parse_from(["sipnotify-agent", "run"]).is_err());
+    }
+
+    #[test]
+    fn port_and_ring_checks_name_the_bad_value() {
+        assert_eq!(check_ports(&[5061]), Ok(()));
+        assert_eq!(
+            check_ports(&[0]).unwrap_err(),
+            "port 0 is not a valid UDP port"
+        );
+        assert!(check_ports(&[1; 17]).unwrap_err().contains("got 17"));
+        assert!(check_ring_bytes(1 << 20).is_ok());
+        assert!(check_ring_bytes(5000).unwrap_err().contains("5000"));
+    }
+}
