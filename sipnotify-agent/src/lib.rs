@@ -5,5 +5,10 @@
 //! The binary (`src/main.rs`) is a thin shell over this library so every stage can be tested
 //! without root.
 
+pub mod bpf;
+pub mod capture;
+pub mod cli;
+pub mod error;
 pub mod event;
+pub mod run;
 pub mod sip;
