@@ -110,8 +110,18 @@ mod tests {
     #[test]
     fn run_takes_repeated_interfaces_and_ports() {
         let cli = Cli::try_parse_from([
-            "sipnotify-agent", "run", "--iface", "a", "--iface", "b", "--port", "5060",
-            "--port", "5061", "--xdp-mode", "generic",
+            "sipnotify-agent",
+            "run",
+            "--iface",
+            "a",
+            "--iface",
+            "b",
+            "--port",
+            "5060",
+            "--port",
+            "5061",
+            "--xdp-mode",
+            "generic",
         ])
         .unwrap();
         let Command::Run(run) = cli.command;

@@ -263,3 +263,216 @@ pub fn addresses<F: Frame + ?Sized>(
     }
     Some((src, dst))
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use etherparse::{
+        IpFragOffset, IpHeaders, IpNumber, Ipv4Header, Ipv6Extensions, Ipv6FragmentHeader,
+        Ipv6Header, Ipv6RawExtHeader, PacketBuilder, VlanId,
+    };
+
+    use super::*;
+    use crate::{FLAG_FIRST_FRAGMENT, FLAG_QINQ, FLAG_VLAN};
+
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+    fn write(builder: etherparse::PacketBuilderStep<etherparse::UdpHeader>) -> Vec<u8> {
+        let mut frame = Vec::new();
+        builder.write(&mut frame, b"NOTIFY x").unwrap();
+        frame
+    }
+
+    fn ipv6(extensions: Ipv6Extensions) -> IpHeaders {
+        let header = Ipv6Header {
+            hop_limit: 64,
+            source: [1; 16],
+            destination: [2; 16],
+            ..Default::default()
+        };
+        IpHeaders::Ipv6(header, extensions)
+    }
+
+    fn located(frame: &[u8]) -> UdpLocation {
+        match walk(frame) {
+            Walk::Udp(location) => location,
+            other => panic!("expected UDP, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_ipv4_udp() {
+        let frame = write(
+            PacketBuilder::ethernet2(MAC, MAC)
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+                .udp(1234, 5061),
+        );
+        let location = located(&frame);
+        assert_eq!(
+            (location.ip_version, location.l3_offset, location.udp_offset),
+            (4, 14, 34)
+        );
+        assert_eq!(location.payload_offset(), 42);
+        assert_eq!(
+            udp_header(frame.as_slice(), &location),
+            Some(UdpHeader {
+                src_port: 1234,
+                dst_port: 5061,
+                payload_len: 8
+            })
+        );
+        let (src, dst) = addresses(frame.as_slice(), &location).unwrap();
+        assert_eq!(
+            (&src[..4], &dst[..4]),
+            (&[10, 0, 0, 1][..], &[10, 0, 0, 2][..])
+        );
+        assert!(src[4..].iter().chain(&dst[4..]).all(|&b| b == 0));
+    }
+
+    #[test]
+    fn ipv4_options_move_the_udp_header() {
+        let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, [10, 0, 0, 1], [10, 0, 0, 2]).unwrap();
+        ip.set_options(&[1; 12]).unwrap();
+        let frame = write(
+            PacketBuilder::ethernet2(MAC, MAC)
+                .ip(IpHeaders::Ipv4(ip, Default::default()))
+                .udp(1, 5061),
+        );
+        assert_eq!(located(&frame).udp_offset, 14 + 32);
+    }
+
+    #[test]
+    fn vlan_tags_shift_the_ip_header() {
+        let single = write(
+            PacketBuilder::ethernet2(MAC, MAC)
+                .single_vlan(VlanId::try_new(7).unwrap())
+                .ipv4([1; 4], [2; 4], 64)
+                .udp(1, 5061),
+        );
+        let location = located(&single);
+        assert_eq!(
+            (location.l3_offset, location.flags, location.vlan_tci),
+            (18, FLAG_VLAN, 7)
+        );
+        let double = write(
+            PacketBuilder::ethernet2(MAC, MAC)
+                .double_vlan(VlanId::try_new(9).unwrap(), VlanId::try_new(7).unwrap())
+                .ipv4([1; 4], [2; 4], 64)
+                .udp(1, 5061),
+        );
+        let location = located(&double);
+        assert_eq!(
+            (location.l3_offset, location.flags, location.vlan_tci),
+            (22, FLAG_VLAN | FLAG_QINQ, 9)
+        );
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_skipped_by_their_length() {
+        let extensions = Ipv6Extensions {
+            hop_by_hop_options: Some(Ipv6RawExtHeader::new_raw(IpNumber::UDP, &[0; 14]).unwrap()),
+            destination_options: Some(Ipv6RawExtHeader::new_raw(IpNumber::UDP, &[0; 6]).unwrap()),
+            ..Default::default()
+        };
+        let frame = write(
+            PacketBuilder::ethernet2(MAC, MAC)
+                .ip(ipv6(extensions))
+                .udp(1, 5061),
+        );
+        let location = located(&frame);
+        assert_eq!(
+            (location.ip_version, location.udp_offset),
+            (6, 14 + 40 + 16 + 8)
+        );
+        let (src, dst) = addresses(frame.as_slice(), &location).unwrap();
+        assert_eq!((src, dst), ([1; 16], [2; 16]));
+    }
+
+    /// An IPv6 frame with a fragment header, its offset/M field set per RFC 8200 by hand:
+    /// etherparse 0.19 writes the M flag into the wrong bit of that field.
+    fn ipv6_fragment(offset_units: u16, more: bool) -> Vec<u8> {
+        let extensions = Ipv6Extensions {
+            fragment: Some(Ipv6FragmentHeader::new(
+                IpNumber::UDP,
+                IpFragOffset::ZERO,
+                false,
+                1,
+            )),
+            ..Default::default()
+        };
+        let mut frame = write(
+            PacketBuilder::ethernet2(MAC, MAC)
+                .ip(ipv6(extensions))
+                .udp(1, 5061),
+        );
+        let field = (offset_units << 3) | u16::from(more);
+        frame[14 + 40 + 2..14 + 40 + 4].copy_from_slice(&field.to_be_bytes());
+        frame
+    }
+
+    #[test]
+    fn fragments_are_told_apart() {
+        let first = ipv6_fragment(0, true);
+        assert_eq!(located(&first).flags, FLAG_FIRST_FRAGMENT);
+        assert_eq!(located(&first).udp_offset, 14 + 40 + 8);
+        // Offset 0 without M is an atomic fragment (RFC 6946): a whole datagram.
+        assert_eq!(located(&ipv6_fragment(0, false)).flags, 0);
+        assert_eq!(
+            walk(ipv6_fragment(3, false).as_slice()),
+            Walk::LaterFragment
+        );
+        assert_eq!(walk(ipv6_fragment(3, true).as_slice()), Walk::LaterFragment);
+
+        let mut v4 = write(
+            PacketBuilder::ethernet2(MAC, MAC)
+                .ipv4([1; 4], [2; 4], 64)
+                .udp(1, 5061),
+        );
+        v4[20] |= 0x20; // MF
+        assert_eq!(located(&v4).flags, FLAG_FIRST_FRAGMENT);
+        v4[21] = 1; // offset 8 bytes
+        assert_eq!(walk(v4.as_slice()), Walk::LaterFragment);
+    }
+
+    #[test]
+    fn short_and_malformed_headers_bail_out() {
+        let frame = write(
+            PacketBuilder::ethernet2(MAC, MAC)
+                .ipv4([1; 4], [2; 4], 64)
+                .udp(1, 5061),
+        );
+        for cut in [0, 13, 14, 20, 33] {
+            assert_eq!(
+                walk(&frame[..cut]),
+                Walk::Bail(Bail::ShortHeader),
+                "cut at {cut}"
+            );
+        }
+        let mut bad_ihl = frame.clone();
+        bad_ihl[14] = 0x44;
+        assert_eq!(walk(bad_ihl.as_slice()), Walk::Bail(Bail::BadIpHeader));
+        let mut arp = frame.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(walk(arp.as_slice()), Walk::NotUdp);
+    }
+
+    #[test]
+    fn too_many_extension_headers_bail_out() {
+        // Hand-built: IPv6 with five hop-by-hop style headers chained before UDP.
+        let mut frame = std::vec![0u8; 14 + 40 + 5 * 8 + 8];
+        frame[12..14].copy_from_slice(&[0x86, 0xdd]);
+        frame[14] = 0x60;
+        frame[14 + 6] = IPV6_DSTOPTS;
+        for i in 0..5 {
+            let at = 14 + 40 + i * 8;
+            frame[at] = if i == 4 { IPPROTO_UDP } else { IPV6_DSTOPTS };
+        }
+        assert_eq!(walk(frame.as_slice()), Walk::Bail(Bail::ExtHeaderLimit));
+        // Four are within the bound.
+        let mut four = frame.clone();
+        four[14 + 40 + 3 * 8] = IPPROTO_UDP;
+        assert_eq!(located(&four).udp_offset, 14 + 40 + 32);
+    }
+}

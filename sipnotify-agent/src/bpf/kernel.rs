@@ -66,7 +66,10 @@ mod tests {
     fn parses_distribution_release_strings() {
         assert_eq!(
             KernelVersion::parse("6.18.44-fc-v595"),
-            Some(KernelVersion { major: 6, minor: 18 })
+            Some(KernelVersion {
+                major: 6,
+                minor: 18
+            })
         );
         assert_eq!(
             KernelVersion::parse("5.4.0-150-generic"),
@@ -77,7 +80,12 @@ mod tests {
 
     #[test]
     fn orders_by_major_then_minor() {
-        assert!(KernelVersion { major: 5, minor: 17 } < MIN_KERNEL);
+        assert!(
+            KernelVersion {
+                major: 5,
+                minor: 17
+            } < MIN_KERNEL
+        );
         assert!(KernelVersion { major: 6, minor: 1 } > MIN_KERNEL);
     }
 }

@@ -7,13 +7,7 @@
 
 mod kernel;
 
-use std::{
-    error::Error as StdError,
-    ffi::CString,
-    fmt,
-    io,
-    sync::Arc,
-};
+use std::{error::Error as StdError, ffi::CString, fmt, io, sync::Arc};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -122,7 +116,10 @@ impl LoadError {
     }
 
     /// Classifies an aya error by the OS error underneath it.
-    fn from_os(err: impl StdError + Send + Sync + 'static, or: impl FnOnce(Box<dyn StdError + Send + Sync>) -> LoadError) -> LoadError {
+    fn from_os(
+        err: impl StdError + Send + Sync + 'static,
+        or: impl FnOnce(Box<dyn StdError + Send + Sync>) -> LoadError,
+    ) -> LoadError {
         match os_error(&err) {
             Some(libc::EPERM | libc::EACCES) => LoadError::PermissionDenied,
             _ => or(Box::new(err)),
@@ -134,7 +131,10 @@ impl LoadError {
 fn os_error(err: &(dyn StdError + 'static)) -> Option<i32> {
     let mut current = Some(err);
     while let Some(err) = current {
-        if let Some(code) = err.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error) {
+        if let Some(code) = err
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
             return Some(code);
         }
         current = err.source();
@@ -222,7 +222,9 @@ pub fn interface_index(name: &str) -> Result<u32, LoadError> {
 pub fn load(settings: &ProgramSettings) -> Result<Ebpf, LoadError> {
     preflight()?;
     if settings.ports.is_empty() || settings.ports.len() > MAX_PORTS {
-        return Err(LoadError::Settings("between 1 and 16 ports must be watched"));
+        return Err(LoadError::Settings(
+            "between 1 and 16 ports must be watched",
+        ));
     }
     raise_memlock();
     let mut ebpf = EbpfLoader::new()
@@ -311,9 +313,7 @@ pub fn attach(
     let stats = ebpf
         .take_map(STATS_MAP)
         .ok_or(LoadError::Settings("the object has no counters"))
-        .and_then(|map| {
-            PerCpuArray::try_from(map).map_err(|err| LoadError::Load(Box::new(err)))
-        })?;
+        .and_then(|map| PerCpuArray::try_from(map).map_err(|err| LoadError::Load(Box::new(err))))?;
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(logger) => Some(logger),
         Err(err) => {

@@ -162,7 +162,12 @@ mod tests {
     fn record_bytes(header: EventHeader, payload: &[u8]) -> Vec<u8> {
         let mut bytes = vec![0u8; EVENT_HEADER_LEN];
         // SAFETY: `bytes` holds EVENT_HEADER_LEN bytes, the size of EventHeader.
-        unsafe { bytes.as_mut_ptr().cast::<EventHeader>().write_unaligned(header) };
+        unsafe {
+            bytes
+                .as_mut_ptr()
+                .cast::<EventHeader>()
+                .write_unaligned(header)
+        };
         bytes.extend_from_slice(payload);
         bytes
     }

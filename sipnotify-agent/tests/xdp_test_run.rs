@@ -1,0 +1,532 @@
+//! The XDP program against the real kernel verifier and BPF_PROG_TEST_RUN: for each kind of
+//! frame, the verdict is XDP_PASS, the packet is untouched, the ring-buffer record (or its
+//! absence) matches byte for byte, and the counters say what happened.
+//!
+//! BPF_PROG_TEST_RUN for XDP (Linux 4.12) with multi-buffer frames (5.18) needs no NIC and
+//! no namespace, so these are the first tier of kernel tests.
+
+mod support;
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+};
+use etherparse::{
+    IpFragOffset, IpHeaders, IpNumber, Ipv4Header, Ipv6Extensions, Ipv6FragmentHeader, Ipv6Header,
+    Ipv6RawExtHeader, PacketBuilder, VlanId,
+};
+use sipnotify_agent::bpf::{self, ProgramSettings};
+use sipnotify_common::{
+    Counter, EVENT_HEADER_LEN, EVENTS_MAP, EventHeader, FLAG_FIRST_FRAGMENT, FLAG_QINQ,
+    FLAG_TRUNCATED, FLAG_VLAN, MAX_PAYLOAD, PROGRAM_NAME, STATS_MAP,
+};
+
+const XDP_PASS: u32 = 2;
+const SRC_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const DST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const SRC4: [u8; 4] = [192, 168, 210, 81];
+const DST4: [u8; 4] = [192, 168, 210, 54];
+const SRC6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const DST6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+const NOTIFY: &[u8] = b"NOTIFY sip:192.168.210.54:5061 SIP/2.0\r\nCall-ID: abc@host\r\nEvent: talk\r\nX-Genesys-CallUUID: UIVB8J6JE91C53UIM3VI59VHQ400001R\r\nContent-Length: 0\r\n\r\n";
+
+/// One freshly loaded program with empty maps, so counters start at zero.
+struct Harness {
+    ebpf: Ebpf,
+    ring: RingBuf<MapData>,
+}
+
+impl Harness {
+    fn new(test: &str, ports: &[u16]) -> Option<Self> {
+        if !support::privileged(test) {
+            return None;
+        }
+        let settings = ProgramSettings {
+            ports: ports.to_vec(),
+            ring_bytes: 1 << 20,
+        };
+        let mut ebpf = bpf::load(&settings).expect("load the XDP program");
+        let ring = RingBuf::try_from(ebpf.take_map(EVENTS_MAP).expect("ring map")).unwrap();
+        Some(Self { ebpf, ring })
+    }
+
+    /// Runs the program once and checks the verdict and that the frame is unchanged.
+    fn run(&mut self, frame: &[u8]) {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM_NAME)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        assert_eq!(result.return_value, XDP_PASS, "verdict");
+        assert_eq!(
+            result.data_size_out as usize,
+            frame.len(),
+            "frame length changed"
+        );
+        assert!(
+            out[..frame.len()] == *frame,
+            "the program modified the frame"
+        );
+    }
+
+    fn records(&mut self) -> Vec<Vec<u8>> {
+        let mut records = Vec::new();
+        while let Some(item) = self.ring.next() {
+            records.push(item.to_vec());
+        }
+        records
+    }
+
+    fn counters(&self) -> Vec<(Counter, u64)> {
+        let map: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(STATS_MAP).unwrap()).unwrap();
+        Counter::ALL
+            .iter()
+            .map(|&c| (c, map.get(&(c as u32), 0).unwrap().iter().sum()))
+            .filter(|&(_, n)| n != 0)
+            .collect()
+    }
+}
+
+fn lo_ifindex() -> u32 {
+    bpf::interface_index("lo").unwrap()
+}
+
+fn v4(src: [u8; 4], dst: [u8; 4]) -> ([u8; 16], [u8; 16]) {
+    let mut s = [0; 16];
+    let mut d = [0; 16];
+    s[..4].copy_from_slice(&src);
+    d[..4].copy_from_slice(&dst);
+    (s, d)
+}
+
+/// The record the program must write for `payload` (its first `captured` bytes).
+fn expected_record(
+    ip_version: u8,
+    (src_addr, dst_addr): ([u8; 16], [u8; 16]),
+    dst_port: u16,
+    payload: &[u8],
+    captured: usize,
+    flags: u16,
+    vlan_tci: u16,
+) -> (EventHeader, Vec<u8>) {
+    let header = EventHeader {
+        timestamp_ns: 0,
+        ifindex: lo_ifindex(),
+        payload_len: payload.len() as u32,
+        captured_len: captured as u32,
+        flags,
+        ip_version,
+        src_addr,
+        dst_addr,
+        src_port: 40000,
+        dst_port,
+        vlan_tci,
+        ..EventHeader::default()
+    };
+    (header, payload[..captured].to_vec())
+}
+
+/// Compares one record byte for byte with the expectation (the timestamp only for being set).
+fn assert_record(record: &[u8], (expected, payload): (EventHeader, Vec<u8>)) {
+    assert_eq!(
+        record.len(),
+        EVENT_HEADER_LEN + payload.len(),
+        "record length"
+    );
+    // SAFETY: the record holds at least EVENT_HEADER_LEN bytes (checked above).
+    let mut header = unsafe { record.as_ptr().cast::<EventHeader>().read_unaligned() };
+    assert_ne!(header.timestamp_ns, 0, "timestamp");
+    header.timestamp_ns = 0;
+    assert_eq!(header, expected);
+    assert!(
+        record[EVENT_HEADER_LEN..] == payload[..],
+        "payload bytes differ"
+    );
+}
+
+fn udp4(dst_port: u16, payload: &[u8]) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv4(SRC4, DST4, 64)
+        .udp(40000, dst_port);
+    let mut frame = Vec::with_capacity(builder.size(payload.len()));
+    builder.write(&mut frame, payload).unwrap();
+    frame
+}
+
+fn udp_over(ip: IpHeaders, dst_port: u16, payload: &[u8]) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ip(ip)
+        .udp(40000, dst_port);
+    let mut frame = Vec::new();
+    builder.write(&mut frame, payload).unwrap();
+    frame
+}
+
+use Counter::*;
+
+#[test]
+fn ipv4_notify_to_a_watched_port_is_copied() {
+    let Some(mut h) = Harness::new("ipv4_notify_to_a_watched_port_is_copied", &[5061]) else {
+        return;
+    };
+    h.run(&udp4(5061, NOTIFY));
+    let records = h.records();
+    assert_eq!(records.len(), 1);
+    assert_record(
+        &records[0],
+        expected_record(4, v4(SRC4, DST4), 5061, NOTIFY, NOTIFY.len(), 0, 0),
+    );
+    assert_eq!(
+        h.counters(),
+        [
+            (PacketsSeen, 1),
+            (UdpWatched, 1),
+            (NotifyMatched, 1),
+            (Copied, 1)
+        ]
+    );
+}
+
+#[test]
+fn ipv4_with_options_is_walked_by_ihl() {
+    let Some(mut h) = Harness::new("ipv4_with_options_is_walked_by_ihl", &[5061]) else {
+        return;
+    };
+    let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, SRC4, DST4).unwrap();
+    // Eight bytes of options (NOP padding and a timestamp-like filler): IHL 7.
+    ip.set_options(&[1, 1, 1, 1, 1, 1, 1, 0]).unwrap();
+    let frame = udp_over(IpHeaders::Ipv4(ip, Default::default()), 5061, NOTIFY);
+    assert_eq!(frame[14] & 0x0f, 7, "IHL");
+    h.run(&frame);
+    let records = h.records();
+    assert_eq!(records.len(), 1);
+    assert_record(
+        &records[0],
+        expected_record(4, v4(SRC4, DST4), 5061, NOTIFY, NOTIFY.len(), 0, 0),
+    );
+}
+
+fn ipv6_with(extensions: Ipv6Extensions) -> IpHeaders {
+    let header = Ipv6Header {
+        hop_limit: 64,
+        source: SRC6,
+        destination: DST6,
+        ..Default::default()
+    };
+    IpHeaders::Ipv6(header, extensions)
+}
+
+#[test]
+fn ipv6_with_extension_headers_is_walked() {
+    let Some(mut h) = Harness::new("ipv6_with_extension_headers_is_walked", &[5061]) else {
+        return;
+    };
+    let extensions = Ipv6Extensions {
+        hop_by_hop_options: Some(Ipv6RawExtHeader::new_raw(IpNumber::UDP, &[0; 6]).unwrap()),
+        destination_options: Some(
+            Ipv6RawExtHeader::new_raw(IpNumber::UDP, &[1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+                .unwrap(),
+        ),
+        ..Default::default()
+    };
+    let frame = udp_over(ipv6_with(extensions), 5061, NOTIFY);
+    h.run(&frame);
+    let records = h.records();
+    assert_eq!(records.len(), 1);
+    assert_record(
+        &records[0],
+        expected_record(6, (SRC6, DST6), 5061, NOTIFY, NOTIFY.len(), 0, 0),
+    );
+}
+
+#[test]
+fn vlan_and_qinq_frames_are_walked_and_flagged() {
+    let Some(mut h) = Harness::new("vlan_and_qinq_frames_are_walked_and_flagged", &[5061]) else {
+        return;
+    };
+    let single = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .single_vlan(VlanId::try_new(210).unwrap())
+        .ipv4(SRC4, DST4, 64)
+        .udp(40000, 5061);
+    let mut frame = Vec::new();
+    single.write(&mut frame, NOTIFY).unwrap();
+    h.run(&frame);
+
+    let double = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .double_vlan(VlanId::try_new(100).unwrap(), VlanId::try_new(210).unwrap())
+        .ipv4(SRC4, DST4, 64)
+        .udp(40000, 5061);
+    let mut frame = Vec::new();
+    double.write(&mut frame, NOTIFY).unwrap();
+    h.run(&frame);
+
+    let records = h.records();
+    assert_eq!(records.len(), 2);
+    assert_record(
+        &records[0],
+        expected_record(
+            4,
+            v4(SRC4, DST4),
+            5061,
+            NOTIFY,
+            NOTIFY.len(),
+            FLAG_VLAN,
+            210,
+        ),
+    );
+    assert_record(
+        &records[1],
+        expected_record(
+            4,
+            v4(SRC4, DST4),
+            5061,
+            NOTIFY,
+            NOTIFY.len(),
+            FLAG_VLAN | FLAG_QINQ,
+            100,
+        ),
+    );
+}
+
+#[test]
+fn other_ports_and_protocols_are_passed_without_a_record() {
+    let Some(mut h) = Harness::new("other_ports_and_protocols_are_passed", &[5061]) else {
+        return;
+    };
+    h.run(&udp4(5060, NOTIFY));
+
+    let tcp = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv4(SRC4, DST4, 64)
+        .tcp(40000, 5061, 1, 1000);
+    let mut frame = Vec::new();
+    tcp.write(&mut frame, NOTIFY).unwrap();
+    h.run(&frame);
+
+    let icmp = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv4(SRC4, DST4, 64)
+        .icmpv4_echo_request(1, 1);
+    let mut frame = Vec::new();
+    icmp.write(&mut frame, b"ping").unwrap();
+    h.run(&frame);
+
+    assert!(h.records().is_empty());
+    assert_eq!(h.counters(), [(PacketsSeen, 3)]);
+}
+
+#[test]
+fn several_ports_can_be_watched() {
+    let Some(mut h) = Harness::new("several_ports_can_be_watched", &[5060, 5061, 15061]) else {
+        return;
+    };
+    for port in [5060, 5061, 15061, 5062] {
+        h.run(&udp4(port, NOTIFY));
+    }
+    let ports: Vec<u16> = h
+        .records()
+        .iter()
+        .map(|r| u16::from_ne_bytes([r[58], r[59]]))
+        .collect();
+    assert_eq!(ports, [5060, 5061, 15061]);
+}
+
+#[test]
+fn only_an_exact_notify_prefix_matches() {
+    let Some(mut h) = Harness::new("only_an_exact_notify_prefix_matches", &[5061]) else {
+        return;
+    };
+    for payload in [
+        &b"NOTIFYX sip:a SIP/2.0\r\n\r\n"[..],
+        b"notify sip:a SIP/2.0\r\n\r\n",
+        b"INVITE sip:a SIP/2.0\r\n\r\n",
+        b"NOTIF",
+        b"",
+    ] {
+        h.run(&udp4(5061, payload));
+    }
+    assert!(h.records().is_empty());
+    assert_eq!(h.counters(), [(PacketsSeen, 5), (UdpWatched, 5)]);
+}
+
+#[test]
+fn a_frame_shorter_than_its_udp_length_is_copied_and_flagged_truncated() {
+    let Some(mut h) = Harness::new("a_short_frame_is_flagged_truncated", &[5061]) else {
+        return;
+    };
+    let mut frame = udp4(5061, NOTIFY);
+    let cut = 30;
+    frame.truncate(frame.len() - cut);
+    h.run(&frame);
+    let records = h.records();
+    assert_eq!(records.len(), 1);
+    assert_record(
+        &records[0],
+        expected_record(
+            4,
+            v4(SRC4, DST4),
+            5061,
+            NOTIFY,
+            NOTIFY.len() - cut,
+            FLAG_TRUNCATED,
+            0,
+        ),
+    );
+    assert_eq!(
+        h.counters(),
+        [
+            (PacketsSeen, 1),
+            (UdpWatched, 1),
+            (NotifyMatched, 1),
+            (Copied, 1),
+            (Truncated, 1)
+        ]
+    );
+}
+
+fn jumbo_notify(len: usize) -> Vec<u8> {
+    let mut payload = NOTIFY.to_vec();
+    payload.resize(len, b'x');
+    payload
+}
+
+#[test]
+fn a_9000_byte_jumbo_payload_is_copied_whole() {
+    let Some(mut h) = Harness::new("a_9000_byte_jumbo_payload_is_copied_whole", &[5061]) else {
+        return;
+    };
+    let payload = jumbo_notify(9000);
+    h.run(&udp4(5061, &payload));
+    let records = h.records();
+    assert_eq!(records.len(), 1);
+    assert_record(
+        &records[0],
+        expected_record(4, v4(SRC4, DST4), 5061, &payload, 9000, 0, 0),
+    );
+}
+
+#[test]
+fn a_payload_over_the_limit_is_cut_and_flagged() {
+    let Some(mut h) = Harness::new("a_payload_over_the_limit_is_cut_and_flagged", &[5061]) else {
+        return;
+    };
+    let payload = jumbo_notify(MAX_PAYLOAD + 500);
+    h.run(&udp4(5061, &payload));
+    let records = h.records();
+    assert_eq!(records.len(), 1);
+    assert_record(
+        &records[0],
+        expected_record(
+            4,
+            v4(SRC4, DST4),
+            5061,
+            &payload,
+            MAX_PAYLOAD,
+            FLAG_TRUNCATED,
+            0,
+        ),
+    );
+    assert!(h.counters().contains(&(Truncated, 1)));
+}
+
+#[test]
+fn ipv4_fragments_first_is_flagged_later_are_counted() {
+    let Some(mut h) = Harness::new("ipv4_fragments", &[5061]) else {
+        return;
+    };
+    // First fragment: MF set, offset 0, and the frame holds only part of the datagram.
+    let mut first = udp4(5061, NOTIFY);
+    first[20] |= 0x20;
+    first.truncate(14 + 20 + 8 + 64);
+    h.run(&first);
+    // A later fragment: offset 64 bytes (8 units); no UDP header in it.
+    let mut later = udp4(5061, NOTIFY);
+    later[20] = 0;
+    later[21] = 8;
+    h.run(&later);
+
+    let records = h.records();
+    assert_eq!(records.len(), 1);
+    assert_record(
+        &records[0],
+        expected_record(
+            4,
+            v4(SRC4, DST4),
+            5061,
+            NOTIFY,
+            64,
+            FLAG_FIRST_FRAGMENT | FLAG_TRUNCATED,
+            0,
+        ),
+    );
+    let counters = h.counters();
+    assert!(counters.contains(&(FirstFragments, 1)), "{counters:?}");
+    assert!(counters.contains(&(LaterFragments, 1)), "{counters:?}");
+    assert!(counters.contains(&(Copied, 1)), "{counters:?}");
+}
+
+/// An IPv6 frame with a fragment header whose offset/M field is set per RFC 8200 by hand:
+/// etherparse 0.19 writes the M flag into the wrong bit of that field.
+fn ipv6_fragment(offset_units: u16, more: bool) -> Vec<u8> {
+    let extensions = Ipv6Extensions {
+        fragment: Some(Ipv6FragmentHeader::new(
+            IpNumber::UDP,
+            IpFragOffset::ZERO,
+            false,
+            7,
+        )),
+        ..Default::default()
+    };
+    let mut frame = udp_over(ipv6_with(extensions), 5061, NOTIFY);
+    let field = (offset_units << 3) | u16::from(more);
+    frame[14 + 40 + 2..14 + 40 + 4].copy_from_slice(&field.to_be_bytes());
+    frame
+}
+
+#[test]
+fn ipv6_fragments_first_is_flagged_later_are_counted() {
+    let Some(mut h) = Harness::new("ipv6_fragments", &[5061]) else {
+        return;
+    };
+    h.run(&ipv6_fragment(0, true));
+    h.run(&ipv6_fragment(8, false));
+
+    let records = h.records();
+    assert_eq!(records.len(), 1);
+    assert_record(
+        &records[0],
+        expected_record(
+            6,
+            (SRC6, DST6),
+            5061,
+            NOTIFY,
+            NOTIFY.len(),
+            FLAG_FIRST_FRAGMENT,
+            0,
+        ),
+    );
+    let counters = h.counters();
+    assert!(counters.contains(&(FirstFragments, 1)), "{counters:?}");
+    assert!(counters.contains(&(LaterFragments, 1)), "{counters:?}");
+}
+
+#[test]
+fn a_frame_cut_inside_its_headers_is_a_counted_bail_out() {
+    let Some(mut h) = Harness::new("a_frame_cut_inside_its_headers", &[5061]) else {
+        return;
+    };
+    let mut frame = udp4(5061, NOTIFY);
+    frame.truncate(14 + 10);
+    h.run(&frame);
+    assert!(h.records().is_empty());
+    assert_eq!(h.counters(), [(PacketsSeen, 1), (BailShortHeader, 1)]);
+}
