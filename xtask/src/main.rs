@@ -1,1 +1,191 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build-ebpf | build | build-and-load | test | demo | bench`.
+//!
+//! Every task first runs the idempotent `setup` checks, so a fresh machine (and CI) needs no
+//! manual step. The eBPF object itself is built by `sipnotify-agent/build.rs` (aya-build), the
+//! single source of truth; xtask only makes sure the toolchain it needs is there and asks for
+//! it to be mandatory with `SIPNOTIFY_REQUIRE_EBPF=1`.
+
+mod setup;
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "sipnotify project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and tests need (idempotent): rust-src, bpf-linker, packages.
+    Setup,
+    /// Build the XDP program (through the agent's build script).
+    BuildEbpf,
+    /// Build the agent in release mode with the XDP program embedded.
+    Build,
+    /// Build, then run the agent with the given arguments (as root).
+    BuildAndLoad {
+        /// Arguments for `sipnotify-agent`, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Run every check and test: fmt, clippy, unit, integration and privileged tests.
+    Test,
+    /// Run the main job end to end in private network namespaces (see README).
+    Demo,
+    /// Run the benchmarks and print their figures.
+    Bench {
+        /// Only benchmarks whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = workspace_root()?;
+    setup::ensure(&root)?;
+    match cli.task {
+        Task::Setup => Ok(()),
+        Task::BuildEbpf => cargo(&root, &["build", "-p", "sipnotify-agent", "--lib"]),
+        Task::Build => build_release(&root),
+        Task::BuildAndLoad { args } => {
+            build_release(&root)?;
+            let agent = root.join("target/release/sipnotify-agent");
+            let status = Command::new(&agent)
+                .args(args)
+                .status()
+                .with_context(|| format!("cannot run {}", agent.display()))?;
+            if !status.success() {
+                bail!("sipnotify-agent exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Test => test(&root),
+        Task::Demo => {
+            build_release(&root)?;
+            cargo(
+                &root,
+                &[
+                    "run",
+                    "--release",
+                    "-p",
+                    "sipnotify-agent",
+                    "--features",
+                    "test-bridge",
+                    "--example",
+                    "demo",
+                    "--",
+                ],
+            )
+        }
+        Task::Bench { filter } => bench(&root, filter.as_deref()),
+    }
+}
+
+fn build_release(root: &Path) -> Result<()> {
+    cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "sipnotify-agent",
+            "--bin",
+            "sipnotify-agent",
+        ],
+    )
+}
+
+fn test(root: &Path) -> Result<()> {
+    cargo(root, &["fmt", "--all", "--check"])?;
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    // The agent binary is what the end-to-end tests start in their namespaces.
+    build_release(root)?;
+    cargo(root, &["test", "--workspace", "--all-features"])?;
+    setup::fuzz_smoke(root)
+}
+
+fn bench(root: &Path, filter: Option<&str>) -> Result<()> {
+    build_release(root)?;
+    let benches = ["xdp", "capture", "parse", "delivery", "end_to_end"];
+    let mut ran = 0;
+    for name in benches {
+        if filter.is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        if !root
+            .join(format!("sipnotify-agent/benches/{name}.rs"))
+            .exists()
+        {
+            continue;
+        }
+        ran += 1;
+        cargo(
+            root,
+            &[
+                "bench",
+                "-p",
+                "sipnotify-agent",
+                "--all-features",
+                "--bench",
+                name,
+            ],
+        )?;
+    }
+    if ran == 0 {
+        bail!("no benchmark matches `{}`", filter.unwrap_or(""));
+    }
+    Ok(())
+}
+
+/// Runs cargo at the workspace root with the eBPF build made mandatory.
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(root)
+        .env("SIPNOTIFY_REQUIRE_EBPF", "1")
+        .env("PATH", setup::path_with_cargo_bin())
+        .status()
+        .with_context(|| format!("cannot run cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed with {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask has no parent directory")
+}
