@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::bpf::AttachMode;
+use crate::{bpf::AttachMode, pipeline::PipelineArgs, sink::DeliveryArgs};
 
 /// Captures Genesys SIP NOTIFYs with XDP and delivers their CallUUID to the WebRTC bridge.
 #[derive(Debug, Parser)]
@@ -51,9 +51,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
 
-    /// Print each captured NOTIFY as one JSON line on stdout.
-    #[arg(long)]
-    pub stdout: bool,
+    /// Parsing and de-duplication.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+
+    /// Delivery to the bridge and stdout.
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
 }
 
 /// Parses `250ms`, `5s`, `1m` (humantime syntax).

@@ -12,6 +12,9 @@ pub enum AgentError {
     /// The XDP program could not be loaded or attached.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// Delivery stopped with an error.
+    #[error("{0}")]
+    Delivery(String),
     /// An I/O failure while running.
     #[error("{context}: {source}")]
     Io {
@@ -29,7 +32,7 @@ impl AgentError {
         match self {
             AgentError::Config(_) => 2,
             AgentError::Load(err) => err.exit_code(),
-            AgentError::Io { .. } => 1,
+            AgentError::Io { .. } | AgentError::Delivery(_) => 1,
         }
     }
 }

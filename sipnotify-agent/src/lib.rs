@@ -8,7 +8,13 @@
 pub mod bpf;
 pub mod capture;
 pub mod cli;
+pub mod dedup;
 pub mod error;
 pub mod event;
+pub mod pipeline;
+pub mod queue;
 pub mod run;
+pub mod sink;
 pub mod sip;
+#[cfg(feature = "test-bridge")]
+pub mod testing;

@@ -1,10 +1,6 @@
-//! `sipnotify-agent run`: attach to every interface, drain the ring buffers, deliver, and
-//! detach cleanly on SIGINT/SIGTERM.
-
-use std::{
-    io::{self, Write as _},
-    sync::Arc,
-};
+//! `sipnotify-agent run`: attach to every interface, feed each ring buffer through the
+//! pipeline into the delivery queue, and on SIGINT/SIGTERM detach, stop reading, and let
+//! delivery finish what is queued up to its shutdown deadline.
 
 use tokio::{signal::unix::SignalKind, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -12,15 +8,22 @@ use tracing::{info, warn};
 
 use crate::{
     bpf::{self, ProgramSettings},
-    capture::{MonotonicClock, Record, live},
+    capture::{MonotonicClock, live},
     cli::{self, RunArgs},
     error::AgentError,
+    pipeline::Pipeline,
+    queue::NotificationQueue,
+    sink::{Delivery, SinkSettings},
 };
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     cli::check_ports(&args.ports).map_err(AgentError::Config)?;
     cli::check_ring_bytes(args.ring_bytes).map_err(AgentError::Config)?;
+    args.pipeline.validate().map_err(AgentError::Config)?;
+    let sink_settings =
+        SinkSettings::from_args(&args.delivery).map_err(|e| AgentError::Config(e.to_string()))?;
+    let delivery = Delivery::new(sink_settings).map_err(|e| AgentError::Config(e.to_string()))?;
     for iface in &args.ifaces {
         bpf::interface_index(iface)?;
     }
@@ -30,32 +33,39 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         ring_bytes: args.ring_bytes,
     };
 
-    let cancel = CancellationToken::new();
+    let queue = NotificationQueue::new(args.delivery.queue_capacity);
+    let pipeline = Pipeline::new(&args.pipeline, queue.clone());
+    let stop_reading = CancellationToken::new();
+    let stop_delivery = CancellationToken::new();
+    let mut delivery = tokio::spawn(delivery.run(queue.clone(), stop_delivery.clone()));
+
     let clock = MonotonicClock::new();
     let mut readers = JoinSet::new();
     let mut guards = Vec::new();
     for iface in &args.ifaces {
-        let program = bpf::attach(iface, args.xdp_mode, &settings)?;
         let bpf::AttachedProgram {
             iface,
             events,
             logger,
             guard,
             ..
-        } = program;
+        } = bpf::attach(iface, args.xdp_mode, &settings)?;
         guards.push(guard);
         if let Some(logger) = logger {
-            readers.spawn(live::forward_program_log(logger, cancel.clone()));
+            readers.spawn(live::forward_program_log(logger, stop_reading.clone()));
         }
-        let cancel = cancel.clone();
+        let pipeline = pipeline.clone();
+        let cancel = stop_reading.clone();
         let poll = args.poll_interval;
         readers.spawn(async move {
-            let mut out = io::stdout();
             let result = live::drain_ring(events, poll, cancel, |bytes| {
-                print_raw(&mut out, bytes, &iface, &clock);
+                pipeline.handle_bytes(
+                    bytes,
+                    |record| clock.wall_time(record.header.timestamp_ns),
+                    Some(&iface),
+                );
             })
             .await;
-            let _ = out.flush();
             if let Err(err) = result {
                 warn!(%iface, error = %err, "ring buffer reader failed");
             }
@@ -63,42 +73,43 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     }
     info!(interfaces = args.ifaces.len(), ports = ?args.ports, "capturing");
 
-    wait_for_signal().await?;
-    info!("shutting down");
-    cancel.cancel();
-    while readers.join_next().await.is_some() {}
-    drop(guards);
-    info!("detached");
-    Ok(())
-}
-
-/// Until the parser is wired in: the record's raw fields and its request line.
-fn print_raw(out: &mut impl io::Write, bytes: &[u8], iface: &Arc<str>, clock: &MonotonicClock) {
-    let record = match Record::decode(bytes) {
-        Ok(record) => record,
-        Err(err) => {
-            warn!(error = %err, "skipping a malformed ring-buffer record");
-            return;
-        }
+    // Delivery only ends early on a fatal error (an untrusted bridge certificate, say).
+    let early = tokio::select! {
+        signal = wait_for_signal() => { signal?; None }
+        result = &mut delivery => Some(result),
     };
-    let line_end = memchr::memchr(b'\r', record.payload).unwrap_or(record.payload.len());
-    let captured_at = clock
-        .wall_time(record.header.timestamp_ns)
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default();
-    let line = serde_json::json!({
-        "iface": &**iface,
-        "captured_at": captured_at,
-        "src": record.src().to_string(),
-        "dst": record.dst().to_string(),
-        "payload_len": record.header.payload_len,
-        "captured_len": record.header.captured_len,
-        "flags": record.header.flags,
-        "request_line": String::from_utf8_lossy(&record.payload[..line_end]),
-    });
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
+    info!("shutting down: detaching and delivering what is queued");
+    // Detach first so nothing new arrives, then drain the rings one last time.
+    drop(guards);
+    stop_reading.cancel();
+    while readers.join_next().await.is_some() {}
+    queue.close();
+    stop_delivery.cancel();
+    let result = match early {
+        Some(result) => result,
+        None => delivery.await,
+    };
+    match result {
+        Ok(Ok(report)) => {
+            info!(
+                delivered = report.delivered,
+                rejected = report.rejected,
+                expired = report.expired,
+                "delivery finished"
+            );
+            if report.undelivered > 0 {
+                warn!(
+                    undelivered = report.undelivered,
+                    "notifications still undelivered at the shutdown deadline"
+                );
+            }
+            Ok(())
+        }
+        Ok(Err(failed)) => Err(AgentError::Delivery(failed.to_string())),
+        Err(join) => Err(AgentError::Delivery(format!(
+            "the delivery task failed: {join}"
+        ))),
+    }
 }
 
 async fn wait_for_signal() -> Result<(), AgentError> {

@@ -1,1 +1,329 @@
-//! Zero-copy SIP NOTIFY parser (see issue 3).
+//! Zero-copy SIP NOTIFY parser: one UDP payload in, the fields the bridge needs out.
+//!
+//! [`parse`] makes a single pass over the header section with [`message::Headers`], keeps a
+//! borrowed slice for each header it needs, and allocates nothing; the payload is untrusted and
+//! may not be UTF-8, so it works on bytes and never panics. [`Notify::to_notification`] is the
+//! one place that copies (and %-decodes) into the owned [`Notification`].
+//!
+//! Layers: `message` (start line, header fields, framing; usable for any SIP message), `uri`
+//! (To/From user extraction), `fields` (CSeq, Event, Via branch, Content-Length).
+
+mod fields;
+pub mod message;
+pub mod uri;
+
+use memchr::memchr2;
+
+pub use message::{Header, Headers, Message, StartLine, parse_message, parse_start_line};
+pub use uri::{Dn, DnBytes, NameAddr, Scheme, UriError, User, dn_of, parse_name_addr, uri_user};
+
+use crate::event::{CaptureMeta, Notification};
+use message::{Known, classify, names_match};
+
+/// What [`parse`] and [`Notify::to_notification`] are configured with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// Header names (as configured) whose values are copied into
+    /// [`Notification::extra_headers`]; matched case-insensitively, compact forms included.
+    pub extra_headers: Vec<String>,
+    /// Accept a NOTIFY without `X-Genesys-CallUUID` (then `call_uuid` is `None`).
+    pub allow_missing_call_uuid: bool,
+}
+
+impl ParseOptions {
+    /// Options with these extra header names.
+    pub fn new(
+        extra_headers: impl IntoIterator<Item = impl Into<String>>,
+        allow_missing_call_uuid: bool,
+    ) -> Self {
+        Self {
+            extra_headers: extra_headers.into_iter().map(Into::into).collect(),
+            allow_missing_call_uuid,
+        }
+    }
+}
+
+/// Declares [`ParseError`] with its message, its metric label and the list of all variants, so
+/// the three cannot drift apart.
+macro_rules! parse_errors {
+    ($($(#[doc = $doc:literal])* $variant:ident => $reason:literal, $message:literal;)+) => {
+        /// Why a payload is not a usable NOTIFY (or, for the header layer, not a SIP message).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+        pub enum ParseError {
+            $($(#[doc = $doc])* #[error($message)] $variant,)+
+        }
+
+        impl ParseError {
+            /// Every variant, for registering metric labels up front.
+            pub const ALL: &'static [ParseError] = &[$(ParseError::$variant),+];
+
+            /// A snake_case label for metrics.
+            pub fn reason(self) -> &'static str {
+                match self {
+                    $(ParseError::$variant => $reason,)+
+                }
+            }
+        }
+    };
+}
+
+parse_errors! {
+    /// Nothing but CRLFs (a keep-alive) or nothing at all.
+    Empty => "empty", "empty payload";
+    /// A status line: a response, not a request.
+    Response => "response", "response, not a request";
+    /// A request whose method is not (exactly, case-sensitively) `NOTIFY`.
+    NotNotify => "not_notify", "method is not notify";
+    /// Request line not `Method SP Request-URI SP SIP/2.0`.
+    BadRequestLine => "bad_request_line", "malformed request line";
+    /// Status line not `SIP/2.0 SP 3DIGIT SP reason` (header layer only).
+    BadStatusLine => "bad_status_line", "malformed status line";
+    /// The datagram ends before the empty line that closes the header section.
+    UnterminatedHeaders => "unterminated_headers", "header section not terminated by an empty line";
+    /// A header line without a token name and a colon, or a continuation line with nothing to
+    /// continue.
+    BadHeaderLine => "bad_header_line", "malformed header line";
+    /// More header fields than the slots given to `parse_message` (header layer only).
+    TooManyHeaders => "too_many_headers", "more headers than slots";
+    /// A single-valued header (Call-ID, To, From, CSeq, Event, Content-Length,
+    /// X-Genesys-CallUUID) repeated with a different value.
+    ConflictingHeader => "conflicting_header", "single-valued header repeated with a different value";
+    /// Content-Length not a plain decimal number.
+    BadContentLength => "bad_content_length", "malformed content-length";
+    /// Content-Length larger than what the datagram holds after the headers.
+    ContentLengthExceedsDatagram => "content_length_exceeds_datagram", "content-length exceeds the datagram";
+    /// No Call-ID, or an empty one.
+    MissingCallId => "missing_call_id", "missing call-id";
+    /// No To header.
+    MissingTo => "missing_to", "missing to header";
+    /// A To value that is not a name-addr or addr-spec.
+    BadTo => "bad_to", "malformed to header";
+    /// A To URI that is not sip, sips or tel.
+    UnsupportedToScheme => "unsupported_to_scheme", "unsupported uri scheme in to header";
+    /// A To URI without a user part: there is no DN.
+    NoDn => "no_dn", "to uri has no user part";
+    /// No CSeq header.
+    MissingCseq => "missing_cseq", "missing cseq";
+    /// CSeq not `number method`, or a number over 32 bits.
+    BadCseq => "bad_cseq", "malformed cseq";
+    /// CSeq method other than NOTIFY.
+    CseqMethodMismatch => "cseq_method_mismatch", "cseq method is not notify";
+    /// No Event header, or an empty one.
+    MissingEvent => "missing_event", "missing event header";
+    /// An Event value whose type is not a token.
+    BadEvent => "bad_event", "malformed event header";
+    /// No X-Genesys-CallUUID (or an empty one) while it is required.
+    MissingCallUuid => "missing_call_uuid", "missing x-genesys-calluuid";
+}
+
+/// A parsed NOTIFY, borrowing from the payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Notify<'a> {
+    /// The To user (the agent's DN), still encoded; see [`Dn`].
+    pub dn: Dn<'a>,
+    /// The Call-ID, trimmed.
+    pub call_id: &'a [u8],
+    /// `X-Genesys-CallUUID`, trimmed; `None` only with `allow_missing_call_uuid`.
+    pub call_uuid: Option<&'a [u8]>,
+    /// The event type (before any `;` parameter), as sent.
+    pub event: &'a [u8],
+    /// The From user, when From has a sip/sips/tel URI with a user.
+    pub caller: Option<Dn<'a>>,
+    /// The CSeq number.
+    pub cseq: u32,
+    /// The branch parameter of the top Via, when present.
+    pub via_branch: Option<&'a [u8]>,
+    /// The Request-URI, unparsed (never used for the DN).
+    pub request_uri: &'a [u8],
+    /// The body, framed by Content-Length.
+    pub body: &'a [u8],
+    /// The header section including its closing empty line, rescanned only for extra headers.
+    header_section: &'a [u8],
+}
+
+/// Records a single-valued header: identical repeats are tolerated (retransmitting proxies
+/// and sloppy stacks produce them), different ones make the message ambiguous.
+#[inline]
+fn single<'a>(slot: &mut Option<&'a [u8]>, value: &'a [u8]) -> Result<(), ParseError> {
+    match slot {
+        Some(previous) if *previous != value => Err(ParseError::ConflictingHeader),
+        Some(_) => Ok(()),
+        None => {
+            *slot = Some(value);
+            Ok(())
+        }
+    }
+}
+
+/// Parses one UDP payload as a Genesys NOTIFY. Zero heap allocations; linear in the payload.
+pub fn parse<'a>(payload: &'a [u8], options: &ParseOptions) -> Result<Notify<'a>, ParseError> {
+    let start = message::skip_leading_newlines(payload);
+    let rest = &payload[start..];
+    if rest.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    if rest.len() >= 4 && rest[..4].eq_ignore_ascii_case(b"SIP/") {
+        return Err(ParseError::Response);
+    }
+    // Methods are case-sensitive (RFC 3261 §7.1): `notify` is an unknown method.
+    if !rest.starts_with(b"NOTIFY ") {
+        return Err(ParseError::NotNotify);
+    }
+    let (line, header_start) =
+        message::line_at(payload, start).ok_or(ParseError::UnterminatedHeaders)?;
+    let request_uri = message::request_uri_and_version(&line[b"NOTIFY ".len()..])?;
+
+    let mut call_id = None;
+    let mut to = None;
+    let mut from = None;
+    let mut via = None;
+    let mut event = None;
+    let mut cseq = None;
+    let mut content_length = None;
+    let mut call_uuid = None;
+    let mut headers = Headers::new(payload, header_start);
+    for header in headers.by_ref() {
+        let Header { name, value } = header?;
+        match classify(name) {
+            Known::CallId => single(&mut call_id, value)?,
+            Known::To => single(&mut to, value)?,
+            Known::From => single(&mut from, value)?,
+            Known::Event => single(&mut event, value)?,
+            Known::CSeq => single(&mut cseq, value)?,
+            Known::ContentLength => single(&mut content_length, value)?,
+            Known::CallUuid => single(&mut call_uuid, value)?,
+            // Only the topmost Via matters; later ones are other hops.
+            Known::Via => {
+                via.get_or_insert(value);
+            }
+            Known::Other => {}
+        }
+    }
+    let body_start = headers
+        .body_start()
+        .ok_or(ParseError::UnterminatedHeaders)?;
+    let body = fields::frame_body(payload, body_start, content_length)?;
+
+    let call_id = call_id
+        .filter(|v| !v.is_empty())
+        .ok_or(ParseError::MissingCallId)?;
+    let dn = dn_of(to.ok_or(ParseError::MissingTo)?).map_err(|e| match e {
+        UriError::Malformed => ParseError::BadTo,
+        UriError::UnsupportedScheme => ParseError::UnsupportedToScheme,
+        UriError::NoUser => ParseError::NoDn,
+    })?;
+    let cseq = fields::cseq(cseq.ok_or(ParseError::MissingCseq)?)?;
+    let event = fields::event_type(event.ok_or(ParseError::MissingEvent)?)?;
+    let call_uuid = call_uuid.filter(|v| !v.is_empty());
+    if call_uuid.is_none() && !options.allow_missing_call_uuid {
+        return Err(ParseError::MissingCallUuid);
+    }
+    Ok(Notify {
+        dn,
+        call_id,
+        call_uuid,
+        event,
+        // The caller is informative: a From we cannot read does not cost the notification.
+        caller: from.and_then(|v| dn_of(v).ok()),
+        cseq,
+        via_branch: via.and_then(fields::via_branch),
+        request_uri,
+        body,
+        header_section: &payload[header_start..body_start],
+    })
+}
+
+/// Header bytes as a string: folded line breaks become one space (RFC 3261 §7.3.1) and
+/// invalid UTF-8 becomes U+FFFD, so the JSON stays valid.
+fn text(value: &[u8]) -> String {
+    if memchr2(b'\r', b'\n', value).is_none() {
+        return String::from_utf8_lossy(value).into_owned();
+    }
+    let mut unfolded = Vec::with_capacity(value.len());
+    let mut bytes = value.iter().copied().peekable();
+    while let Some(byte) = bytes.next() {
+        if byte == b'\r' || byte == b'\n' {
+            while unfolded.last().is_some_and(|&b| b == b' ' || b == b'\t') {
+                unfolded.pop();
+            }
+            unfolded.push(b' ');
+            while bytes.next_if(|&b| message::is_lws(b)).is_some() {}
+        } else {
+            unfolded.push(byte);
+        }
+    }
+    String::from_utf8_lossy(&unfolded).into_owned()
+}
+
+impl<'a> Notify<'a> {
+    /// The values of the configured extra headers, each with the configured name it matched,
+    /// in message order. Rescans the header section (only when extras are configured), which
+    /// keeps [`parse`] free of per-option work.
+    pub fn extra_headers<'o>(
+        &self,
+        options: &'o ParseOptions,
+    ) -> impl Iterator<Item = (&'o str, &'a [u8])> + 'o
+    where
+        'a: 'o,
+    {
+        let wanted = !options.extra_headers.is_empty();
+        Headers::new(self.header_section, 0)
+            .take_while(move |_| wanted)
+            .map_while(Result::ok)
+            .flat_map(move |header| {
+                options
+                    .extra_headers
+                    .iter()
+                    .filter(move |name| names_match(header.name, name.as_bytes()))
+                    .map(move |name| (name.as_str(), header.value))
+            })
+    }
+
+    /// The owned notification. Repeated extra headers are joined with ", " (RFC 3261 §7.3.1);
+    /// they appear under their configured names, in configuration order.
+    pub fn to_notification(&self, options: &ParseOptions, meta: CaptureMeta) -> Notification {
+        let mut extras: Vec<(String, Option<String>)> = Vec::new();
+        for name in &options.extra_headers {
+            // Two configured spellings of one header (`i` and `Call-ID`) report it once.
+            if !extras
+                .iter()
+                .any(|(seen, _)| names_match(seen.as_bytes(), name.as_bytes()))
+            {
+                extras.push((name.clone(), None));
+            }
+        }
+        if !extras.is_empty() {
+            for header in Headers::new(self.header_section, 0).map_while(Result::ok) {
+                for (name, joined) in &mut extras {
+                    if names_match(header.name, name.as_bytes()) {
+                        let value = text(header.value);
+                        match joined {
+                            Some(joined) => {
+                                joined.push_str(", ");
+                                joined.push_str(&value);
+                            }
+                            None => *joined = Some(value),
+                        }
+                    }
+                }
+            }
+        }
+        Notification {
+            dn: self.dn.to_string_lossy(),
+            call_id: text(self.call_id),
+            call_uuid: self.call_uuid.map(text),
+            event: text(self.event),
+            caller: self.caller.map(|dn| dn.to_string_lossy()),
+            cseq: self.cseq,
+            via_branch: self.via_branch.map(text),
+            extra_headers: extras
+                .into_iter()
+                .filter_map(|(name, value)| Some((name, value?)))
+                .collect(),
+            meta,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

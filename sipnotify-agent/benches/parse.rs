@@ -1,0 +1,2 @@
+//! Parse benchmarks (being written).
+fn main() {}

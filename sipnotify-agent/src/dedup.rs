@@ -1,0 +1,310 @@
+//! Retransmission filter: drops the copies of a NOTIFY that SIP Server re-sends over UDP.
+//!
+//! An unanswered NOTIFY is re-sent with the same Call-ID, CSeq and top-Via branch (timer E,
+//! up to 64×T1 = 32 s after the first copy, see RFC 3261 §17.1.2). Asterisk answers them, but
+//! the capture sees every copy, and the bridge must get one. A later NOTIFY in the same dialog
+//! (the `hold` after the `talk`) has a new CSeq and branch, so it is new.
+//!
+//! Time is the caller's (the capture timestamp), so a pcap replay de-duplicates exactly as the
+//! live capture did. Memory is bounded: at the cap the oldest entry is evicted, which can only
+//! let a very late retransmission through (the bridge still has the Idempotency-Key).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use crate::event::Notification;
+
+/// How long and how many transactions the filter remembers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DedupSettings {
+    /// How long after the first copy a copy still counts as a retransmission.
+    pub window: Duration,
+    /// The most transactions remembered at once.
+    pub max_entries: usize,
+}
+
+impl Default for DedupSettings {
+    fn default() -> Self {
+        Self {
+            // 64×T1 with T1 = 500 ms: the non-INVITE transaction timeout (timer F), after which
+            // SIP Server stops re-sending.
+            window: Duration::from_secs(32),
+            max_entries: 65_536,
+        }
+    }
+}
+
+/// What the filter made of one notification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The first copy of its transaction (within the window): deliver it.
+    New,
+    /// A retransmission of a transaction seen within the window: drop it.
+    Duplicate,
+}
+
+/// The identity of one SIP transaction as SIP Server re-sends it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct TransactionKey {
+    call_id: Box<str>,
+    cseq: u32,
+    branch: Option<Box<str>>,
+}
+
+impl TransactionKey {
+    fn of(n: &Notification) -> Self {
+        Self {
+            call_id: n.call_id.as_str().into(),
+            cseq: n.cseq,
+            branch: n.via_branch.as_deref().map(Into::into),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    first_seen: SystemTime,
+    /// Matches the `generation` of this entry's record in the time-ordered log; a record whose
+    /// generation differs is stale (its key was re-inserted later) and is skipped.
+    generation: u64,
+}
+
+/// The retransmission filter. Not thread-safe by design: it sits on the single parser path.
+#[derive(Debug)]
+pub struct Deduplicator {
+    settings: DedupSettings,
+    entries: HashMap<Arc<TransactionKey>, Entry>,
+    /// Insertion order, which is time order up to small capture reordering; expiry and
+    /// eviction pop from the front, so each observation costs O(1) amortized.
+    log: VecDeque<(SystemTime, u64, Arc<TransactionKey>)>,
+    next_generation: u64,
+    hits: u64,
+    evictions: u64,
+}
+
+impl Deduplicator {
+    /// An empty filter. A `max_entries` of 0 is treated as 1.
+    pub fn new(settings: DedupSettings) -> Self {
+        let settings = DedupSettings {
+            max_entries: settings.max_entries.max(1),
+            ..settings
+        };
+        Self {
+            settings,
+            entries: HashMap::new(),
+            log: VecDeque::new(),
+            next_generation: 0,
+            hits: 0,
+            evictions: 0,
+        }
+    }
+
+    /// Classifies `n`, captured at `now`, and remembers it when it is new.
+    pub fn observe(&mut self, n: &Notification, now: SystemTime) -> Verdict {
+        self.expire(now);
+        let key = TransactionKey::of(n);
+        if let Some(entry) = self.entries.get(&key) {
+            // A copy captured before the first one (reordering between CPUs) is a duplicate too.
+            let age = now.duration_since(entry.first_seen).unwrap_or(Duration::ZERO);
+            if age < self.settings.window {
+                self.hits += 1;
+                metrics::counter!("sipnotify_dedup_hits_total").increment(1);
+                return Verdict::Duplicate;
+            }
+        }
+        while self.entries.len() >= self.settings.max_entries && !self.entries.contains_key(&key)
+        {
+            if !self.pop_oldest() {
+                break;
+            }
+            self.evictions += 1;
+            metrics::counter!("sipnotify_dedup_evictions_total").increment(1);
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let key = Arc::new(key);
+        self.entries.insert(
+            Arc::clone(&key),
+            Entry {
+                first_seen: now,
+                generation,
+            },
+        );
+        self.log.push_back((now, generation, key));
+        Verdict::New
+    }
+
+    /// Transactions remembered now.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Duplicates seen since creation.
+    pub fn hits(&self) -> u64 {
+        self.hits
+    }
+
+    /// Entries evicted early because of the memory cap.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Forgets every transaction whose window has passed at `now`.
+    fn expire(&mut self, now: SystemTime) {
+        while let Some((first_seen, _, _)) = self.log.front() {
+            let expired = now
+                .duration_since(*first_seen)
+                .is_ok_and(|age| age >= self.settings.window);
+            if !expired {
+                break;
+            }
+            self.pop_oldest();
+        }
+    }
+
+    /// Removes the oldest log record and, unless it is stale, its entry. Returns whether an
+    /// entry was removed.
+    fn pop_oldest(&mut self) -> bool {
+        while let Some((_, generation, key)) = self.log.pop_front() {
+            let current = self
+                .entries
+                .get(&*key)
+                .is_some_and(|entry| entry.generation == generation);
+            if current {
+                self.entries.remove(&*key);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::tests::sample;
+
+    fn at(ms: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_000_000 + ms)
+    }
+
+    #[test]
+    fn retransmissions_within_the_window_are_duplicates() {
+        let mut dedup = Deduplicator::new(DedupSettings::default());
+        let n = sample();
+        assert_eq!(dedup.observe(&n, at(0)), Verdict::New);
+        // Timer E schedule of SIP Server: 0.5, 1.5, 3.5, 7.5, 11.5, … 23.5 s.
+        for ms in [500, 1_500, 3_500, 7_500, 11_500, 15_500, 19_500, 23_500] {
+            assert_eq!(dedup.observe(&n, at(ms)), Verdict::Duplicate, "at {ms} ms");
+        }
+        assert_eq!(dedup.hits(), 8);
+        assert_eq!(dedup.len(), 1);
+    }
+
+    #[test]
+    fn new_cseq_or_branch_in_the_same_dialog_is_new() {
+        let mut dedup = Deduplicator::new(DedupSettings::default());
+        let talk = sample();
+        let mut hold = sample();
+        hold.event = "hold".into();
+        hold.cseq += 1;
+        hold.via_branch = Some("z9hG4bK-2".into());
+        assert_eq!(dedup.observe(&talk, at(0)), Verdict::New);
+        assert_eq!(dedup.observe(&hold, at(10)), Verdict::New);
+        let mut same_cseq_new_branch = sample();
+        same_cseq_new_branch.via_branch = Some("z9hG4bK-3".into());
+        assert_eq!(dedup.observe(&same_cseq_new_branch, at(20)), Verdict::New);
+        let mut other_call = sample();
+        other_call.call_id = "other@host".into();
+        assert_eq!(dedup.observe(&other_call, at(30)), Verdict::New);
+        assert_eq!(dedup.observe(&hold, at(40)), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn a_copy_after_the_window_is_new_again() {
+        let mut dedup = Deduplicator::new(DedupSettings {
+            window: Duration::from_secs(2),
+            max_entries: 16,
+        });
+        let n = sample();
+        assert_eq!(dedup.observe(&n, at(0)), Verdict::New);
+        assert_eq!(dedup.observe(&n, at(1_999)), Verdict::Duplicate);
+        assert_eq!(dedup.observe(&n, at(2_000)), Verdict::New);
+        // The window restarts from the new first copy.
+        assert_eq!(dedup.observe(&n, at(3_000)), Verdict::Duplicate);
+        assert_eq!(dedup.len(), 1);
+        // Expired entries are forgotten even without a copy of them.
+        let mut other = sample();
+        other.cseq = 99;
+        assert_eq!(dedup.observe(&other, at(10_000)), Verdict::New);
+        assert_eq!(dedup.len(), 1);
+    }
+
+    #[test]
+    fn a_copy_captured_slightly_earlier_is_still_a_duplicate() {
+        let mut dedup = Deduplicator::new(DedupSettings::default());
+        let n = sample();
+        assert_eq!(dedup.observe(&n, at(1_000)), Verdict::New);
+        assert_eq!(dedup.observe(&n, at(999)), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn memory_is_capped_by_evicting_the_oldest() {
+        let mut dedup = Deduplicator::new(DedupSettings {
+            window: Duration::from_secs(32),
+            max_entries: 4,
+        });
+        let make = |cseq: u32| {
+            let mut n = sample();
+            n.cseq = cseq;
+            n
+        };
+        for cseq in 0..10 {
+            assert_eq!(dedup.observe(&make(cseq), at(u64::from(cseq))), Verdict::New);
+            assert!(dedup.len() <= 4);
+        }
+        assert_eq!(dedup.evictions(), 6);
+        // The newest four are remembered, the evicted ones are new again.
+        for cseq in 6..10 {
+            assert_eq!(dedup.observe(&make(cseq), at(20)), Verdict::Duplicate);
+        }
+        assert_eq!(dedup.observe(&make(0), at(21)), Verdict::New);
+        assert_eq!(dedup.len(), 4);
+    }
+
+    #[test]
+    fn stale_log_records_do_not_evict_live_entries() {
+        let mut dedup = Deduplicator::new(DedupSettings {
+            window: Duration::from_secs(2),
+            max_entries: 2,
+        });
+        let make = |cseq: u32| {
+            let mut n = sample();
+            n.cseq = cseq;
+            n
+        };
+        let (a, b, c, d) = (make(1), make(2), make(3), make(4));
+        // `a` arrives out of order behind `b`, then is re-inserted after its window while its
+        // first log record is still queued behind `b`'s: that record is now stale.
+        assert_eq!(dedup.observe(&b, at(9_000)), Verdict::New);
+        assert_eq!(dedup.observe(&a, at(1_000)), Verdict::New);
+        assert_eq!(dedup.observe(&a, at(4_000)), Verdict::New);
+        // At the cap, `b` (oldest live) goes; the live `a` stays.
+        assert_eq!(dedup.observe(&c, at(4_100)), Verdict::New);
+        assert_eq!(dedup.evictions(), 1);
+        assert_eq!(dedup.observe(&a, at(4_200)), Verdict::Duplicate);
+        // Next eviction skips the stale record and removes the live `a`, not `c`.
+        assert_eq!(dedup.observe(&d, at(4_300)), Verdict::New);
+        assert_eq!(dedup.evictions(), 2);
+        assert_eq!(dedup.observe(&c, at(4_400)), Verdict::Duplicate);
+        assert_eq!(dedup.len(), 2);
+    }
+}

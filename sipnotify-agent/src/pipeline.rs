@@ -1,0 +1,285 @@
+//! The per-record path shared by live capture and replay: decode → parse → de-dup → queue.
+//!
+//! It runs on the ring-buffer reader's task, so it never waits: parsing is linear and
+//! allocation-free until a NOTIFY is accepted, the de-dup table is a short uncontended lock,
+//! and the queue drops its oldest entry rather than block when the bridge falls behind.
+//! Every record that does not become a queued notification is counted with its reason.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use metrics::Counter;
+
+use crate::{
+    capture::{Record, RecordError},
+    dedup::{DedupSettings, Deduplicator, Verdict},
+    event::Notification,
+    queue::NotificationQueue,
+    sip::{self, ParseError, ParseOptions},
+};
+
+/// Parser and de-dup flags shared by `run` and `replay`.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+#[command(next_help_heading = "Parsing and de-duplication")]
+pub struct PipelineArgs {
+    /// Copy this header into each notification under its name (repeat for several).
+    #[arg(long = "extra-header", value_name = "NAME")]
+    pub extra_headers: Vec<String>,
+
+    /// Deliver NOTIFYs without X-Genesys-CallUUID, with `call_uuid: null` (by default they
+    /// are counted and dropped, since the bridge needs the CallUUID).
+    #[arg(long)]
+    pub allow_missing_call_uuid: bool,
+
+    /// Copies of one transaction (Call-ID, CSeq, Via branch) within this window are delivered
+    /// once; 32 s is 64×T1, the longest a SIP server retransmits.
+    #[arg(long, value_name = "DURATION", default_value = "32s", value_parser = humantime::parse_duration)]
+    pub dedup_window: Duration,
+
+    /// The most transactions the de-duplicator remembers; the oldest is evicted beyond it.
+    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    pub dedup_max_entries: usize,
+}
+
+impl Default for PipelineArgs {
+    fn default() -> Self {
+        Self {
+            extra_headers: Vec::new(),
+            allow_missing_call_uuid: false,
+            dedup_window: Duration::from_secs(32),
+            dedup_max_entries: 65_536,
+        }
+    }
+}
+
+impl PipelineArgs {
+    /// Checks the values that clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.dedup_max_entries == 0 {
+            return Err("--dedup-max-entries must be at least 1, got 0".into());
+        }
+        if let Some(bad) = self
+            .extra_headers
+            .iter()
+            .find(|name| name.is_empty() || !name.bytes().all(is_token_byte))
+        {
+            return Err(format!("--extra-header `{bad}` is not a valid header name"));
+        }
+        Ok(())
+    }
+}
+
+/// RFC 3261 `token` characters, which header names are made of.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+/// What happened to one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Queued for delivery.
+    Queued,
+    /// Queued; the oldest queued notification was dropped to make room.
+    QueuedDroppingOldest,
+    /// A retransmission of a transaction already queued.
+    Duplicate,
+    /// Not a usable NOTIFY.
+    Rejected(ParseError),
+    /// The record itself is malformed.
+    BadRecord(RecordError),
+    /// The queue is closed (shutting down).
+    Closed,
+}
+
+/// The shared per-record path. Cheap to clone: one per reader task.
+#[derive(Clone)]
+pub struct Pipeline {
+    options: Arc<ParseOptions>,
+    dedup: Arc<Mutex<Deduplicator>>,
+    queue: NotificationQueue,
+    metrics: Arc<Metrics>,
+}
+
+/// Metric handles resolved once, off the per-record path.
+struct Metrics {
+    records: Counter,
+    accepted: Counter,
+    rejects: Vec<(ParseError, Counter)>,
+    bad_records: Counter,
+}
+
+impl Pipeline {
+    /// A pipeline feeding `queue`.
+    pub fn new(args: &PipelineArgs, queue: NotificationQueue) -> Self {
+        let metrics = Metrics {
+            records: metrics::counter!("sipnotify_records_total"),
+            accepted: metrics::counter!("sipnotify_notifications_total"),
+            rejects: ParseError::ALL
+                .iter()
+                .map(|&e| {
+                    (
+                        e,
+                        metrics::counter!("sipnotify_parse_rejects_total", "reason" => e.reason()),
+                    )
+                })
+                .collect(),
+            bad_records: metrics::counter!("sipnotify_parse_rejects_total", "reason" => "bad_record"),
+        };
+        Self {
+            options: Arc::new(ParseOptions::new(
+                args.extra_headers.iter().cloned(),
+                args.allow_missing_call_uuid,
+            )),
+            dedup: Arc::new(Mutex::new(Deduplicator::new(DedupSettings {
+                window: args.dedup_window,
+                max_entries: args.dedup_max_entries,
+            }))),
+            queue,
+            metrics: Arc::new(metrics),
+        }
+    }
+
+    /// Handles one raw ring-buffer record.
+    pub fn handle_bytes(
+        &self,
+        bytes: &[u8],
+        captured_at: impl FnOnce(&Record<'_>) -> SystemTime,
+        iface: Option<&Arc<str>>,
+    ) -> Outcome {
+        self.metrics.records.increment(1);
+        match Record::decode(bytes) {
+            Ok(record) => {
+                let at = captured_at(&record);
+                self.handle(&record, at, iface)
+            }
+            Err(err) => {
+                self.metrics.bad_records.increment(1);
+                Outcome::BadRecord(err)
+            }
+        }
+    }
+
+    /// Handles one decoded record captured at `captured_at` (also the de-dup clock).
+    pub fn handle(
+        &self,
+        record: &Record<'_>,
+        captured_at: SystemTime,
+        iface: Option<&Arc<str>>,
+    ) -> Outcome {
+        let notify = match sip::parse(record.payload, &self.options) {
+            Ok(notify) => notify,
+            Err(err) => {
+                if let Some((_, counter)) = self.metrics.rejects.iter().find(|(e, _)| *e == err) {
+                    counter.increment(1);
+                }
+                return Outcome::Rejected(err);
+            }
+        };
+        let notification: Notification =
+            notify.to_notification(&self.options, record.meta(captured_at, iface.cloned()));
+        let verdict = match self.dedup.lock() {
+            Ok(mut dedup) => dedup.observe(&notification, captured_at),
+            // A panic elsewhere while holding the lock cannot leave the table inconsistent
+            // in a way that matters more than losing de-dup; keep delivering.
+            Err(poisoned) => poisoned.into_inner().observe(&notification, captured_at),
+        };
+        if verdict == Verdict::Duplicate {
+            return Outcome::Duplicate;
+        }
+        self.metrics.accepted.increment(1);
+        match self.queue.push(notification) {
+            crate::queue::Pushed::Queued => Outcome::Queued,
+            crate::queue::Pushed::DroppedOldest => Outcome::QueuedDroppingOldest,
+            crate::queue::Pushed::Closed => Outcome::Closed,
+        }
+    }
+
+    /// The queue this pipeline feeds.
+    pub fn queue(&self) -> &NotificationQueue {
+        &self.queue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sipnotify_common::EventHeader;
+
+    use super::*;
+
+    const TALK: &[u8] = b"NOTIFY sip:192.168.210.54:5061 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.168.210.81:5090;branch=z9hG4bK-1\r\n\
+From: <sip:5551234@192.168.210.81>;tag=1\r\n\
+To: <sip:1002@192.168.210.54>;tag=2\r\n\
+Call-ID: abc@192.168.210.81\r\n\
+CSeq: 3 NOTIFY\r\n\
+Event: talk\r\n\
+X-Genesys-CallUUID: UIVB8J6JE91C53UIM3VI59VHQ400001R\r\n\
+Content-Length: 0\r\n\r\n";
+
+    fn record(payload: &[u8]) -> Record<'_> {
+        Record {
+            header: EventHeader {
+                ip_version: 4,
+                dst_port: 5061,
+                captured_len: payload.len() as u32,
+                payload_len: payload.len() as u32,
+                ..EventHeader::default()
+            },
+            payload,
+        }
+    }
+
+    #[test]
+    fn a_notify_is_queued_once_and_its_retransmission_is_dropped() {
+        let queue = NotificationQueue::new(16);
+        let pipeline = Pipeline::new(&PipelineArgs::default(), queue.clone());
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        assert_eq!(pipeline.handle(&record(TALK), t0, None), Outcome::Queued);
+        assert_eq!(
+            pipeline.handle(&record(TALK), t0 + Duration::from_millis(500), None),
+            Outcome::Duplicate
+        );
+        assert_eq!(queue.len(), 1);
+        let mut out = Vec::new();
+        queue.try_pop_batch(16, &mut out);
+        assert_eq!(out[0].dn, "1002");
+        assert_eq!(out[0].call_id, "abc@192.168.210.81");
+        assert_eq!(out[0].event, "talk");
+        assert_eq!(out[0].meta.captured_at, t0);
+    }
+
+    #[test]
+    fn rejects_carry_their_reason() {
+        let queue = NotificationQueue::new(16);
+        let pipeline = Pipeline::new(&PipelineArgs::default(), queue.clone());
+        let invite = b"INVITE sip:a@b SIP/2.0\r\n\r\n";
+        assert_eq!(
+            pipeline.handle(&record(invite), SystemTime::now(), None),
+            Outcome::Rejected(ParseError::NotNotify)
+        );
+        assert!(matches!(
+            pipeline.handle_bytes(&[1, 2, 3], |_| SystemTime::now(), None),
+            Outcome::BadRecord(RecordError::TooShort(3))
+        ));
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn argument_checks_name_the_bad_value() {
+        let args = PipelineArgs {
+            extra_headers: vec!["X-Genesys-Foo".into(), "bad name".into()],
+            ..PipelineArgs::default()
+        };
+        assert_eq!(
+            args.validate().unwrap_err(),
+            "--extra-header `bad name` is not a valid header name"
+        );
+        let args = PipelineArgs {
+            dedup_max_entries: 0,
+            ..PipelineArgs::default()
+        };
+        assert!(args.validate().unwrap_err().contains("got 0"));
+    }
+}

@@ -1,0 +1,367 @@
+//! Turning queued notifications into request bodies.
+//!
+//! Object mode: one notification per request, its body encoded by the request task (so the
+//! JSON work spreads over the runtime's threads). Array mode: a batch closes when it holds
+//! `max_events`, when one more object would pass `max_bytes`, or `linger` after its first
+//! notification, whichever comes first; the body is encoded while the batch fills, so its
+//! size is exact.
+//!
+//! The batcher keeps everything it has taken from the queue in itself, so a cancelled
+//! `next` (shutdown) loses nothing and `in_hand` can count it as undelivered.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::{BatchSettings, BodyMode};
+use crate::{
+    event::{JsonOptions, Notification},
+    queue::NotificationQueue,
+};
+
+/// Notifications for one request, with the array body when in array mode.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub(crate) notifications: Vec<Notification>,
+    /// The encoded array (array mode); object bodies are encoded by the sender.
+    pub(crate) body: Option<Bytes>,
+}
+
+/// The body of one notification in object mode.
+pub(crate) fn encode_object(n: &Notification, json: JsonOptions) -> serde_json::Result<Bytes> {
+    serde_json::to_vec(&n.json(json)).map(Bytes::from)
+}
+
+/// An array body for `notifications`.
+pub(crate) fn encode_array(
+    notifications: &[Notification],
+    json: JsonOptions,
+) -> serde_json::Result<Bytes> {
+    let mut body = Vec::with_capacity(notifications.len() * 160 + 2);
+    body.push(b'[');
+    for (i, n) in notifications.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        serde_json::to_writer(&mut body, &n.json(json))?;
+    }
+    body.push(b']');
+    Ok(Bytes::from(body))
+}
+
+/// A stable key for a request: the notification's own key in object mode; for an array, a
+/// hash of its members' keys, so a retried batch keeps its key.
+pub(crate) fn idempotency_key(notifications: &[Notification], mode: BodyMode) -> String {
+    match (mode, notifications) {
+        (BodyMode::Object, [one]) => one.idempotency_key(),
+        _ => {
+            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+            for n in notifications {
+                for byte in n.idempotency_key().bytes().chain([0]) {
+                    hash ^= u64::from(byte);
+                    hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+                }
+            }
+            format!("batch-{hash:016x}-{}", notifications.len())
+        }
+    }
+}
+
+enum Added {
+    Yes,
+    /// Adding it would pass `max_bytes`: the batch is complete; the notification is returned.
+    Full(Box<Notification>),
+}
+
+/// Fills batches from the queue.
+#[derive(Debug)]
+pub(crate) struct Batcher {
+    mode: BodyMode,
+    settings: BatchSettings,
+    json: JsonOptions,
+    /// Taken from the queue, not yet in `pending`.
+    inbox: VecDeque<Notification>,
+    scratch: Vec<Notification>,
+    /// The batch being filled.
+    pending: Vec<Notification>,
+    /// Its body so far (array mode), without the closing bracket.
+    body: Vec<u8>,
+    /// When the batch being filled closes at the latest.
+    linger_until: Option<Instant>,
+    /// Objects that could not be encoded (never expected; counted as rejected by the caller).
+    pub(crate) unencodable: u64,
+}
+
+impl Batcher {
+    pub(crate) fn new(mode: BodyMode, settings: BatchSettings, json: JsonOptions) -> Self {
+        let settings = match mode {
+            BodyMode::Object => BatchSettings {
+                max_events: 1,
+                ..settings
+            },
+            BodyMode::Array => settings,
+        };
+        Self {
+            mode,
+            settings,
+            json,
+            inbox: VecDeque::new(),
+            scratch: Vec::new(),
+            pending: Vec::new(),
+            body: Vec::new(),
+            linger_until: None,
+            unencodable: 0,
+        }
+    }
+
+    /// Notifications taken from the queue but not yet handed out.
+    pub(crate) fn in_hand(&self) -> usize {
+        self.inbox.len() + self.pending.len()
+    }
+
+    /// The next batch; `None` once the queue is closed and everything was handed out.
+    /// Cancel-safe.
+    pub(crate) async fn next(&mut self, queue: &NotificationQueue) -> Option<Batch> {
+        loop {
+            while let Some(n) = self.inbox.pop_front() {
+                match self.add(n) {
+                    Added::Yes if self.pending.len() >= self.settings.max_events => {
+                        return Some(self.finish());
+                    }
+                    Added::Yes => {}
+                    Added::Full(n) => {
+                        self.inbox.push_front(*n);
+                        return Some(self.finish());
+                    }
+                }
+            }
+            let room = self.settings.max_events - self.pending.len();
+            if self.pending.is_empty() {
+                // An empty batch waits as long as it takes for its first notification.
+                if queue.pop_batch(room, &mut self.scratch).await == 0 {
+                    return None;
+                }
+            } else if queue.try_pop_batch(room, &mut self.scratch) == 0 {
+                let Some(until) = self.linger_until else {
+                    return Some(self.finish());
+                };
+                if queue.is_closed() {
+                    return Some(self.finish());
+                }
+                match tokio::time::timeout_at(until, queue.pop_batch(room, &mut self.scratch))
+                    .await
+                {
+                    Ok(taken) if taken > 0 => {}
+                    // Linger over, or closed and drained: send what we have.
+                    _ => return Some(self.finish()),
+                }
+            }
+            self.inbox.extend(self.scratch.drain(..));
+        }
+    }
+
+    fn add(&mut self, n: Notification) -> Added {
+        if self.pending.is_empty() {
+            self.linger_until = Some(Instant::now() + self.settings.linger);
+        }
+        if self.mode == BodyMode::Object {
+            self.pending.push(n);
+            return Added::Yes;
+        }
+        let before = self.body.len();
+        self.body.push(if self.pending.is_empty() { b'[' } else { b',' });
+        if serde_json::to_writer(&mut self.body, &n.json(self.json)).is_err() {
+            self.body.truncate(before);
+            self.unencodable += 1;
+            tracing::warn!(call_id = %n.call_id, "cannot encode a notification as json; dropped");
+            return Added::Yes;
+        }
+        // +1 for the closing bracket.
+        if self.body.len() + 1 > self.settings.max_bytes && !self.pending.is_empty() {
+            self.body.truncate(before);
+            return Added::Full(Box::new(n));
+        }
+        self.pending.push(n);
+        Added::Yes
+    }
+
+    fn finish(&mut self) -> Batch {
+        self.linger_until = None;
+        let notifications = std::mem::take(&mut self.pending);
+        let body = match self.mode {
+            BodyMode::Object => None,
+            BodyMode::Array => {
+                let mut body = std::mem::take(&mut self.body);
+                if body.is_empty() {
+                    body.push(b'[');
+                }
+                body.push(b']');
+                Some(Bytes::from(body))
+            }
+        };
+        Batch {
+            notifications,
+            body,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::event::tests::sample;
+
+    fn numbered(cseq: u32) -> Notification {
+        let mut n = sample();
+        n.cseq = cseq;
+        n
+    }
+
+    fn settings(max_events: usize, max_bytes: usize, linger_ms: u64) -> BatchSettings {
+        BatchSettings {
+            max_events,
+            max_bytes,
+            linger: Duration::from_millis(linger_ms),
+        }
+    }
+
+    const ARRAY_JSON: JsonOptions = JsonOptions {
+        extras: false,
+        with_id: true,
+    };
+
+    fn cseqs(batch: &Batch) -> Vec<u32> {
+        batch.notifications.iter().map(|n| n.cseq).collect()
+    }
+
+    #[tokio::test]
+    async fn array_batches_close_at_max_events() {
+        let queue = NotificationQueue::new(100);
+        for cseq in 0..7 {
+            queue.push(numbered(cseq));
+        }
+        queue.close();
+        let mut batcher = Batcher::new(BodyMode::Array, settings(3, 1 << 20, 1000), ARRAY_JSON);
+        let mut sizes = Vec::new();
+        while let Some(batch) = batcher.next(&queue).await {
+            let body = batch.body.clone().unwrap();
+            let parsed: Vec<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+            assert_eq!(parsed.len(), batch.notifications.len());
+            for (value, n) in parsed.iter().zip(&batch.notifications) {
+                assert_eq!(value["id"], n.idempotency_key());
+            }
+            sizes.push(batch.notifications.len());
+        }
+        assert_eq!(sizes, [3, 3, 1]);
+        assert_eq!(batcher.in_hand(), 0);
+    }
+
+    #[tokio::test]
+    async fn array_batches_close_before_passing_max_bytes() {
+        let one = encode_array(&[numbered(0)], ARRAY_JSON).unwrap().len();
+        // Room for two objects, not three.
+        let max_bytes = one * 2 + 10;
+        let queue = NotificationQueue::new(100);
+        for cseq in 0..5 {
+            queue.push(numbered(cseq));
+        }
+        queue.close();
+        let mut batcher =
+            Batcher::new(BodyMode::Array, settings(100, max_bytes, 1000), ARRAY_JSON);
+        let mut seen = Vec::new();
+        while let Some(batch) = batcher.next(&queue).await {
+            let body = batch.body.unwrap();
+            assert!(body.len() <= max_bytes, "{} > {max_bytes}", body.len());
+            assert_eq!(body, encode_array(&batch.notifications, ARRAY_JSON).unwrap());
+            seen.push(batch.notifications.iter().map(|n| n.cseq).collect::<Vec<_>>());
+        }
+        assert_eq!(seen, [vec![0, 1], vec![2, 3], vec![4]]);
+    }
+
+    #[tokio::test]
+    async fn an_object_larger_than_max_bytes_goes_alone() {
+        let queue = NotificationQueue::new(10);
+        queue.push(numbered(1));
+        queue.push(numbered(2));
+        queue.close();
+        let mut batcher = Batcher::new(BodyMode::Array, settings(10, 16, 1000), ARRAY_JSON);
+        assert_eq!(batcher.next(&queue).await.map(|b| cseqs(&b)), Some(vec![1]));
+        assert_eq!(batcher.next(&queue).await.map(|b| cseqs(&b)), Some(vec![2]));
+        assert!(batcher.next(&queue).await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn linger_starts_with_the_first_notification() {
+        let queue = NotificationQueue::new(10);
+        let mut batcher = Batcher::new(BodyMode::Array, settings(10, 1 << 20, 50), ARRAY_JSON);
+        queue.push(numbered(1));
+        let producer = tokio::spawn({
+            let queue = queue.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                queue.push(numbered(2));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                queue.push(numbered(3));
+            }
+        });
+        let start = Instant::now();
+        let first = batcher.next(&queue).await.unwrap();
+        assert_eq!(cseqs(&first), [1, 2]);
+        assert_eq!(start.elapsed(), Duration::from_millis(50));
+        let second = batcher.next(&queue).await.unwrap();
+        assert_eq!(cseqs(&second), [3]);
+        assert!(producer.await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn object_mode_hands_out_one_at_a_time() {
+        let queue = NotificationQueue::new(10);
+        queue.push(numbered(1));
+        queue.push(numbered(2));
+        queue.close();
+        let mut batcher = Batcher::new(
+            BodyMode::Object,
+            settings(500, 1 << 20, 1000),
+            JsonOptions::default(),
+        );
+        let first = batcher.next(&queue).await.unwrap();
+        assert_eq!(cseqs(&first), [1]);
+        assert!(first.body.is_none());
+        assert_eq!(batcher.next(&queue).await.map(|b| cseqs(&b)), Some(vec![2]));
+        assert!(batcher.next(&queue).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_next_keeps_what_it_took() {
+        let queue = NotificationQueue::new(10);
+        let mut batcher = Batcher::new(BodyMode::Array, settings(10, 1 << 20, 10_000), ARRAY_JSON);
+        queue.push(numbered(1));
+        let cancelled =
+            tokio::time::timeout(Duration::from_millis(20), batcher.next(&queue)).await;
+        assert!(cancelled.is_err());
+        assert_eq!(batcher.in_hand(), 1);
+        queue.close();
+        assert_eq!(batcher.next(&queue).await.map(|b| cseqs(&b)), Some(vec![1]));
+    }
+
+    #[test]
+    fn batch_keys_are_stable_and_distinct() {
+        let a = [numbered(1), numbered(2)];
+        let b = [numbered(1), numbered(3)];
+        assert_eq!(
+            idempotency_key(&a, BodyMode::Array),
+            idempotency_key(&a, BodyMode::Array)
+        );
+        assert_ne!(
+            idempotency_key(&a, BodyMode::Array),
+            idempotency_key(&b, BodyMode::Array)
+        );
+        assert_eq!(
+            idempotency_key(&a[..1], BodyMode::Object),
+            a[0].idempotency_key()
+        );
+    }
+}

@@ -1,0 +1,703 @@
+//! The delivery loop: queue → batches → requests in flight → outcomes.
+//!
+//! Throughput comes from not waiting for each reply: up to `max_in_flight` requests run at
+//! once over the client's keep-alive pool, each in its own task that retries until delivered,
+//! refused, or too old. A permit is taken BEFORE a notification leaves the queue, so while the
+//! bridge is slow or down the backlog stays in the queue, where the drop-oldest policy and the
+//! depth gauge see it.
+//!
+//! Shutdown (the token): the queue is closed, what is queued and in flight keeps going until
+//! `shutdown_timeout`, then the rest is counted as undelivered. A closed queue alone (end of a
+//! replay) drains completely. An untrusted bridge certificate before the bridge ever answered
+//! is a configuration mistake: delivery stops with an error naming both remedies, rather than
+//! retrying into the void.
+
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use tokio::{
+    io::AsyncWrite,
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinSet,
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    BodyMode, BridgeHealth, JsonLines, SinkConfigError, SinkSettings, TlsSettings,
+    batch::{self, Batch, Batcher},
+    http::{BatchOutcome, HttpSink, SendError},
+    retry::Backoff,
+};
+use crate::{
+    event::{JsonOptions, Notification},
+    queue::NotificationQueue,
+};
+
+/// Repeated warnings (bridge down, refusals) are logged at most this often.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// What a delivery run achieved, in notifications (not requests, except where named).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// Acknowledged by the bridge (or, with no bridge, written to stdout).
+    pub delivered: u64,
+    /// Refused by the bridge (4xx other than 408/429); not retried.
+    pub rejected: u64,
+    /// Dropped because they were older than the max age.
+    pub expired: u64,
+    /// Still queued or in flight when delivery stopped (shutdown deadline or fatal error).
+    pub undelivered: u64,
+    /// Requests sent, retries included.
+    pub requests: u64,
+    /// Requests that were retried.
+    pub retries: u64,
+}
+
+/// Why delivery stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The settings cannot work.
+    #[error(transparent)]
+    Config(#[from] SinkConfigError),
+    /// The bridge's certificate is not trusted and the bridge has never answered.
+    #[error(
+        "the tls certificate of the bridge at {url} is not trusted ({reason}): pass --ca-file PEM \
+         with the CA certificate that signed it, or --insecure to skip verification"
+    )]
+    UntrustedCertificate {
+        /// The bridge URL.
+        url: String,
+        /// What the verifier said.
+        reason: String,
+    },
+}
+
+/// Delivery stopped with an error; `report` says what happened until then.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct DeliveryFailed {
+    /// Why it stopped.
+    #[source]
+    pub error: DeliveryError,
+    /// The counts until then.
+    pub report: DeliveryReport,
+}
+
+/// A configured delivery, ready to run. Build it early so configuration errors surface before
+/// capture starts, and take [`Delivery::health`] for `/healthz`.
+#[derive(Debug)]
+pub struct Delivery {
+    settings: SinkSettings,
+    http: Option<HttpSink>,
+    health: BridgeHealth,
+}
+
+impl Delivery {
+    /// Validates `settings` and builds the HTTP client.
+    pub fn new(settings: SinkSettings) -> Result<Self, SinkConfigError> {
+        settings.validate()?;
+        let http = match &settings.bridge {
+            Some(bridge) => {
+                if bridge.tls == TlsSettings::Insecure {
+                    tracing::warn!(
+                        url = %bridge.url,
+                        "--insecure: the bridge's tls certificate is not verified"
+                    );
+                }
+                if bridge.token.is_some() && bridge.url.scheme() == "http" {
+                    tracing::warn!(url = %bridge.url, "the bearer token is sent over plain http");
+                }
+                Some(HttpSink::new(bridge, settings.max_in_flight)?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            settings,
+            http,
+            health: BridgeHealth::default(),
+        })
+    }
+
+    /// Whether the bridge has answered at least once; shared with the running delivery.
+    pub fn health(&self) -> BridgeHealth {
+        self.health.clone()
+    }
+
+    /// Delivers from `queue` (stdout lines, if enabled, go to the process's stdout) until the
+    /// queue is closed and drained, or `shutdown` is cancelled and its deadline passes.
+    pub async fn run(
+        self,
+        queue: NotificationQueue,
+        shutdown: CancellationToken,
+    ) -> Result<DeliveryReport, DeliveryFailed> {
+        self.run_with_output(queue, shutdown, tokio::io::stdout())
+            .await
+    }
+
+    /// Like [`Delivery::run`], with the JSON lines going to `out` instead of stdout.
+    pub async fn run_with_output<W: AsyncWrite + Unpin + Send>(
+        self,
+        queue: NotificationQueue,
+        shutdown: CancellationToken,
+        out: W,
+    ) -> Result<DeliveryReport, DeliveryFailed> {
+        let json = self.settings.json_options();
+        let lines = self.settings.stdout.then(|| JsonLines::new(out, json));
+        let shared = self.http.map(|http| {
+            Arc::new(Shared {
+                http,
+                mode: self.settings.mode,
+                json,
+                max_age: self.settings.max_age,
+                retry: self.settings.retry,
+                health: self.health.clone(),
+                counters: Counters::default(),
+                fatal: Mutex::new(None),
+                stop: CancellationToken::new(),
+                refusals: LogLimiter::default(),
+                failures: LogLimiter::default(),
+            })
+        });
+        let mode = if shared.is_some() {
+            self.settings.mode
+        } else {
+            // Stdout alone has nothing to batch for.
+            BodyMode::Object
+        };
+        let run = Run {
+            queue,
+            shutdown,
+            shutdown_timeout: self.settings.shutdown_timeout,
+            deadline: None,
+            batcher: Batcher::new(mode, self.settings.batch, json),
+            lines,
+            stdout_written: 0,
+            semaphore: Arc::new(Semaphore::new(self.settings.max_in_flight)),
+            tasks: JoinSet::new(),
+            max_age: self.settings.max_age,
+            json,
+            shared,
+        };
+        run.go().await
+    }
+}
+
+/// Builds a [`Delivery`] from `settings` and runs it; see [`Delivery::run`].
+pub async fn deliver(
+    queue: NotificationQueue,
+    settings: SinkSettings,
+    shutdown: CancellationToken,
+) -> Result<DeliveryReport, DeliveryFailed> {
+    match Delivery::new(settings) {
+        Ok(delivery) => delivery.run(queue, shutdown).await,
+        Err(error) => Err(DeliveryFailed {
+            error: error.into(),
+            report: DeliveryReport {
+                undelivered: queue.len() as u64,
+                ..DeliveryReport::default()
+            },
+        }),
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    delivered: AtomicU64,
+    rejected: AtomicU64,
+    expired: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+    /// Notifications handed to request tasks and not yet settled.
+    in_flight: AtomicU64,
+}
+
+/// What the request tasks share.
+#[derive(Debug)]
+struct Shared {
+    http: HttpSink,
+    mode: BodyMode,
+    json: JsonOptions,
+    max_age: Option<Duration>,
+    retry: super::RetrySettings,
+    health: BridgeHealth,
+    counters: Counters,
+    fatal: Mutex<Option<DeliveryError>>,
+    /// Cancelled on a fatal error.
+    stop: CancellationToken,
+    refusals: LogLimiter,
+    failures: LogLimiter,
+}
+
+impl Shared {
+    fn fail(&self, error: DeliveryError) {
+        let mut fatal = self.fatal.lock().unwrap_or_else(PoisonError::into_inner);
+        if fatal.is_none() {
+            *fatal = Some(error);
+        }
+        self.stop.cancel();
+    }
+
+    fn take_fatal(&self) -> Option<DeliveryError> {
+        self.fatal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// Lets a repeated warning through at most every [`LOG_EVERY`], counting the ones it held back.
+#[derive(Debug, Default)]
+struct LogLimiter {
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl LogLimiter {
+    /// `Some(suppressed since the last one)` when this one may be logged.
+    fn allow(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if state.0.is_none_or(|last| now.duration_since(last) >= LOG_EVERY) {
+            let suppressed = state.1;
+            *state = (Some(now), 0);
+            Some(suppressed)
+        } else {
+            state.1 += 1;
+            None
+        }
+    }
+}
+
+fn is_expired(n: &Notification, max_age: Option<Duration>, now: SystemTime) -> bool {
+    max_age.is_some_and(|max| {
+        now.duration_since(n.meta.captured_at)
+            .is_ok_and(|age| age > max)
+    })
+}
+
+/// Drops the expired notifications of `batch` (re-encoding an array body if any went) and
+/// returns how many went.
+fn drop_expired(batch: &mut Batch, max_age: Option<Duration>, mode: BodyMode, json: JsonOptions) -> u64 {
+    if max_age.is_none() {
+        return 0;
+    }
+    let now = SystemTime::now();
+    let before = batch.notifications.len();
+    batch.notifications.retain(|n| !is_expired(n, max_age, now));
+    let dropped = (before - batch.notifications.len()) as u64;
+    if dropped > 0 {
+        metrics::counter!("sipnotify_dropped_total", "reason" => "max_age").increment(dropped);
+        batch.body = match mode {
+            BodyMode::Array if !batch.notifications.is_empty() => {
+                batch::encode_array(&batch.notifications, json).ok()
+            }
+            _ => None,
+        };
+    }
+    dropped
+}
+
+/// Sends one batch until it is delivered, refused, expired, or delivery stops.
+async fn send_batch(shared: Arc<Shared>, mut batch: Batch, _permit: OwnedSemaphorePermit) {
+    let counters = &shared.counters;
+    let mut backoff = Backoff::new(shared.retry);
+    loop {
+        let count = batch.notifications.len() as u64;
+        let body = match &batch.body {
+            Some(body) => body.clone(),
+            None => {
+                let encoded = match (shared.mode, batch.notifications.as_slice()) {
+                    (BodyMode::Object, [n]) => batch::encode_object(n, shared.json),
+                    _ => batch::encode_array(&batch.notifications, shared.json),
+                };
+                match encoded {
+                    Ok(body) => {
+                        batch.body = Some(body.clone());
+                        body
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot encode notifications as json; dropped");
+                        counters.rejected.fetch_add(count, Ordering::Relaxed);
+                        counters.in_flight.fetch_sub(count, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        };
+        let key = batch::idempotency_key(&batch.notifications, shared.mode);
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        let outcome = shared.http.send(body, &key).await;
+        metrics::counter!("sipnotify_deliveries_total", "outcome" => outcome.label()).increment(1);
+        match outcome {
+            BatchOutcome::Delivered { .. } => {
+                shared.health.mark_answered();
+                let now = SystemTime::now();
+                let latency = metrics::histogram!("sipnotify_delivery_latency_seconds");
+                for n in &batch.notifications {
+                    let seconds = now
+                        .duration_since(n.meta.captured_at)
+                        .unwrap_or(Duration::ZERO)
+                        .as_secs_f64();
+                    latency.record(seconds);
+                }
+                counters.delivered.fetch_add(count, Ordering::Relaxed);
+                counters.in_flight.fetch_sub(count, Ordering::Relaxed);
+                return;
+            }
+            BatchOutcome::Rejected {
+                status,
+                body_excerpt,
+            } => {
+                shared.health.mark_answered();
+                metrics::counter!("sipnotify_dropped_total", "reason" => "rejected")
+                    .increment(count);
+                if let Some(suppressed) = shared.refusals.allow() {
+                    tracing::warn!(
+                        %status,
+                        reply = %body_excerpt,
+                        idempotency_key = %key,
+                        notifications = count,
+                        suppressed,
+                        "the bridge refused a notification; not retrying"
+                    );
+                }
+                counters.rejected.fetch_add(count, Ordering::Relaxed);
+                counters.in_flight.fetch_sub(count, Ordering::Relaxed);
+                return;
+            }
+            BatchOutcome::Errored { error, retry_after } => {
+                if let SendError::Status { .. } = error {
+                    shared.health.mark_answered();
+                }
+                if let SendError::UntrustedCertificate { reason } = &error {
+                    if !shared.health.has_answered() {
+                        shared.fail(DeliveryError::UntrustedCertificate {
+                            url: shared.http.url().to_string(),
+                            reason: reason.clone(),
+                        });
+                        // Still in flight: counted as undelivered.
+                        return;
+                    }
+                }
+                let delay = retry_after.unwrap_or_else(|| backoff.next_delay());
+                if let Some(suppressed) = shared.failures.allow() {
+                    let remedy = if matches!(error, SendError::UntrustedCertificate { .. }) {
+                        "pass --ca-file PEM or --insecure"
+                    } else {
+                        ""
+                    };
+                    tracing::warn!(
+                        %error,
+                        retry_in = %humantime::format_duration(delay),
+                        suppressed,
+                        remedy,
+                        "bridge delivery failed; retrying"
+                    );
+                }
+                counters.retries.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("sipnotify_retries_total").increment(1);
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shared.stop.cancelled() => return,
+                }
+                let expired = drop_expired(&mut batch, shared.max_age, shared.mode, shared.json);
+                if expired > 0 {
+                    counters.expired.fetch_add(expired, Ordering::Relaxed);
+                    counters.in_flight.fetch_sub(expired, Ordering::Relaxed);
+                }
+                if batch.notifications.is_empty() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Why the main loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// Queue closed and drained.
+    Drained,
+    /// Shutdown deadline passed.
+    Deadline,
+    /// A fatal error.
+    Fatal,
+}
+
+/// One delivery run's state.
+struct Run<W> {
+    queue: NotificationQueue,
+    shutdown: CancellationToken,
+    shutdown_timeout: Duration,
+    deadline: Option<Instant>,
+    batcher: Batcher,
+    lines: Option<JsonLines<W>>,
+    /// Notifications written to stdout (the delivered count when there is no bridge).
+    stdout_written: u64,
+    semaphore: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+    max_age: Option<Duration>,
+    json: JsonOptions,
+    shared: Option<Arc<Shared>>,
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Cancelled on a fatal error, or never (stdout only).
+async fn stopped(shared: Option<&Arc<Shared>>) {
+    match shared {
+        Some(shared) => shared.stop.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send> Run<W> {
+    async fn go(mut self) -> Result<DeliveryReport, DeliveryFailed> {
+        let mut end = self.main_loop().await;
+        if end == End::Drained {
+            end = self.wait_for_requests().await;
+        }
+        if end != End::Drained {
+            self.queue.close();
+            self.tasks.abort_all();
+        }
+        while self.tasks.join_next().await.is_some() {}
+        self.flush_lines().await;
+        self.report()
+    }
+
+    fn begin_shutdown(&mut self) {
+        let deadline = Instant::now() + self.shutdown_timeout;
+        self.deadline = Some(deadline);
+        self.queue.close();
+        tracing::info!(
+            queued = self.queue.len() + self.batcher.in_hand(),
+            timeout = %humantime::format_duration(self.shutdown_timeout),
+            "shutting down: delivering what is queued and in flight"
+        );
+    }
+
+    async fn main_loop(&mut self) -> End {
+        loop {
+            while self.tasks.try_join_next().is_some() {}
+            let permit = if self.shared.is_some() {
+                tokio::select! {
+                    biased;
+                    () = stopped(self.shared.as_ref()) => return End::Fatal,
+                    () = self.shutdown.cancelled(), if self.deadline.is_none() => {
+                        self.begin_shutdown();
+                        continue;
+                    }
+                    () = until(self.deadline) => return End::Deadline,
+                    permit = Arc::clone(&self.semaphore).acquire_owned() => match permit {
+                        Ok(permit) => Some(permit),
+                        // The semaphore is never closed; treat it as the end anyway.
+                        Err(_) => return End::Drained,
+                    },
+                }
+            } else {
+                None
+            };
+            let next = tokio::select! {
+                biased;
+                () = stopped(self.shared.as_ref()) => return End::Fatal,
+                () = self.shutdown.cancelled(), if self.deadline.is_none() => {
+                    self.begin_shutdown();
+                    continue;
+                }
+                () = until(self.deadline) => return End::Deadline,
+                batch = self.batcher.next(&self.queue) => batch,
+            };
+            let Some(mut batch) = next else {
+                return End::Drained;
+            };
+            self.write_lines(&batch).await;
+            let (Some(permit), Some(shared)) = (permit, self.shared.as_ref()) else {
+                continue;
+            };
+            let expired = drop_expired(&mut batch, self.max_age, shared.mode, self.json);
+            shared.counters.expired.fetch_add(expired, Ordering::Relaxed);
+            if self.batcher.unencodable > 0 {
+                shared
+                    .counters
+                    .rejected
+                    .fetch_add(std::mem::take(&mut self.batcher.unencodable), Ordering::Relaxed);
+            }
+            if batch.notifications.is_empty() {
+                continue;
+            }
+            shared
+                .counters
+                .in_flight
+                .fetch_add(batch.notifications.len() as u64, Ordering::Relaxed);
+            self.tasks
+                .spawn(send_batch(Arc::clone(shared), batch, permit));
+        }
+    }
+
+    async fn wait_for_requests(&mut self) -> End {
+        loop {
+            tokio::select! {
+                biased;
+                () = stopped(self.shared.as_ref()) => return End::Fatal,
+                () = self.shutdown.cancelled(), if self.deadline.is_none() => self.begin_shutdown(),
+                () = until(self.deadline) => return End::Deadline,
+                joined = self.tasks.join_next() => if joined.is_none() {
+                    return End::Drained;
+                },
+            }
+        }
+    }
+
+    async fn write_lines(&mut self, batch: &Batch) {
+        let Some(lines) = self.lines.as_mut() else {
+            return;
+        };
+        for n in &batch.notifications {
+            match lines.push(n) {
+                Ok(()) => self.stdout_written += 1,
+                Err(error) => tracing::warn!(%error, "cannot encode a notification as json"),
+            }
+        }
+        // Flush when the burst is over, so a lone notification shows at once.
+        if lines.wants_flush() || (self.queue.is_empty() && self.batcher.in_hand() == 0) {
+            self.flush_lines().await;
+        }
+    }
+
+    async fn flush_lines(&mut self) {
+        let Some(lines) = self.lines.as_mut() else {
+            return;
+        };
+        if let Err(error) = lines.flush().await {
+            // A closed pipe (`| head`) must not stop delivery to the bridge.
+            tracing::warn!(%error, "cannot write to stdout; stdout output stopped");
+            self.lines = None;
+        }
+    }
+
+    fn report(&self) -> Result<DeliveryReport, DeliveryFailed> {
+        let left = (self.queue.len() + self.batcher.in_hand()) as u64;
+        let Some(shared) = &self.shared else {
+            return Ok(DeliveryReport {
+                delivered: self.stdout_written,
+                undelivered: left,
+                ..DeliveryReport::default()
+            });
+        };
+        let c = &shared.counters;
+        let report = DeliveryReport {
+            delivered: c.delivered.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            expired: c.expired.load(Ordering::Relaxed),
+            undelivered: left + c.in_flight.load(Ordering::Relaxed),
+            requests: c.requests.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+        };
+        if report.undelivered > 0 {
+            metrics::counter!("sipnotify_dropped_total", "reason" => "shutdown")
+                .increment(report.undelivered);
+        }
+        match shared.take_fatal() {
+            Some(error) => Err(DeliveryFailed { error, report }),
+            None => Ok(report),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        event::tests::sample,
+        sink::{DeliveryArgs, SinkSettings},
+    };
+
+    fn stdout_only() -> SinkSettings {
+        let args = DeliveryArgs {
+            stdout: true,
+            no_bridge: true,
+            ..DeliveryArgs::default()
+        };
+        SinkSettings::from_args_and_token_env(&args, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn stdout_only_writes_every_notification_and_ends_when_drained() {
+        let queue = NotificationQueue::new(100);
+        for cseq in 0..10 {
+            let mut n = sample();
+            n.cseq = cseq;
+            queue.push(n);
+        }
+        queue.close();
+        let delivery = Delivery::new(stdout_only()).unwrap();
+        let mut out = Vec::new();
+        let report = delivery
+            .run_with_output(queue, CancellationToken::new(), &mut out)
+            .await
+            .unwrap();
+        assert_eq!(report.delivered, 10);
+        assert_eq!(report.undelivered, 0);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_closes_the_queue_and_delivers_what_was_queued() {
+        let queue = NotificationQueue::new(100);
+        let mut settings = stdout_only();
+        settings.shutdown_timeout = Duration::from_millis(200);
+        let delivery = Delivery::new(settings).unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let queue = queue.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                delivery
+                    .run_with_output(queue, shutdown, tokio::io::sink())
+                    .await
+            }
+        });
+        queue.push(sample());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        shutdown.cancel();
+        let report = task.await.unwrap().unwrap();
+        assert_eq!(report.delivered, 1);
+        assert!(queue.is_closed());
+    }
+
+    #[test]
+    fn expiry_follows_the_capture_time() {
+        let mut n = sample();
+        let now = SystemTime::now();
+        n.meta.captured_at = now - Duration::from_secs(61);
+        assert!(is_expired(&n, Some(Duration::from_secs(60)), now));
+        assert!(!is_expired(&n, None, now));
+        n.meta.captured_at = now - Duration::from_secs(59);
+        assert!(!is_expired(&n, Some(Duration::from_secs(60)), now));
+        // A capture clock ahead of ours is not "old".
+        n.meta.captured_at = now + Duration::from_secs(5);
+        assert!(!is_expired(&n, Some(Duration::from_secs(60)), now));
+    }
+
+    #[test]
+    fn log_limiter_lets_the_first_through_and_counts_the_rest() {
+        let limiter = LogLimiter::default();
+        assert_eq!(limiter.allow(), Some(0));
+        assert_eq!(limiter.allow(), None);
+        assert_eq!(limiter.allow(), None);
+        assert_eq!(limiter.state.lock().unwrap().1, 2);
+    }
+}

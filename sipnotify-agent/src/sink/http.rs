@@ -1,0 +1,268 @@
+//! One POST to the bridge and what its reply means.
+//!
+//! The client keeps a keep-alive pool (HTTP/1.1 connections, or one multiplexed HTTP/2
+//! connection when the bridge offers h2), so requests in flight do not each pay a TLS
+//! handshake. Redirects are not followed: a redirected POST would become a GET and silently
+//! lose the body. Every reply body is read to the end so its connection goes back to the pool.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::{
+    Client, StatusCode, Url,
+    header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue},
+};
+
+use super::{
+    BridgeSettings, SinkConfigError,
+    retry::{self, StatusClass},
+    tls,
+};
+
+/// How much of a refusal's body goes into the log.
+const EXCERPT_CHARS: usize = 200;
+
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// Why a request did not get a usable reply (it will be retried).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The bridge answered with a status worth retrying.
+    #[error("the bridge answered {status}")]
+    Status {
+        /// The status.
+        status: StatusCode,
+    },
+    /// No reply within the request timeout.
+    #[error("no reply within {}", humantime::format_duration(*timeout))]
+    Timeout {
+        /// The request timeout.
+        timeout: Duration,
+    },
+    /// The bridge's certificate failed verification.
+    #[error("the bridge's tls certificate is not trusted ({reason})")]
+    UntrustedCertificate {
+        /// What the verifier said.
+        reason: String,
+    },
+    /// The connection could not be made (refused, reset, TLS handshake, DNS).
+    #[error("cannot connect to the bridge: {reason}")]
+    Connect {
+        /// The error chain.
+        reason: String,
+    },
+    /// The connection broke during the exchange.
+    #[error("the request failed: {reason}")]
+    Other {
+        /// The error chain.
+        reason: String,
+    },
+}
+
+/// What one request achieved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// The bridge acknowledged it (2xx).
+    Delivered {
+        /// The status.
+        status: StatusCode,
+    },
+    /// It failed in a way that can succeed later: it will be retried.
+    Errored {
+        /// Why.
+        error: SendError,
+        /// The bridge's `Retry-After`, when it gave one.
+        retry_after: Option<Duration>,
+    },
+    /// The bridge refused it; it is not retried.
+    Rejected {
+        /// The status.
+        status: StatusCode,
+        /// The start of the reply body, for the log.
+        body_excerpt: String,
+    },
+}
+
+impl BatchOutcome {
+    /// The `outcome` label of `sipnotify_deliveries_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Delivered { .. } => "delivered",
+            Self::Errored { .. } => "errored",
+            Self::Rejected { .. } => "rejected",
+        }
+    }
+}
+
+/// The bridge client.
+#[derive(Clone, Debug)]
+pub(crate) struct HttpSink {
+    client: Client,
+    url: Url,
+    authorization: Option<HeaderValue>,
+    timeout: Duration,
+}
+
+impl HttpSink {
+    pub(crate) fn new(
+        settings: &BridgeSettings,
+        max_in_flight: usize,
+    ) -> Result<Self, SinkConfigError> {
+        let client_error = |reason: String| SinkConfigError::Client { reason };
+        let authorization = settings
+            .token
+            .as_ref()
+            .map(|token| {
+                let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .map_err(|_| client_error("the bearer token is not a header value".into()))?;
+                value.set_sensitive(true);
+                Ok::<_, SinkConfigError>(value)
+            })
+            .transpose()?;
+        let client = Client::builder()
+            .tls_backend_preconfigured(tls::client_config(&settings.tls)?)
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout)
+            .pool_max_idle_per_host(max_in_flight)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent(concat!("sipnotify-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| client_error(error_chain(&e)))?;
+        Ok(Self {
+            client,
+            url: settings.url.clone(),
+            authorization,
+            timeout: settings.request_timeout,
+        })
+    }
+
+    pub(crate) fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// POSTs `body` once and classifies the result.
+    pub(crate) async fn send(&self, body: Bytes, key: &str) -> BatchOutcome {
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body);
+        if let Ok(key) = HeaderValue::from_str(key) {
+            request = request.header(IDEMPOTENCY_KEY, key);
+        }
+        if let Some(authorization) = &self.authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => return self.failed(&error),
+        };
+        let status = response.status();
+        match retry::classify(status) {
+            StatusClass::Delivered => match response.bytes().await {
+                Ok(_) => BatchOutcome::Delivered { status },
+                // The bridge said yes; a reply body cut short does not change that.
+                Err(_) => BatchOutcome::Delivered { status },
+            },
+            StatusClass::Retry => {
+                let retry_after = retry::retry_after(response.headers());
+                // Drain so the connection can be reused; its content does not matter.
+                let _ = response.bytes().await;
+                BatchOutcome::Errored {
+                    error: SendError::Status { status },
+                    retry_after,
+                }
+            }
+            StatusClass::Reject => {
+                let body = response.bytes().await.unwrap_or_default();
+                BatchOutcome::Rejected {
+                    status,
+                    body_excerpt: excerpt(&body),
+                }
+            }
+        }
+    }
+
+    fn failed(&self, error: &reqwest::Error) -> BatchOutcome {
+        let error = if let Some(cert) = tls::certificate_error(error) {
+            SendError::UntrustedCertificate {
+                reason: cert.to_string().to_lowercase(),
+            }
+        } else if error.is_timeout() {
+            SendError::Timeout {
+                timeout: self.timeout,
+            }
+        } else if error.is_connect() {
+            SendError::Connect {
+                reason: error_chain(error),
+            }
+        } else {
+            SendError::Other {
+                reason: error_chain(error),
+            }
+        };
+        BatchOutcome::Errored {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+/// `error: cause: cause…`, the way the agent reports errors on one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    while let Some(e) = current {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        current = e.source();
+    }
+    text
+}
+
+/// The first characters of a reply body, on one line.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut out: String = text
+        .chars()
+        .take(EXCERPT_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().count() > EXCERPT_CHARS {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpts_are_short_and_single_line() {
+        assert_eq!(excerpt(b"bad\njson"), "bad json");
+        let long = vec![b'x'; 500];
+        let short = excerpt(&long);
+        assert_eq!(short.chars().count(), EXCERPT_CHARS + 1);
+        assert!(short.ends_with('…'));
+    }
+
+    #[test]
+    fn outcome_labels_are_the_metric_labels() {
+        let delivered = BatchOutcome::Delivered {
+            status: StatusCode::OK,
+        };
+        assert_eq!(delivered.label(), "delivered");
+        let rejected = BatchOutcome::Rejected {
+            status: StatusCode::BAD_REQUEST,
+            body_excerpt: String::new(),
+        };
+        assert_eq!(rejected.label(), "rejected");
+    }
+}

@@ -1,0 +1,644 @@
+//! The SIP header layer (RFC 3261 §7, §20): start line, header fields and body framing, for any
+//! SIP message, without allocating.
+//!
+//! Two ways in, in the spirit of `httparse`:
+//! - [`Headers`], a single-pass iterator over the header section that yields each field with its
+//!   folded continuation lines already joined (the NOTIFY parser uses this and keeps only the
+//!   fields it needs);
+//! - [`parse_message`], which fills caller-provided [`Header`] slots and frames the body by
+//!   Content-Length, for tests and tools that want the whole message.
+//!
+//! Values are borrowed slices of the datagram. A folded value keeps its inner CRLF + whitespace
+//! (RFC 3261 §7.3.1 says it is equivalent to one SP); consumers treat CR and LF as whitespace.
+
+use memchr::memchr;
+
+use super::ParseError;
+
+/// Whitespace as it may appear inside a (possibly folded) header value.
+#[inline]
+pub(crate) const fn is_lws(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// `value` without leading and trailing linear whitespace (CR and LF included, for folding).
+#[inline]
+pub(crate) fn trim_lws(value: &[u8]) -> &[u8] {
+    let start = value.iter().position(|&b| !is_lws(b)).unwrap_or(value.len());
+    let end = value.iter().rposition(|&b| !is_lws(b)).map_or(start, |i| i + 1);
+    &value[start..end]
+}
+
+/// RFC 3261 `token` characters: alphanum and `-.!%*_+`'~`.
+static TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        i += 1;
+    }
+    table
+};
+
+/// Whether `byte` may appear in an RFC 3261 `token`.
+#[inline]
+pub(crate) fn is_token_byte(byte: u8) -> bool {
+    TOKEN[usize::from(byte)]
+}
+
+/// Whether `bytes` is a non-empty RFC 3261 `token`.
+#[inline]
+pub(crate) fn is_token(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && bytes.iter().all(|&b| is_token_byte(b))
+}
+
+/// Compact header names (RFC 3261 §7.3.3 and the extensions that registered one), so that
+/// `i:` and `Call-ID:` are the same header everywhere.
+const COMPACT_FORMS: &[(u8, &str)] = &[
+    (b'a', "Accept-Contact"),
+    (b'b', "Referred-By"),
+    (b'c', "Content-Type"),
+    (b'd', "Request-Disposition"),
+    (b'e', "Content-Encoding"),
+    (b'f', "From"),
+    (b'i', "Call-ID"),
+    (b'j', "Reject-Contact"),
+    (b'k', "Supported"),
+    (b'l', "Content-Length"),
+    (b'm', "Contact"),
+    (b'n', "Identity-Info"),
+    (b'o', "Event"),
+    (b'r', "Refer-To"),
+    (b's', "Subject"),
+    (b't', "To"),
+    (b'u', "Allow-Events"),
+    (b'v', "Via"),
+    (b'x', "Session-Expires"),
+    (b'y', "Identity"),
+];
+
+/// The long form of a header name: compact names are expanded, others returned as they are.
+pub fn canonical_name(name: &[u8]) -> &[u8] {
+    if let [letter] = name {
+        let letter = letter.to_ascii_lowercase();
+        if let Some((_, long)) = COMPACT_FORMS.iter().find(|(c, _)| *c == letter) {
+            return long.as_bytes();
+        }
+    }
+    name
+}
+
+/// Whether two header names denote the same header: case-insensitive, compact forms equal to
+/// their long names.
+pub fn names_match(a: &[u8], b: &[u8]) -> bool {
+    canonical_name(a).eq_ignore_ascii_case(canonical_name(b))
+}
+
+/// The headers the NOTIFY parser reads; everything else is [`Known::Other`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Known {
+    CallId,
+    To,
+    From,
+    Via,
+    Event,
+    CSeq,
+    ContentLength,
+    CallUuid,
+    Other,
+}
+
+/// Classifies a header name with one length switch and at most one case-insensitive compare:
+/// this runs for every header of every datagram.
+#[inline]
+pub(crate) fn classify(name: &[u8]) -> Known {
+    let is = |long: &[u8]| name.eq_ignore_ascii_case(long);
+    match name.len() {
+        // `| 0x20` lowercases ASCII letters; only letters can match the arms.
+        1 => match name[0] | 0x20 {
+            b'i' => Known::CallId,
+            b't' => Known::To,
+            b'f' => Known::From,
+            b'v' => Known::Via,
+            b'o' => Known::Event,
+            b'l' => Known::ContentLength,
+            _ => Known::Other,
+        },
+        2 if is(b"to") => Known::To,
+        3 if is(b"via") => Known::Via,
+        4 if is(b"from") => Known::From,
+        4 if is(b"cseq") => Known::CSeq,
+        5 if is(b"event") => Known::Event,
+        7 if is(b"call-id") => Known::CallId,
+        14 if is(b"content-length") => Known::ContentLength,
+        18 if is(b"x-genesys-calluuid") => Known::CallUuid,
+        _ => Known::Other,
+    }
+}
+
+/// One header field: its name as written and its value without surrounding whitespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header<'a> {
+    /// The field name as written (case and compact form preserved).
+    pub name: &'a [u8],
+    /// The value, trimmed; folded continuation lines stay inside it with their CRLF.
+    pub value: &'a [u8],
+}
+
+impl Header<'_> {
+    /// An empty slot, to initialise the array passed to [`parse_message`].
+    pub const EMPTY: Header<'static> = Header {
+        name: b"",
+        value: b"",
+    };
+
+    /// Whether this header is `name` (case-insensitive, compact forms accepted on both sides).
+    pub fn is(&self, name: &str) -> bool {
+        names_match(self.name, name.as_bytes())
+    }
+}
+
+/// The first line of a SIP message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartLine<'a> {
+    /// `Method SP Request-URI SP SIP/2.0`.
+    Request {
+        /// The method token, case preserved (methods are case-sensitive).
+        method: &'a [u8],
+        /// The Request-URI, unparsed.
+        uri: &'a [u8],
+    },
+    /// `SIP/2.0 SP Status-Code SP Reason-Phrase`.
+    Response {
+        /// The three-digit status code.
+        code: u16,
+        /// The reason phrase, possibly empty, possibly not UTF-8.
+        reason: &'a [u8],
+    },
+}
+
+/// Skips the CRLFs (keep-alives, RFC 5626 §3.5.1) that may precede a start line.
+#[inline]
+pub(crate) fn skip_leading_newlines(buf: &[u8]) -> usize {
+    buf.iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len())
+}
+
+/// Splits off the line starting at `start`: returns it without its CRLF or bare LF, and the
+/// offset of the next line.
+#[inline]
+pub(crate) fn line_at(buf: &[u8], start: usize) -> Option<(&[u8], usize)> {
+    let rest = buf.get(start..)?;
+    let newline = memchr(b'\n', rest)?;
+    let line = &rest[..newline];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    Some((line, start + newline + 1))
+}
+
+/// Parses what follows `Method SP` in a request line: `Request-URI SP SIP-Version`.
+/// One SP between elements and none at the end (RFC 3261 §7.1; RFC 4475 §3.1.2.9-10 permit
+/// rejecting the liberal forms). The version is case-insensitive (§7.1).
+#[inline]
+pub(crate) fn request_uri_and_version(rest: &[u8]) -> Result<&[u8], ParseError> {
+    let Some(space) = memchr(b' ', rest) else {
+        return Err(ParseError::BadRequestLine);
+    };
+    let (uri, version) = (&rest[..space], &rest[space + 1..]);
+    let visible = |b: &u8| *b > b' ' && *b != 0x7f;
+    // A URI starts with its scheme (RFC 3986 §3.1), which rules out `<uri>` (RFC 4475 §3.1.2.7).
+    let scheme_first = uri.first().is_some_and(u8::is_ascii_alphabetic);
+    if !scheme_first || !uri.iter().all(visible) || memchr(b':', uri).is_none() {
+        return Err(ParseError::BadRequestLine);
+    }
+    if !version.eq_ignore_ascii_case(b"SIP/2.0") {
+        return Err(ParseError::BadRequestLine);
+    }
+    Ok(uri)
+}
+
+/// Parses the start line of any SIP message (after skipping leading CRLFs). Returns it and the
+/// offset where the header section begins.
+pub fn parse_start_line(buf: &[u8]) -> Result<(StartLine<'_>, usize), ParseError> {
+    let start = skip_leading_newlines(buf);
+    if start == buf.len() {
+        return Err(ParseError::Empty);
+    }
+    let (line, next) = line_at(buf, start).ok_or(ParseError::UnterminatedHeaders)?;
+    if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"SIP/") {
+        return parse_status_line(line).map(|line| (line, next));
+    }
+    let method_len = line
+        .iter()
+        .position(|&b| !is_token_byte(b))
+        .unwrap_or(line.len());
+    if method_len == 0 || line.get(method_len) != Some(&b' ') {
+        return Err(ParseError::BadRequestLine);
+    }
+    let uri = request_uri_and_version(&line[method_len + 1..])?;
+    let method = &line[..method_len];
+    Ok((StartLine::Request { method, uri }, next))
+}
+
+/// `SIP/2.0 SP 3DIGIT SP Reason-Phrase` (the reason may be empty: RFC 4475 §3.1.1.13).
+fn parse_status_line(line: &[u8]) -> Result<StartLine<'_>, ParseError> {
+    let rest = match line.get(..8) {
+        Some(prefix) if prefix.eq_ignore_ascii_case(b"SIP/2.0 ") => &line[8..],
+        _ => return Err(ParseError::BadStatusLine),
+    };
+    match rest {
+        [a, b, c, b' ', reason @ ..] if [a, b, c].iter().all(|d| d.is_ascii_digit()) => {
+            let code = [a, b, c]
+                .iter()
+                .fold(0u16, |acc, d| acc * 10 + u16::from(**d - b'0'));
+            if code < 100 {
+                return Err(ParseError::BadStatusLine);
+            }
+            Ok(StartLine::Response { code, reason })
+        }
+        _ => Err(ParseError::BadStatusLine),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Running,
+    /// The empty line was consumed; the body starts here.
+    Done(usize),
+    Failed,
+}
+
+/// Iterator over the header fields of a message, from a header-section offset to the empty
+/// line. Yields each field once, folded lines joined; yields one error and stops on a
+/// malformed or unterminated section. Linear: every byte is looked at once by the name scan or
+/// by `memchr`.
+#[derive(Clone, Debug)]
+pub struct Headers<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    state: State,
+}
+
+impl<'a> Headers<'a> {
+    /// Iterates the header section of `buf` starting at `start` (the offset returned by
+    /// [`parse_start_line`]).
+    pub fn new(buf: &'a [u8], start: usize) -> Self {
+        Self {
+            buf,
+            pos: start,
+            state: State::Running,
+        }
+    }
+
+    /// Where the body starts, once the iterator has consumed the empty line that ends the
+    /// header section; `None` before that or after an error.
+    pub fn body_start(&self) -> Option<usize> {
+        match self.state {
+            State::Done(at) => Some(at),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn fail(&mut self, error: ParseError) -> Option<Result<Header<'a>, ParseError>> {
+        self.state = State::Failed;
+        Some(Err(error))
+    }
+}
+
+impl<'a> Iterator for Headers<'a> {
+    type Item = Result<Header<'a>, ParseError>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.state != State::Running {
+            return None;
+        }
+        let buf = self.buf;
+        let rest = buf.get(self.pos..).unwrap_or_default();
+        match rest {
+            // The empty line: the header section ends here, whatever follows is body.
+            [b'\n', ..] => {
+                self.state = State::Done(self.pos + 1);
+                return None;
+            }
+            [b'\r', b'\n', ..] => {
+                self.state = State::Done(self.pos + 2);
+                return None;
+            }
+            [] | [b'\r'] => return self.fail(ParseError::UnterminatedHeaders),
+            // A continuation line with nothing to continue.
+            [b' ' | b'\t', ..] => return self.fail(ParseError::BadHeaderLine),
+            _ => {}
+        }
+
+        let name_len = rest
+            .iter()
+            .position(|&b| !is_token_byte(b))
+            .unwrap_or(rest.len());
+        let mut colon = name_len;
+        while matches!(rest.get(colon), Some(b' ' | b'\t')) {
+            colon += 1;
+        }
+        match rest.get(colon) {
+            Some(b':') if name_len > 0 => {}
+            None => return self.fail(ParseError::UnterminatedHeaders),
+            Some(_) => return self.fail(ParseError::BadHeaderLine),
+        }
+
+        // The value runs to the end of the last line that does not continue on the next one.
+        let value_start = colon + 1;
+        let mut line_start = value_start;
+        let (value_end, next) = loop {
+            let Some(newline) = memchr(b'\n', &rest[line_start..]) else {
+                return self.fail(ParseError::UnterminatedHeaders);
+            };
+            let newline = line_start + newline;
+            if matches!(rest.get(newline + 1), Some(b' ' | b'\t')) {
+                line_start = newline + 1;
+                continue;
+            }
+            break (newline, newline + 1);
+        };
+        self.pos += next;
+        Some(Ok(Header {
+            name: &rest[..name_len],
+            value: trim_lws(&rest[value_start..value_end]),
+        }))
+    }
+}
+
+/// A whole message read by [`parse_message`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Message<'h, 'a> {
+    /// The request or status line.
+    pub start_line: StartLine<'a>,
+    /// The header fields in order, in the caller's slots.
+    pub headers: &'h [Header<'a>],
+    /// The body, framed by Content-Length when present, else the rest of the datagram.
+    pub body: &'a [u8],
+}
+
+impl<'a> Message<'_, 'a> {
+    /// The value of the first header called `name` (case-insensitive, compact-form aware).
+    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
+        self.get_all(name).next()
+    }
+
+    /// The values of every header called `name`, in order.
+    pub fn get_all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
+        self.headers
+            .iter()
+            .filter(move |h| h.is(name))
+            .map(|h| h.value)
+    }
+}
+
+/// Reads a whole SIP message (request or response) into caller-provided header slots, without
+/// allocating; `TooManyHeaders` when the slots run out. The body is framed by Content-Length
+/// (RFC 3261 §18.3: bytes past it are ignored; a length past the datagram is an error).
+pub fn parse_message<'h, 'a>(
+    buf: &'a [u8],
+    slots: &'h mut [Header<'a>],
+) -> Result<Message<'h, 'a>, ParseError> {
+    let (start_line, header_start) = parse_start_line(buf)?;
+    let mut headers = Headers::new(buf, header_start);
+    let mut count = 0;
+    let mut content_length: Option<&[u8]> = None;
+    for header in headers.by_ref() {
+        let header = header?;
+        if classify(header.name) == Known::ContentLength {
+            match content_length {
+                Some(previous) if previous != header.value => {
+                    return Err(ParseError::ConflictingHeader);
+                }
+                _ => content_length = Some(header.value),
+            }
+        }
+        let slot = slots.get_mut(count).ok_or(ParseError::TooManyHeaders)?;
+        *slot = header;
+        count += 1;
+    }
+    let body_start = headers
+        .body_start()
+        .ok_or(ParseError::UnterminatedHeaders)?;
+    let body = super::fields::frame_body(buf, body_start, content_length)?;
+    Ok(Message {
+        start_line,
+        headers: &slots[..count],
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers_of(buf: &[u8]) -> Result<Vec<(String, String)>, ParseError> {
+        let mut iter = Headers::new(buf, 0);
+        let mut out = Vec::new();
+        for header in iter.by_ref() {
+            let header = header?;
+            out.push((
+                String::from_utf8_lossy(header.name).into_owned(),
+                String::from_utf8_lossy(header.value).into_owned(),
+            ));
+        }
+        assert!(iter.body_start().is_some());
+        Ok(out)
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn header_lines_table() {
+        let cases: &[(&[u8], Result<&[(&str, &str)], ParseError>)] = &[
+            (b"A: 1\r\nB: 2\r\n\r\n", Ok(&[("A", "1"), ("B", "2")])),
+            // bare LF line ends
+            (b"A: 1\nB: 2\n\n", Ok(&[("A", "1"), ("B", "2")])),
+            // whitespace before the colon and around the value
+            (b"A \t: \t1 \t\r\n\r\n", Ok(&[("A", "1")])),
+            // empty value
+            (b"A:\r\n\r\n", Ok(&[("A", "")])),
+            // folding: SP and HTAB continue the previous header
+            (
+                b"A: 1\r\n 2\r\n\t3\r\nB: x\r\n\r\n",
+                Ok(&[("A", "1\r\n 2\r\n\t3"), ("B", "x")]),
+            ),
+            // value starting on a continuation line
+            (b"To :\r\n sip:a@b\r\n\r\n", Ok(&[("To", "sip:a@b")])),
+            // the empty line ends the section: what follows is not read
+            (b"A: 1\r\n\r\nB: 2\r\n", Ok(&[("A", "1")])),
+            (b"\r\n", Ok(&[])),
+            (b"\n", Ok(&[])),
+            // errors
+            (b"A: 1\r\n", Err(ParseError::UnterminatedHeaders)),
+            (b"A: 1", Err(ParseError::UnterminatedHeaders)),
+            (b"", Err(ParseError::UnterminatedHeaders)),
+            (b"A", Err(ParseError::UnterminatedHeaders)),
+            (b" A: 1\r\n\r\n", Err(ParseError::BadHeaderLine)),
+            (b"A 1\r\n\r\n", Err(ParseError::BadHeaderLine)),
+            (b": 1\r\n\r\n", Err(ParseError::BadHeaderLine)),
+            (b"A B: 1\r\n\r\n", Err(ParseError::BadHeaderLine)),
+            (b"A\x00: 1\r\n\r\n", Err(ParseError::BadHeaderLine)),
+        ];
+        for (input, expected) in cases {
+            let got = headers_of(input);
+            let expected = expected.map(pairs);
+            assert_eq!(got, expected, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn body_start_follows_the_empty_line() {
+        let buf = b"A: 1\r\n\r\nbody";
+        let mut iter = Headers::new(buf, 0);
+        assert!(iter.by_ref().all(|h| h.is_ok()));
+        assert_eq!(iter.body_start(), Some(8));
+        let buf = b"A: 1\n\nbody";
+        let mut iter = Headers::new(buf, 0);
+        assert!(iter.by_ref().all(|h| h.is_ok()));
+        assert_eq!(iter.body_start(), Some(6));
+    }
+
+    #[test]
+    fn names_compare_case_insensitively_with_compact_forms() {
+        for (a, b) in [
+            ("i", "Call-ID"),
+            ("I", "call-id"),
+            ("t", "To"),
+            ("f", "FROM"),
+            ("v", "via"),
+            ("o", "Event"),
+            ("l", "Content-Length"),
+            ("m", "Contact"),
+            ("c", "Content-Type"),
+            ("k", "Supported"),
+            ("s", "Subject"),
+            ("e", "Content-Encoding"),
+            ("u", "Allow-Events"),
+            ("x-genesys-calluuid", "X-Genesys-CallUUID"),
+        ] {
+            assert!(names_match(a.as_bytes(), b.as_bytes()), "{a} {b}");
+        }
+        assert!(!names_match(b"i", b"t"));
+        assert!(!names_match(b"q", b"Call-ID"));
+        assert!(!names_match(b"To", b"Tox"));
+    }
+
+    #[test]
+    fn classify_known_headers() {
+        use Known::*;
+        for (name, known) in [
+            (&b"Call-ID"[..], CallId),
+            (b"call-id", CallId),
+            (b"i", CallId),
+            (b"I", CallId),
+            (b"TO", To),
+            (b"t", To),
+            (b"From", From),
+            (b"F", From),
+            (b"Via", Via),
+            (b"v", Via),
+            (b"Event", Event),
+            (b"o", Event),
+            (b"CSeq", CSeq),
+            (b"Content-Length", ContentLength),
+            (b"L", ContentLength),
+            (b"X-Genesys-CallUUID", CallUuid),
+            (b"x-genesys-calluuid", CallUuid),
+            (b"Contact", Other),
+            (b"m", Other),
+            (b"Tx", Other),
+            (b"\x49", CallId),
+            (b"\x09", Other),
+            (b"", Other),
+        ] {
+            assert_eq!(classify(name), known, "{:?}", String::from_utf8_lossy(name));
+        }
+    }
+
+    #[test]
+    fn start_line_table() {
+        let request = |method: &'static [u8], uri: &'static [u8]| StartLine::Request { method, uri };
+        let cases: &[(&[u8], Result<StartLine<'static>, ParseError>)] = &[
+            (
+                b"NOTIFY sip:a@b SIP/2.0\r\n",
+                Ok(request(b"NOTIFY", b"sip:a@b")),
+            ),
+            (b"\r\n\r\nINVITE sip:a@b sip/2.0\n", Ok(request(b"INVITE", b"sip:a@b"))),
+            (
+                b"SIP/2.0 200 OK\r\n",
+                Ok(StartLine::Response {
+                    code: 200,
+                    reason: b"OK",
+                }),
+            ),
+            (
+                b"SIP/2.0 100 \r\n",
+                Ok(StartLine::Response {
+                    code: 100,
+                    reason: b"",
+                }),
+            ),
+            (b"SIP/2.0 4294967301 big\r\n", Err(ParseError::BadStatusLine)),
+            (b"SIP/2.0 099 low\r\n", Err(ParseError::BadStatusLine)),
+            (b"SIP/7.0 200 OK\r\n", Err(ParseError::BadStatusLine)),
+            (b"INVITE  sip:a@b SIP/2.0\r\n", Err(ParseError::BadRequestLine)),
+            (b"INVITE sip:a@b  SIP/2.0\r\n", Err(ParseError::BadRequestLine)),
+            (b"INVITE sip:a@b SIP/2.0 \r\n", Err(ParseError::BadRequestLine)),
+            (b"INVITE sip:a@b SIP/7.0\r\n", Err(ParseError::BadRequestLine)),
+            (b"INVITE sip:a@b; lr SIP/2.0\r\n", Err(ParseError::BadRequestLine)),
+            (b"INVITE nouri SIP/2.0\r\n", Err(ParseError::BadRequestLine)),
+            (b"INVITE <sip:a@b> SIP/2.0\r\n", Err(ParseError::BadRequestLine)),
+            (b"INVITE sip:a@b SIP/2.0", Err(ParseError::UnterminatedHeaders)),
+            (b"\r\n\r\n", Err(ParseError::Empty)),
+            (b"", Err(ParseError::Empty)),
+        ];
+        for (input, expected) in cases {
+            let got = parse_start_line(input).map(|(line, _)| line);
+            assert_eq!(&got, expected, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn parse_message_frames_the_body_and_uses_slots() {
+        let buf = b"OPTIONS sip:a@b SIP/2.0\r\ni: x\r\nl: 2\r\n\r\nabcdef";
+        let mut slots = [Header::EMPTY; 4];
+        let message = parse_message(buf, &mut slots).unwrap();
+        assert_eq!(message.get("Call-ID"), Some(&b"x"[..]));
+        assert_eq!(message.body, b"ab");
+        assert_eq!(message.headers.len(), 2);
+
+        let mut one = [Header::EMPTY; 1];
+        assert_eq!(
+            parse_message(buf, &mut one),
+            Err(ParseError::TooManyHeaders)
+        );
+        let mut slots = [Header::EMPTY; 4];
+        assert_eq!(
+            parse_message(b"OPTIONS sip:a@b SIP/2.0\r\nl: 9\r\n\r\nab", &mut slots),
+            Err(ParseError::ContentLengthExceedsDatagram)
+        );
+        assert_eq!(
+            parse_message(b"OPTIONS sip:a@b SIP/2.0\r\nl: 2\r\nl: 3\r\n\r\nabc", &mut slots),
+            Err(ParseError::ConflictingHeader)
+        );
+    }
+
+    #[test]
+    fn trim_lws_handles_folding_whitespace() {
+        assert_eq!(trim_lws(b" \r\n\t a b \r\n "), b"a b");
+        assert_eq!(trim_lws(b" \r\n "), b"");
+        assert_eq!(trim_lws(b""), b"");
+    }
+}

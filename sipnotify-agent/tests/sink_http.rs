@@ -1,0 +1,436 @@
+//! Delivery against the local HTTPS bridge stand-in: what the bridge actually received, how
+//! often, with which headers, through failures, outages and certificate trouble.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
+};
+
+use sipnotify_agent::{
+    event::{CaptureMeta, Notification},
+    queue::NotificationQueue,
+    sink::{Delivery, DeliveryArgs, DeliveryReport, SinkSettings, deliver},
+    testing::{BridgeOptions, Reply, TestBridge},
+};
+use tokio_util::sync::CancellationToken;
+
+fn notification(i: u32) -> Notification {
+    Notification {
+        dn: format!("{}", 1000 + i % 50),
+        call_id: format!("call-{}@192.0.2.10", i / 2),
+        call_uuid: Some(format!("UIVB8J6JE91C53UIM3VI59VHQ4{i:06}")),
+        event: if i % 2 == 0 { "talk" } else { "hold" }.to_owned(),
+        caller: Some("5551234".to_owned()),
+        cseq: i,
+        via_branch: Some(format!("z9hG4bK-{i}")),
+        extra_headers: Vec::new(),
+        meta: CaptureMeta {
+            captured_at: SystemTime::now(),
+            src: (Ipv4Addr::new(192, 0, 2, 10), 5060).into(),
+            dst: (Ipv4Addr::new(192, 0, 2, 20), 5061).into(),
+            iface: None,
+        },
+    }
+}
+
+/// A bridge and a CA file trusting it.
+struct Fixture {
+    bridge: TestBridge,
+    _dir: tempfile::TempDir,
+    ca_file: PathBuf,
+}
+
+async fn fixture(options: BridgeOptions) -> Fixture {
+    let bridge = TestBridge::start(options).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("bridge-ca.pem");
+    bridge.write_ca_file(&ca_file).unwrap();
+    Fixture {
+        bridge,
+        _dir: dir,
+        ca_file,
+    }
+}
+
+impl Fixture {
+    /// Verified TLS with `--ca-file`, quick retries for short tests.
+    fn args(&self) -> DeliveryArgs {
+        DeliveryArgs {
+            bridge_url: self.bridge.url().to_owned(),
+            ca_file: Some(self.ca_file.clone()),
+            retry_initial: Duration::from_millis(10),
+            retry_max: Duration::from_millis(200),
+            ..DeliveryArgs::default()
+        }
+    }
+}
+
+fn settings(args: &DeliveryArgs) -> SinkSettings {
+    SinkSettings::from_args_and_token_env(args, None).unwrap()
+}
+
+/// Queues `notifications`, closes the queue and delivers everything.
+async fn deliver_all(args: &DeliveryArgs, notifications: &[Notification]) -> DeliveryReport {
+    let queue = NotificationQueue::new(100_000);
+    for n in notifications {
+        queue.push(n.clone());
+    }
+    queue.close();
+    let report = tokio::time::timeout(
+        Duration::from_secs(30),
+        deliver(queue, settings(args), CancellationToken::new()),
+    )
+    .await;
+    report.unwrap().unwrap()
+}
+
+/// Asserts the bridge acknowledged each of `sent` exactly once, under its idempotency key.
+fn assert_received_exactly_once(bridge: &TestBridge, sent: &[Notification]) {
+    let received = bridge.received();
+    let mut by_uuid: HashMap<String, usize> = HashMap::new();
+    for r in &received {
+        let uuid = r.object["call_uuid"].as_str().unwrap_or_default().to_owned();
+        *by_uuid.entry(uuid).or_default() += 1;
+    }
+    for n in sent {
+        let uuid = n.call_uuid.clone().unwrap_or_default();
+        assert_eq!(by_uuid.get(&uuid), Some(&1), "{uuid} received {:?} times", by_uuid.get(&uuid));
+    }
+    assert_eq!(received.len(), sent.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_mode_posts_one_object_per_request_with_its_key() {
+    let f = fixture(BridgeOptions::default()).await;
+    let sent: Vec<_> = (0..200).map(notification).collect();
+    let report = deliver_all(&f.args(), &sent).await;
+    assert_eq!(report.delivered, 200);
+    assert_eq!(report.requests, 200);
+    assert_eq!((report.rejected, report.expired, report.undelivered), (0, 0, 0));
+    assert_received_exactly_once(&f.bridge, &sent);
+
+    let expected_keys: HashMap<String, String> = sent
+        .iter()
+        .map(|n| (n.call_uuid.clone().unwrap_or_default(), n.idempotency_key()))
+        .collect();
+    for r in f.bridge.received() {
+        let object = r.object.as_object().unwrap();
+        let keys: BTreeSet<&str> = object.keys().map(String::as_str).collect();
+        assert_eq!(keys, BTreeSet::from(["dn", "call_id", "call_uuid", "event"]));
+        let uuid = object["call_uuid"].as_str().unwrap();
+        assert_eq!(r.idempotency_key.as_deref(), expected_keys.get(uuid).map(String::as_str));
+    }
+    for request in f.bridge.requests() {
+        assert_eq!(request.content_type.as_deref(), Some("application/json"));
+        assert!(!request.array);
+        assert_eq!(request.authorization, None);
+        assert_eq!(request.version, "HTTP/1.1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn array_mode_posts_arrays_whose_objects_carry_their_id() {
+    let f = fixture(BridgeOptions::default()).await;
+    let args = DeliveryArgs {
+        array_mode: true,
+        batch_max_events: 100,
+        ..f.args()
+    };
+    let sent: Vec<_> = (0..1_000).map(notification).collect();
+    let report = deliver_all(&args, &sent).await;
+    assert_eq!(report.delivered, 1_000);
+    assert_received_exactly_once(&f.bridge, &sent);
+    let requests = f.bridge.requests();
+    assert!(requests.iter().all(|r| r.array && r.objects <= 100));
+    assert!(requests.len() >= 10, "{} requests", requests.len());
+    assert_eq!(report.requests, requests.len() as u64);
+    let ids: BTreeSet<String> = f
+        .bridge
+        .received()
+        .iter()
+        .map(|r| r.object["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let expected: BTreeSet<String> = sent.iter().map(Notification::idempotency_key).collect();
+    assert_eq!(ids, expected);
+}
+
+#[tokio::test]
+async fn a_503_is_retried_until_the_bridge_accepts() {
+    let f = fixture(BridgeOptions::default()).await;
+    f.bridge.script([Reply::Status(503), Reply::Status(502), Reply::ok()]);
+    let sent = [notification(1)];
+    let report = deliver_all(&f.args(), &sent).await;
+    let statuses: Vec<u16> = f.bridge.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [503, 502, 200]);
+    assert_eq!((report.delivered, report.retries, report.requests), (1, 2, 3));
+    assert_received_exactly_once(&f.bridge, &sent);
+    // Every try carries the same key, so the bridge could drop a re-delivery.
+    let keys: BTreeSet<_> = f.bridge.requests().into_iter().map(|r| r.idempotency_key).collect();
+    assert_eq!(keys.len(), 1);
+}
+
+#[tokio::test]
+async fn a_429_waits_for_retry_after() {
+    let f = fixture(BridgeOptions::default()).await;
+    f.bridge.script([Reply::RetryAfter {
+        status: 429,
+        seconds: 1,
+    }]);
+    let sent = [notification(1)];
+    let report = deliver_all(&f.args(), &sent).await;
+    let requests = f.bridge.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!((requests[0].status, requests[1].status), (429, 200));
+    let gap = requests[1]
+        .received_at
+        .duration_since(requests[0].received_at)
+        .unwrap_or_default();
+    // The backoff alone would retry within 10 ms.
+    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
+    assert_eq!(report.delivered, 1);
+    assert_received_exactly_once(&f.bridge, &sent);
+}
+
+#[tokio::test]
+async fn a_400_is_rejected_without_retry() {
+    let f = fixture(BridgeOptions::default()).await;
+    f.bridge.script([Reply::Body {
+        status: 400,
+        body: r#"{"error":"dn missing"}"#.to_owned(),
+    }]);
+    f.bridge.set_default_reply(Reply::Status(501));
+    let report = deliver_all(&f.args(), &[notification(1), notification(2)]).await;
+    // One 400, one 501: both final.
+    let mut statuses: Vec<u16> = f.bridge.requests().iter().map(|r| r.status).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [400, 501]);
+    assert_eq!((report.rejected, report.delivered, report.retries), (2, 0, 0));
+    assert!(f.bridge.received().is_empty());
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_stops_with_both_remedies() {
+    let f = fixture(BridgeOptions::default()).await;
+    let args = DeliveryArgs {
+        ca_file: None,
+        ..f.args()
+    };
+    let queue = NotificationQueue::new(10);
+    queue.push(notification(1));
+    queue.close();
+    let started = Instant::now();
+    let failed = deliver(queue, settings(&args), CancellationToken::new())
+        .await
+        .err()
+        .unwrap();
+    let message = failed.to_string();
+    assert!(message.contains("--ca-file PEM"), "{message}");
+    assert!(message.contains("--insecure"), "{message}");
+    assert!(message.contains("not trusted"), "{message}");
+    assert!(message.contains(f.bridge.url()), "{message}");
+    assert_eq!(failed.report.undelivered, 1);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(f.bridge.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_name_is_untrusted_too() {
+    let f = fixture(BridgeOptions {
+        subject_alt_names: vec!["bridge.example".to_owned()],
+        ..BridgeOptions::default()
+    })
+    .await;
+    let queue = NotificationQueue::new(10);
+    queue.push(notification(1));
+    queue.close();
+    let failed = deliver(queue, settings(&f.args()), CancellationToken::new())
+        .await
+        .err()
+        .unwrap();
+    let message = failed.to_string();
+    assert!(message.contains("--ca-file PEM") && message.contains("--insecure"), "{message}");
+}
+
+#[tokio::test]
+async fn ca_file_and_insecure_both_connect() {
+    let f = fixture(BridgeOptions::default()).await;
+    let with_ca = deliver_all(&f.args(), &[notification(1)]).await;
+    assert_eq!(with_ca.delivered, 1);
+    let insecure = DeliveryArgs {
+        ca_file: None,
+        insecure: true,
+        ..f.args()
+    };
+    let without_verification = deliver_all(&insecure, &[notification(2)]).await;
+    assert_eq!(without_verification.delivered, 1);
+    assert_received_exactly_once(&f.bridge, &[notification(1), notification(2)]);
+}
+
+#[tokio::test]
+async fn the_bearer_token_is_sent_when_configured() {
+    let f = fixture(BridgeOptions::default()).await;
+    let token_file = f._dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let args = DeliveryArgs {
+        bridge_token_file: Some(token_file),
+        ..f.args()
+    };
+    deliver_all(&args, &[notification(1)]).await;
+    let requests = f.bridge.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].authorization.as_deref(), Some("Bearer s3cret-token"));
+}
+
+/// Pushes `count` notifications spread over `over`, like live capture, then closes.
+async fn produce(queue: NotificationQueue, count: u32, over: Duration) -> Vec<Notification> {
+    let mut sent = Vec::new();
+    let pause = over / count;
+    for i in 0..count {
+        let n = notification(i);
+        sent.push(n.clone());
+        queue.push(n);
+        tokio::time::sleep(pause).await;
+    }
+    queue.close();
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_refused_connections_loses_nothing() {
+    let f = fixture(BridgeOptions::default()).await;
+    let queue = NotificationQueue::new(100_000);
+    let delivery = Delivery::new(settings(&f.args())).unwrap();
+    let health = delivery.health();
+    assert!(!health.has_answered());
+    let running = tokio::spawn(delivery.run(queue.clone(), CancellationToken::new()));
+    let producer = tokio::spawn(produce(queue, 600, Duration::from_secs(3)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(health.has_answered());
+    f.bridge
+        .refuse_connections_for(Duration::from_secs(2))
+        .await
+        .unwrap();
+    let sent = producer.await.unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.delivered, 600, "{report:?}");
+    assert!(report.retries > 0, "{report:?}");
+    assert_received_exactly_once(&f.bridge, &sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_503_replies_loses_nothing_in_array_mode() {
+    let f = fixture(BridgeOptions::default()).await;
+    let args = DeliveryArgs {
+        array_mode: true,
+        batch_max_events: 50,
+        ..f.args()
+    };
+    let queue = NotificationQueue::new(100_000);
+    let running = tokio::spawn(deliver(queue.clone(), settings(&args), CancellationToken::new()));
+    f.bridge.fail_for(Duration::from_secs(2), Reply::Status(503));
+    let sent = produce(queue, 1_000, Duration::from_secs(3)).await;
+    let report = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.delivered, 1_000, "{report:?}");
+    assert!(f.bridge.requests().iter().any(|r| r.status == 503));
+    assert_received_exactly_once(&f.bridge, &sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_at_the_deadline_and_counts_the_rest() {
+    let f = fixture(BridgeOptions::default()).await;
+    let args = DeliveryArgs {
+        shutdown_timeout: Duration::from_millis(300),
+        max_in_flight: 4,
+        ..f.args()
+    };
+    f.bridge
+        .refuse_connections_for(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let queue = NotificationQueue::new(1_000);
+    for i in 0..20 {
+        queue.push(notification(i));
+    }
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(deliver(queue.clone(), settings(&args), shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    shutdown.cancel();
+    let report = running.await.unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert_eq!(report.undelivered, 20, "{report:?}");
+    assert_eq!(report.delivered, 0);
+    assert!(queue.is_closed());
+}
+
+#[tokio::test]
+async fn notifications_older_than_max_age_are_dropped_and_counted() {
+    let f = fixture(BridgeOptions::default()).await;
+    let mut old = notification(1);
+    old.meta.captured_at = SystemTime::now() - Duration::from_secs(120);
+    let fresh = notification(2);
+    let report = deliver_all(&f.args(), &[old, fresh.clone()]).await;
+    assert_eq!((report.expired, report.delivered), (1, 1));
+    assert_received_exactly_once(&f.bridge, &[fresh]);
+}
+
+#[tokio::test]
+async fn http2_is_used_when_the_bridge_offers_it() {
+    let f = fixture(BridgeOptions {
+        http2: true,
+        ..BridgeOptions::default()
+    })
+    .await;
+    let sent: Vec<_> = (0..20).map(notification).collect();
+    let report = deliver_all(&f.args(), &sent).await;
+    assert_eq!(report.delivered, 20);
+    assert!(f.bridge.requests().iter().all(|r| r.version == "HTTP/2.0"));
+    assert_received_exactly_once(&f.bridge, &sent);
+}
+
+#[tokio::test]
+async fn stdout_and_bridge_get_the_same_objects() {
+    let f = fixture(BridgeOptions::default()).await;
+    let args = DeliveryArgs {
+        stdout: true,
+        extras: true,
+        ..f.args()
+    };
+    let queue = NotificationQueue::new(10);
+    let sent = [notification(1), notification(2)];
+    for n in &sent {
+        queue.push(n.clone());
+    }
+    queue.close();
+    let mut out = Vec::new();
+    let delivery = Delivery::new(settings(&args)).unwrap();
+    let report = delivery
+        .run_with_output(queue, CancellationToken::new(), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(report.delivered, 2);
+    // Compare as parsed values (the bridge's record has its keys sorted).
+    let lines: BTreeSet<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap().to_string())
+        .collect();
+    let posted: BTreeSet<String> = f
+        .bridge
+        .received()
+        .iter()
+        .map(|r| r.object.to_string())
+        .collect();
+    assert_eq!(lines, posted);
+    assert!(lines.iter().all(|line| line.contains("\"cseq\"")));
+}
