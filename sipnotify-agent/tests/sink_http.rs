@@ -21,7 +21,7 @@ fn notification(i: u32) -> Notification {
         dn: format!("{}", 1000 + i % 50),
         call_id: format!("call-{}@192.0.2.10", i / 2),
         call_uuid: Some(format!("UIVB8J6JE91C53UIM3VI59VHQ4{i:06}")),
-        event: if i % 2 == 0 { "talk" } else { "hold" }.to_owned(),
+        event: if i.is_multiple_of(2) { "talk" } else { "hold" }.to_owned(),
         caller: Some("5551234".to_owned()),
         cseq: i,
         via_branch: Some(format!("z9hG4bK-{i}")),
@@ -91,12 +91,20 @@ fn assert_received_exactly_once(bridge: &TestBridge, sent: &[Notification]) {
     let received = bridge.received();
     let mut by_uuid: HashMap<String, usize> = HashMap::new();
     for r in &received {
-        let uuid = r.object["call_uuid"].as_str().unwrap_or_default().to_owned();
+        let uuid = r.object["call_uuid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         *by_uuid.entry(uuid).or_default() += 1;
     }
     for n in sent {
         let uuid = n.call_uuid.clone().unwrap_or_default();
-        assert_eq!(by_uuid.get(&uuid), Some(&1), "{uuid} received {:?} times", by_uuid.get(&uuid));
+        assert_eq!(
+            by_uuid.get(&uuid),
+            Some(&1),
+            "{uuid} received {:?} times",
+            by_uuid.get(&uuid)
+        );
     }
     assert_eq!(received.len(), sent.len());
 }
@@ -108,7 +116,10 @@ async fn object_mode_posts_one_object_per_request_with_its_key() {
     let report = deliver_all(&f.args(), &sent).await;
     assert_eq!(report.delivered, 200);
     assert_eq!(report.requests, 200);
-    assert_eq!((report.rejected, report.expired, report.undelivered), (0, 0, 0));
+    assert_eq!(
+        (report.rejected, report.expired, report.undelivered),
+        (0, 0, 0)
+    );
     assert_received_exactly_once(&f.bridge, &sent);
 
     let expected_keys: HashMap<String, String> = sent
@@ -118,9 +129,15 @@ async fn object_mode_posts_one_object_per_request_with_its_key() {
     for r in f.bridge.received() {
         let object = r.object.as_object().unwrap();
         let keys: BTreeSet<&str> = object.keys().map(String::as_str).collect();
-        assert_eq!(keys, BTreeSet::from(["dn", "call_id", "call_uuid", "event"]));
+        assert_eq!(
+            keys,
+            BTreeSet::from(["dn", "call_id", "call_uuid", "event"])
+        );
         let uuid = object["call_uuid"].as_str().unwrap();
-        assert_eq!(r.idempotency_key.as_deref(), expected_keys.get(uuid).map(String::as_str));
+        assert_eq!(
+            r.idempotency_key.as_deref(),
+            expected_keys.get(uuid).map(String::as_str)
+        );
     }
     for request in f.bridge.requests() {
         assert_eq!(request.content_type.as_deref(), Some("application/json"));
@@ -159,15 +176,24 @@ async fn array_mode_posts_arrays_whose_objects_carry_their_id() {
 #[tokio::test]
 async fn a_503_is_retried_until_the_bridge_accepts() {
     let f = fixture(BridgeOptions::default()).await;
-    f.bridge.script([Reply::Status(503), Reply::Status(502), Reply::ok()]);
+    f.bridge
+        .script([Reply::Status(503), Reply::Status(502), Reply::ok()]);
     let sent = [notification(1)];
     let report = deliver_all(&f.args(), &sent).await;
     let statuses: Vec<u16> = f.bridge.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, [503, 502, 200]);
-    assert_eq!((report.delivered, report.retries, report.requests), (1, 2, 3));
+    assert_eq!(
+        (report.delivered, report.retries, report.requests),
+        (1, 2, 3)
+    );
     assert_received_exactly_once(&f.bridge, &sent);
     // Every try carries the same key, so the bridge could drop a re-delivery.
-    let keys: BTreeSet<_> = f.bridge.requests().into_iter().map(|r| r.idempotency_key).collect();
+    let keys: BTreeSet<_> = f
+        .bridge
+        .requests()
+        .into_iter()
+        .map(|r| r.idempotency_key)
+        .collect();
     assert_eq!(keys.len(), 1);
 }
 
@@ -206,7 +232,10 @@ async fn a_400_is_rejected_without_retry() {
     let mut statuses: Vec<u16> = f.bridge.requests().iter().map(|r| r.status).collect();
     statuses.sort_unstable();
     assert_eq!(statuses, [400, 501]);
-    assert_eq!((report.rejected, report.delivered, report.retries), (2, 0, 0));
+    assert_eq!(
+        (report.rejected, report.delivered, report.retries),
+        (2, 0, 0)
+    );
     assert!(f.bridge.received().is_empty());
 }
 
@@ -250,7 +279,10 @@ async fn a_certificate_for_another_name_is_untrusted_too() {
         .err()
         .unwrap();
     let message = failed.to_string();
-    assert!(message.contains("--ca-file PEM") && message.contains("--insecure"), "{message}");
+    assert!(
+        message.contains("--ca-file PEM") && message.contains("--insecure"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -280,7 +312,10 @@ async fn the_bearer_token_is_sent_when_configured() {
     deliver_all(&args, &[notification(1)]).await;
     let requests = f.bridge.requests();
     assert_eq!(requests.len(), 1);
-    assert_eq!(requests[0].authorization.as_deref(), Some("Bearer s3cret-token"));
+    assert_eq!(
+        requests[0].authorization.as_deref(),
+        Some("Bearer s3cret-token")
+    );
 }
 
 /// Pushes `count` notifications spread over `over`, like live capture, then closes.
@@ -332,8 +367,13 @@ async fn an_outage_of_503_replies_loses_nothing_in_array_mode() {
         ..f.args()
     };
     let queue = NotificationQueue::new(100_000);
-    let running = tokio::spawn(deliver(queue.clone(), settings(&args), CancellationToken::new()));
-    f.bridge.fail_for(Duration::from_secs(2), Reply::Status(503));
+    let running = tokio::spawn(deliver(
+        queue.clone(),
+        settings(&args),
+        CancellationToken::new(),
+    ));
+    f.bridge
+        .fail_for(Duration::from_secs(2), Reply::Status(503));
     let sent = produce(queue, 1_000, Duration::from_secs(3)).await;
     let report = tokio::time::timeout(Duration::from_secs(20), running)
         .await
@@ -367,7 +407,11 @@ async fn shutdown_gives_up_at_the_deadline_and_counts_the_rest() {
     let started = Instant::now();
     shutdown.cancel();
     let report = running.await.unwrap().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(report.undelivered, 20, "{report:?}");
     assert_eq!(report.delivered, 0);
     assert!(queue.is_closed());
@@ -423,7 +467,11 @@ async fn stdout_and_bridge_get_the_same_objects() {
     let lines: BTreeSet<String> = String::from_utf8(out)
         .unwrap()
         .lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap().to_string())
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let posted: BTreeSet<String> = f
         .bridge
