@@ -13,6 +13,8 @@ use std::{env, fs, path::PathBuf, process::Command};
 use anyhow::{Context as _, bail};
 
 const OBJECT: &str = "sipnotify";
+/// The XDP_PASS baseline the benchmarks compare against.
+const NOOP_OBJECT: &str = "sipnotify-noop";
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=SIPNOTIFY_REQUIRE_EBPF");
@@ -40,8 +42,10 @@ fn main() -> anyhow::Result<()> {
         println!(
             "cargo:warning=building without the eBPF program: {missing}; run `cargo xtask setup`"
         );
-        let out = PathBuf::from(env::var("OUT_DIR")?).join(OBJECT);
-        fs::write(&out, b"").with_context(|| format!("failed to write {}", out.display()))?;
+        for object in [OBJECT, NOOP_OBJECT] {
+            let out = PathBuf::from(env::var("OUT_DIR")?).join(object);
+            fs::write(&out, b"").with_context(|| format!("failed to write {}", out.display()))?;
+        }
         return Ok(());
     }
 

@@ -16,8 +16,8 @@ use core::mem::{align_of, size_of};
 
 /// Name of the `BPF_MAP_TYPE_RINGBUF` map carrying captured NOTIFYs.
 pub const EVENTS_MAP: &str = "SIP_EVENTS";
-/// Name of the one-entry array holding [`SipConfig`].
-pub const CONFIG_MAP: &str = "SIP_CONFIG";
+/// Name of the read-only global holding [`SipConfig`], set when the object is loaded.
+pub const CONFIG_GLOBAL: &str = "SIP_CONFIG";
 /// Name of the per-CPU array of `u64` counters indexed by [`Counter`].
 pub const STATS_MAP: &str = "SIP_STATS";
 /// Name of the per-CPU scratch array the program assembles records in.
@@ -103,7 +103,7 @@ const _: () = assert!(size_of::<EventBuffer>() == EVENT_HEADER_LEN + MAX_PAYLOAD
 // Per-CPU array values are limited to 32 KiB (PCPU_MIN_UNIT_SIZE).
 const _: () = assert!(size_of::<EventBuffer>() <= 32 * 1024);
 
-/// Configuration written by the agent into [`CONFIG_MAP`] before the program is attached.
+/// Configuration the agent writes into the [`CONFIG_GLOBAL`] global when it loads the program.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SipConfig {

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! frame ─▶ walk (Ethernet, ≤2 VLAN tags, IPv4+options | IPv6+ext headers) ─▶ UDP header
-//!        ─▶ dst port in SIP_CONFIG bitmap? ─▶ payload starts "NOTIFY "? ─▶ SIP_SCRATCH
+//!        ─▶ dst port in the SIP_CONFIG bitmap? ─▶ payload starts "NOTIFY "? ─▶ SIP_SCRATCH
 //!        ─▶ bpf_ringbuf_output(header + payload, right-sized) ─▶ agent
 //! ```
 //!
@@ -24,7 +24,7 @@ use aya_ebpf::{
         generated::{bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     },
     macros::{map, xdp},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
@@ -37,8 +37,26 @@ use sipnotify_common::{
 #[map]
 static SIP_EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
-#[map]
-static SIP_CONFIG: Array<SipConfig> = Array::with_max_entries(1, 0);
+/// Written by the agent at load time (a frozen `.rodata` global): reading it is a plain
+/// memory load, where even an inlined array-map lookup costs a few nanoseconds per packet.
+#[unsafe(no_mangle)]
+static SIP_CONFIG: SipConfig = SipConfig::empty();
+
+/// Reads the config through a volatile load, so the compiler cannot fold the all-zero
+/// initial value into the program.
+#[inline(always)]
+fn config_port_watched(port: u16) -> bool {
+    let word = usize::from(port >> 6);
+    // SAFETY: `word` < 1024 (a u16 shifted right by 6), inside the static array.
+    let bits = unsafe { core::ptr::read_volatile(&raw const SIP_CONFIG.port_bitmap[word]) };
+    bits & (1 << (port & 63)) != 0
+}
+
+#[inline(always)]
+fn config_wakeup_bytes() -> u64 {
+    // SAFETY: a plain read of a static.
+    unsafe { core::ptr::read_volatile(&raw const SIP_CONFIG.wakeup_bytes) }
+}
 
 #[map]
 static SIP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
@@ -110,10 +128,7 @@ fn inspect(ctx: &XdpContext) {
     let Some(udp) = net::udp_header(&packet, &location) else {
         return count(Counter::BailShortHeader);
     };
-    let Some(config) = SIP_CONFIG.get(0) else {
-        return;
-    };
-    if !config.is_watched(udp.dst_port) {
+    if !config_port_watched(udp.dst_port) {
         return;
     }
     count(Counter::UdpWatched);
@@ -125,7 +140,7 @@ fn inspect(ctx: &XdpContext) {
         return;
     }
     count(Counter::NotifyMatched);
-    copy(ctx, &packet, &location, &udp, config.wakeup_bytes);
+    copy(ctx, &packet, &location, &udp, config_wakeup_bytes());
 }
 
 #[inline(always)]
@@ -197,8 +212,12 @@ fn copy(
     }
 
     // Waking the reader per record caps capture near 0.4 M/s; the agent polls every
-    // millisecond instead, and a forced wake-up only fires once a backlog builds.
-    let wakeup = if SIP_EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= wakeup_bytes {
+    // millisecond instead. Only the record that takes the backlog across `wakeup_bytes`
+    // forces a wake-up: forcing one per record past it would cost microseconds each while
+    // the reader is already behind.
+    let pending = SIP_EVENTS.query(BPF_RB_AVAIL_DATA.into());
+    let size = (EVENT_HEADER_LEN + len) as u64;
+    let wakeup = if pending < wakeup_bytes && pending + size >= wakeup_bytes {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

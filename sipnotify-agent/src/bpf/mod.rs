@@ -11,11 +11,11 @@ use std::{error::Error as StdError, ffi::CString, fmt, io, sync::Arc};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, RingBuf},
     programs::{Xdp, XdpMode},
 };
 use sipnotify_common::{
-    CONFIG_MAP, Counter, EVENTS_MAP, MAX_PORTS, PROGRAM_NAME, STATS_MAP, SipConfig,
+    CONFIG_GLOBAL, Counter, EVENTS_MAP, MAX_PORTS, PROGRAM_NAME, STATS_MAP, SipConfig,
 };
 use tracing::{debug, info};
 
@@ -227,11 +227,6 @@ pub fn load(settings: &ProgramSettings) -> Result<Ebpf, LoadError> {
         ));
     }
     raise_memlock();
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(EVENTS_MAP, settings.ring_bytes)
-        .load(OBJECT)
-        .map_err(|err| LoadError::from_os(err, LoadError::Load))?;
-
     let mut config = SipConfig::empty();
     for &port in &settings.ports {
         config.watch(port);
@@ -239,13 +234,10 @@ pub fn load(settings: &ProgramSettings) -> Result<Ebpf, LoadError> {
     // Wake the reader early once a quarter of the ring is pending; below that the 1 ms poll
     // collects records without a wake-up per event.
     config.wakeup_bytes = u64::from(settings.ring_bytes / 4);
-    let map = ebpf
-        .map_mut(CONFIG_MAP)
-        .ok_or(LoadError::Settings("the object has no config map"))?;
-    let mut array: Array<_, SipConfig> =
-        Array::try_from(map).map_err(|err| LoadError::Load(Box::new(err)))?;
-    array
-        .set(0, config, 0)
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(EVENTS_MAP, settings.ring_bytes)
+        .override_global(CONFIG_GLOBAL, &config, true)
+        .load(OBJECT)
         .map_err(|err| LoadError::from_os(err, LoadError::Load))?;
 
     let program: &mut Xdp = ebpf
