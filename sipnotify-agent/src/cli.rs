@@ -3,7 +3,7 @@
 //! Flag names are part of the contract; every flag has a one-line help and, where the
 //! choice is not obvious, a longer one.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -13,9 +13,40 @@ use crate::{bpf::AttachMode, pipeline::PipelineArgs, sink::DeliveryArgs};
 #[derive(Debug, Parser)]
 #[command(name = "sipnotify-agent", version, about)]
 pub struct Cli {
+    /// Read settings from this TOML file (default: /etc/sipnotify/sipnotify.toml if present).
+    ///
+    /// Every long flag is a key (`bridge_url = "https://…"`, `iface = ["eth0"]`).
+    /// Precedence: flags, then SIPNOTIFY_* environment variables, then the file, then defaults.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Logging flags shared by every subcommand.
+#[derive(Clone, Debug, Args, PartialEq, Eq)]
+#[command(next_help_heading = "Logging")]
+pub struct LogArgs {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log each notification's DN, Call-ID and CallUUID at info level (personal data: off by
+    /// default, when they appear only at debug level).
+    #[arg(long)]
+    pub log_sip: bool,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for journald/Loki pipelines).
+    Json,
 }
 
 /// The subcommands.
@@ -46,6 +77,19 @@ pub struct RunArgs {
     /// Ring buffer size per interface in bytes (a power of two, at least 4096).
     #[arg(long, value_name = "BYTES", default_value_t = sipnotify_common::DEFAULT_RING_BYTES)]
     pub ring_bytes: u32,
+
+    /// Serve Prometheus metrics (/metrics) and health (/healthz) on this address; `off`
+    /// disables the endpoint.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_listen: String,
+
+    /// Validate the configuration, print the effective settings and exit.
+    #[arg(long)]
+    pub check_config: bool,
+
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
 
     /// How often the ring buffer is polled when no wake-up arrives.
     #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]

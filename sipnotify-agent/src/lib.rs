@@ -8,6 +8,7 @@
 pub mod bpf;
 pub mod capture;
 pub mod cli;
+pub mod config;
 pub mod dedup;
 pub mod error;
 pub mod event;
@@ -16,5 +17,6 @@ pub mod queue;
 pub mod run;
 pub mod sink;
 pub mod sip;
+pub mod telemetry;
 #[cfg(feature = "test-bridge")]
 pub mod testing;

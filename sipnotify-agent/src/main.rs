@@ -1,27 +1,34 @@
-//! The `sipnotify-agent` binary: parse the command line, set up logging, run, and map the
-//! outcome to design.md's exit codes with a one-line `sipnotify: …` reason.
+//! The `sipnotify-agent` binary: parse the command line (flags, environment, config file),
+//! set up logging, run, and map the outcome to design.md's exit codes with a one-line
+//! `sipnotify: …` reason.
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-use sipnotify_agent::cli::{Cli, Command};
+use sipnotify_agent::{
+    cli::{Command, LogArgs, LogFormat},
+    config,
+};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = match config::parse(std::env::args_os().collect()) {
+        Ok(parsed) => parsed,
         Err(err) if !err.use_stderr() => {
             // --help and --version.
             let _ = err.print();
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            let text = err.render().to_string();
-            let first = text.lines().next().unwrap_or_default();
-            eprintln!("sipnotify: {}", first.trim_start_matches("error: "));
+            eprintln!(
+                "sipnotify: {}",
+                config::first_line(&err.render().to_string())
+            );
             return ExitCode::from(2);
         }
     };
-    init_logging();
+    let log = match &parsed.cli.command {
+        Command::Run(args) => args.log.clone(),
+    };
+    init_logging(&log);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -35,7 +42,12 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match parsed.cli.command {
+            Command::Run(args) if args.check_config => sipnotify_agent::run::check_config(
+                &args,
+                parsed.config_file.as_deref(),
+                &parsed.sources,
+            ),
             Command::Run(args) => sipnotify_agent::run::run(args).await,
         }
     });
@@ -48,12 +60,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(log: &LogArgs) {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter =
         EnvFilter::try_from_env("SIPNOTIFY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match log.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }

@@ -100,6 +100,7 @@ pub struct Pipeline {
     dedup: Arc<Mutex<Deduplicator>>,
     queue: NotificationQueue,
     metrics: Arc<Metrics>,
+    log_sip: bool,
 }
 
 /// Metric handles resolved once, off the per-record path.
@@ -138,7 +139,15 @@ impl Pipeline {
             }))),
             queue,
             metrics: Arc::new(metrics),
+            log_sip: false,
         }
+    }
+
+    /// Log each accepted notification's identifiers at info level (`--log-sip`); otherwise
+    /// they appear only at debug level, since DNs and call ids are personal data.
+    pub fn log_sip(mut self, enabled: bool) -> Self {
+        self.log_sip = enabled;
+        self
     }
 
     /// Handles one raw ring-buffer record.
@@ -189,6 +198,22 @@ impl Pipeline {
             return Outcome::Duplicate;
         }
         self.metrics.accepted.increment(1);
+        if self.log_sip {
+            tracing::info!(
+                dn = %notification.dn,
+                call_id = %notification.call_id,
+                call_uuid = notification.call_uuid.as_deref().unwrap_or("-"),
+                event = %notification.event,
+                "notification"
+            );
+        } else {
+            tracing::debug!(
+                dn = %notification.dn,
+                call_id = %notification.call_id,
+                event = %notification.event,
+                "notification"
+            );
+        }
         match self.queue.push(notification) {
             crate::queue::Pushed::Queued => Outcome::Queued,
             crate::queue::Pushed::DroppedOldest => Outcome::QueuedDroppingOldest,

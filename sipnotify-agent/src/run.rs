@@ -2,6 +2,15 @@
 //! pipeline into the delivery queue, and on SIGINT/SIGTERM detach, stop reading, and let
 //! delivery finish what is queued up to its shutdown deadline.
 
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
 use tokio::{signal::unix::SignalKind, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -14,27 +23,72 @@ use crate::{
     pipeline::Pipeline,
     queue::NotificationQueue,
     sink::{Delivery, SinkSettings},
+    telemetry,
 };
 
-/// Runs until SIGINT or SIGTERM.
-pub async fn run(args: RunArgs) -> Result<(), AgentError> {
+/// Checks everything that can be checked without attaching.
+fn validate(args: &RunArgs) -> Result<(SinkSettings, Option<SocketAddr>), AgentError> {
     cli::check_ports(&args.ports).map_err(AgentError::Config)?;
     cli::check_ring_bytes(args.ring_bytes).map_err(AgentError::Config)?;
     args.pipeline.validate().map_err(AgentError::Config)?;
-    let sink_settings =
+    let sink =
         SinkSettings::from_args(&args.delivery).map_err(|e| AgentError::Config(e.to_string()))?;
-    let delivery = Delivery::new(sink_settings).map_err(|e| AgentError::Config(e.to_string()))?;
+    let metrics = match args.metrics_listen.as_str() {
+        "off" => None,
+        addr => Some(addr.parse().map_err(|_| {
+            AgentError::Config(format!(
+                "--metrics-listen `{addr}` is not an address such as 127.0.0.1:9464 (or `off`)"
+            ))
+        })?),
+    };
     for iface in &args.ifaces {
         bpf::interface_index(iface)?;
     }
+    Ok((sink, metrics))
+}
+
+/// `run --check-config`: validate, print the effective settings and where each came from.
+pub fn check_config(
+    args: &RunArgs,
+    config_file: Option<&Path>,
+    sources: &[(String, String, &'static str)],
+) -> Result<(), AgentError> {
+    validate(args)?;
+    let mut out = String::new();
+    match config_file {
+        Some(path) => out.push_str(&format!("# config file: {}\n", path.display())),
+        None => out.push_str("# no config file\n"),
+    }
+    let width = sources.iter().map(|(k, _, _)| k.len()).max().unwrap_or(0);
+    for (key, value, source) in sources {
+        out.push_str(&format!("{key:<width$} = {value}  # {source}\n"));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(args: RunArgs) -> Result<(), AgentError> {
+    let (sink_settings, metrics_addr) = validate(&args)?;
     bpf::preflight()?;
+    let recorder = telemetry::install_recorder().map_err(|e| AgentError::Config(e.to_string()))?;
+    let metrics_listener = match metrics_addr {
+        Some(addr) => Some(
+            telemetry::bind(addr)
+                .await
+                .map_err(|e| AgentError::Config(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let delivery = Delivery::new(sink_settings).map_err(|e| AgentError::Config(e.to_string()))?;
+    let bridge_health = (!args.delivery.no_bridge).then(|| delivery.health());
     let settings = ProgramSettings {
         ports: args.ports.clone(),
         ring_bytes: args.ring_bytes,
     };
 
     let queue = NotificationQueue::new(args.delivery.queue_capacity);
-    let pipeline = Pipeline::new(&args.pipeline, queue.clone());
+    let pipeline = Pipeline::new(&args.pipeline, queue.clone()).log_sip(args.log.log_sip);
     let stop_reading = CancellationToken::new();
     let stop_delivery = CancellationToken::new();
     let mut delivery = tokio::spawn(delivery.run(queue.clone(), stop_delivery.clone()));
@@ -42,15 +96,18 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let clock = MonotonicClock::new();
     let mut readers = JoinSet::new();
     let mut guards = Vec::new();
+    let mut kernel_stats = Vec::new();
     for iface in &args.ifaces {
         let bpf::AttachedProgram {
             iface,
             events,
+            stats,
             logger,
             guard,
             ..
         } = bpf::attach(iface, args.xdp_mode, &settings)?;
         guards.push(guard);
+        kernel_stats.push((iface.clone(), stats));
         if let Some(logger) = logger {
             readers.spawn(live::forward_program_log(logger, stop_reading.clone()));
         }
@@ -71,6 +128,17 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             }
         });
     }
+    let attached = Arc::new(AtomicBool::new(true));
+    if let Some(listener) = metrics_listener {
+        let sources = Arc::new(telemetry::Sources {
+            handle: recorder,
+            kernel: kernel_stats,
+            queue: queue.clone(),
+            attached: attached.clone(),
+            bridge: bridge_health,
+        });
+        tokio::spawn(telemetry::serve(listener, sources, stop_delivery.clone()));
+    }
     info!(interfaces = args.ifaces.len(), ports = ?args.ports, "capturing");
 
     // Delivery only ends early on a fatal error (an untrusted bridge certificate, say).
@@ -81,6 +149,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     info!("shutting down: detaching and delivering what is queued");
     // Detach first so nothing new arrives, then drain the rings one last time.
     drop(guards);
+    attached.store(false, Ordering::Relaxed);
     stop_reading.cancel();
     while readers.join_next().await.is_some() {}
     queue.close();

@@ -94,6 +94,27 @@ fn every_notify_is_printed_once_and_every_datagram_is_delivered() {
     while Instant::now() < deadline {
         thread::sleep(Duration::from_millis(100));
     }
+    // The metrics endpoint counts what crossed the wire.
+    let (status, health) = net.receiver.http_get("127.0.0.1:9464", "/healthz");
+    assert!(status.contains("200"), "{status}: {health}");
+    let (_, text) = net.receiver.http_get("127.0.0.1:9464", "/metrics");
+    let kernel = |outcome| {
+        support::metric(
+            &text,
+            "sipnotify_kernel_packets_total",
+            &[("iface", "veth1"), ("outcome", outcome)],
+        )
+    };
+    let notifies = f64::from(V4 + V6);
+    assert_eq!(kernel("notify_matched"), Some(notifies), "{text}");
+    assert_eq!(kernel("copied"), Some(notifies));
+    assert_eq!(kernel("udp_watched"), Some(notifies + f64::from(OTHER)));
+    assert_eq!(kernel("ringbuf_full"), Some(0.0));
+    assert_eq!(
+        support::metric(&text, "sipnotify_notifications_total", &[]),
+        Some(notifies)
+    );
+
     let stdout = agent.stop();
     done.store(1, Ordering::Relaxed);
 

@@ -287,3 +287,38 @@ impl Drop for Agent {
         let _ = self.child.wait();
     }
 }
+
+impl NetNs {
+    /// `GET path` from `addr` inside this namespace; returns (status line, body).
+    pub fn http_get(&self, addr: &str, path: &str) -> (String, String) {
+        use std::io::{Read as _, Write as _};
+        self.enter(|| {
+            let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+            write!(
+                stream,
+                "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+            (
+                head.lines().next().unwrap_or_default().to_owned(),
+                body.to_owned(),
+            )
+        })
+    }
+}
+
+/// The value of the Prometheus sample `name` whose labels include all of `labels`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}

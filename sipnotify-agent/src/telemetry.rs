@@ -1,0 +1,178 @@
+//! Prometheus metrics and the health endpoint, served on `--metrics-listen`.
+//!
+//! Userspace stages count through the `metrics` facade as they go; what lives elsewhere (the
+//! kernel's per-CPU counters, the queue depth) is read at scrape time, so a scrape always
+//! shows current values without a polling task. `/healthz` answers 200 once every program is
+//! attached and the bridge has answered at least once (or no bridge is configured), and 503
+//! with the reason otherwise.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sipnotify_common::Counter;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::{bpf::KernelStats, queue::NotificationQueue, sink::BridgeHealth};
+
+/// Latency buckets (seconds) for capture-to-acknowledgement: the goal is a p99 of 5 ms.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// Another recorder is installed (only one per process).
+    #[error("cannot install the metrics recorder: {0}")]
+    Recorder(String),
+    /// The listen address is taken or not ours.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Installs the process-wide Prometheus recorder.
+pub fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("sipnotify_delivery_latency_seconds".into()),
+            LATENCY_BUCKETS,
+        )
+        .map_err(|e| TelemetryError::Recorder(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| TelemetryError::Recorder(e.to_string()))
+}
+
+/// What the endpoint reads at scrape time.
+pub struct Sources {
+    /// The recorder's renderer.
+    pub handle: PrometheusHandle,
+    /// Kernel counters per interface.
+    pub kernel: Vec<(Arc<str>, KernelStats)>,
+    /// The delivery queue.
+    pub queue: NotificationQueue,
+    /// Set once every program is attached.
+    pub attached: Arc<AtomicBool>,
+    /// Whether the bridge has answered; `None` when no bridge is configured.
+    pub bridge: Option<BridgeHealth>,
+}
+
+impl Sources {
+    fn render(&self) -> String {
+        for (iface, stats) in &self.kernel {
+            match stats.read() {
+                Ok(values) => {
+                    for counter in Counter::ALL {
+                        metrics::counter!(
+                            "sipnotify_kernel_packets_total",
+                            "iface" => iface.to_string(),
+                            "outcome" => counter.name()
+                        )
+                        .absolute(values[counter as usize]);
+                    }
+                }
+                Err(err) => warn!(%iface, error = %err, "cannot read the kernel counters"),
+            }
+        }
+        metrics::gauge!("sipnotify_queue_depth").set(self.queue.len() as f64);
+        self.handle.render()
+    }
+
+    /// `None` when healthy, or why not.
+    pub fn unhealthy(&self) -> Option<&'static str> {
+        if !self.attached.load(Ordering::Relaxed) {
+            return Some("the XDP program is not attached yet");
+        }
+        match &self.bridge {
+            Some(bridge) if !bridge.has_answered() => Some("the bridge has not answered yet"),
+            _ => None,
+        }
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `cancel` fires.
+pub async fn serve(listener: TcpListener, sources: Arc<Sources>, cancel: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    debug!(error = %err, "metrics accept failed");
+                    continue;
+                }
+            },
+        };
+        let sources = sources.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| respond(request, sources.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Binds the metrics listener, warning when it is reachable beyond this host.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, TelemetryError> {
+    if !addr.ip().is_loopback() {
+        warn!(
+            %addr,
+            "the metrics endpoint is reachable from other hosts; it has no authentication"
+        );
+    }
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| TelemetryError::Listen { addr, source })
+}
+
+async fn respond(
+    request: Request<hyper::body::Incoming>,
+    sources: Arc<Sources>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            sources.render(),
+        ),
+        (&Method::GET, "/healthz") => match sources.unhealthy() {
+            None => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+            Some(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {reason}\n"),
+            ),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "try /metrics or /healthz\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    Ok(response)
+}
