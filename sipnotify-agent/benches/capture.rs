@@ -7,9 +7,6 @@
 //! captured rates over 5 s and the ring-buffer losses. Needs root.
 //! Run with `cargo xtask bench capture`.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
@@ -21,8 +18,8 @@ use std::{
 };
 
 use sipnotify_agent::bpf::{self, AttachMode, ProgramSettings};
+use sipnotify_agent::testing::netns::{self as support, VethPair};
 use sipnotify_common::Counter;
-use support::VethPair;
 
 const DURATION: Duration = Duration::from_secs(5);
 const BURST: usize = 64;
@@ -77,7 +74,11 @@ fn sender(net: &VethPair) -> OwnedFd {
         let protocol = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2) call; the result is checked and owned below.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
-        assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
         // SAFETY: `fd` is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let ifindex = bpf::interface_index("veth0").unwrap();

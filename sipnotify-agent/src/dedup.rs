@@ -108,15 +108,16 @@ impl Deduplicator {
         let key = TransactionKey::of(n);
         if let Some(entry) = self.entries.get(&key) {
             // A copy captured before the first one (reordering between CPUs) is a duplicate too.
-            let age = now.duration_since(entry.first_seen).unwrap_or(Duration::ZERO);
+            let age = now
+                .duration_since(entry.first_seen)
+                .unwrap_or(Duration::ZERO);
             if age < self.settings.window {
                 self.hits += 1;
                 metrics::counter!("sipnotify_dedup_hits_total").increment(1);
                 return Verdict::Duplicate;
             }
         }
-        while self.entries.len() >= self.settings.max_entries && !self.entries.contains_key(&key)
-        {
+        while self.entries.len() >= self.settings.max_entries && !self.entries.contains_key(&key) {
             if !self.pop_oldest() {
                 break;
             }
@@ -166,24 +167,35 @@ impl Deduplicator {
             if !expired {
                 break;
             }
-            self.pop_oldest();
+            // Only this record: the next one may be younger (a stale record can sit before it).
+            self.pop_front_record();
         }
     }
 
-    /// Removes the oldest log record and, unless it is stale, its entry. Returns whether an
-    /// entry was removed.
+    /// Removes the oldest live entry (skipping stale log records). Returns whether one went.
     fn pop_oldest(&mut self) -> bool {
-        while let Some((_, generation, key)) = self.log.pop_front() {
-            let current = self
-                .entries
-                .get(&*key)
-                .is_some_and(|entry| entry.generation == generation);
-            if current {
-                self.entries.remove(&*key);
+        while !self.log.is_empty() {
+            if self.pop_front_record() {
                 return true;
             }
         }
         false
+    }
+
+    /// Removes the front log record and, unless it is stale, its entry. Returns whether an
+    /// entry was removed.
+    fn pop_front_record(&mut self) -> bool {
+        let Some((_, generation, key)) = self.log.pop_front() else {
+            return false;
+        };
+        let current = self
+            .entries
+            .get(&*key)
+            .is_some_and(|entry| entry.generation == generation);
+        if current {
+            self.entries.remove(&*key);
+        }
+        current
     }
 }
 
@@ -268,7 +280,10 @@ mod tests {
             n
         };
         for cseq in 0..10 {
-            assert_eq!(dedup.observe(&make(cseq), at(u64::from(cseq))), Verdict::New);
+            assert_eq!(
+                dedup.observe(&make(cseq), at(u64::from(cseq))),
+                Verdict::New
+            );
             assert!(dedup.len() <= 4);
         }
         assert_eq!(dedup.evictions(), 6);

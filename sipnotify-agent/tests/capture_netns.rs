@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{Agent, VethPair, call_id, call_uuid, genesys_notify};
+use support::{VethPair, call_id, call_uuid, genesys_notify, start_agent};
 
 /// Counts datagrams arriving on `socket` until told to stop.
 fn count_received(socket: UdpSocket, done: Arc<AtomicUsize>) -> thread::JoinHandle<usize> {
@@ -41,7 +41,7 @@ fn every_notify_is_printed_once_and_every_datagram_is_delivered() {
         return;
     }
     let net = VethPair::new("cap");
-    let agent = Agent::start(
+    let agent = start_agent(
         &net.receiver,
         &[
             "run",

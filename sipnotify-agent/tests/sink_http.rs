@@ -38,7 +38,7 @@ fn notification(i: u32) -> Notification {
 /// A bridge and a CA file trusting it.
 struct Fixture {
     bridge: TestBridge,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     ca_file: PathBuf,
 }
 
@@ -49,7 +49,7 @@ async fn fixture(options: BridgeOptions) -> Fixture {
     bridge.write_ca_file(&ca_file).unwrap();
     Fixture {
         bridge,
-        _dir: dir,
+        dir,
         ca_file,
     }
 }
@@ -259,6 +259,11 @@ async fn an_untrusted_certificate_stops_with_both_remedies() {
     assert!(message.contains("--insecure"), "{message}");
     assert!(message.contains("not trusted"), "{message}");
     assert!(message.contains(f.bridge.url()), "{message}");
+    assert!(
+        message.contains("unknown certificate authority"),
+        "{message}"
+    );
+    eprintln!("{message}");
     assert_eq!(failed.report.undelivered, 1);
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(f.bridge.requests().is_empty());
@@ -283,6 +288,8 @@ async fn a_certificate_for_another_name_is_untrusted_too() {
         message.contains("--ca-file PEM") && message.contains("--insecure"),
         "{message}"
     );
+    assert!(message.contains("not valid for name"), "{message}");
+    eprintln!("{message}");
 }
 
 #[tokio::test]
@@ -303,7 +310,7 @@ async fn ca_file_and_insecure_both_connect() {
 #[tokio::test]
 async fn the_bearer_token_is_sent_when_configured() {
     let f = fixture(BridgeOptions::default()).await;
-    let token_file = f._dir.path().join("token");
+    let token_file = f.dir.path().join("token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
     let args = DeliveryArgs {
         bridge_token_file: Some(token_file),
@@ -481,4 +488,25 @@ async fn stdout_and_bridge_get_the_same_objects() {
         .collect();
     assert_eq!(lines, posted);
     assert!(lines.iter().all(|line| line.contains("\"cseq\"")));
+}
+
+#[tokio::test]
+async fn a_paused_bridge_delays_but_loses_nothing() {
+    let f = fixture(BridgeOptions::default()).await;
+    f.bridge.pause_for(Duration::from_millis(500));
+    let sent: Vec<_> = (0..5).map(notification).collect();
+    let started = Instant::now();
+    let report = deliver_all(&f.args(), &sent).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!((report.delivered, report.retries), (5, 0));
+    assert_received_exactly_once(&f.bridge, &sent);
+    assert!(
+        f.bridge
+            .wait_for_acknowledged(5, Duration::from_secs(1))
+            .await
+    );
 }

@@ -205,7 +205,7 @@ fn ipv4_with_options_is_walked_by_ihl() {
     };
     let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, SRC4, DST4).unwrap();
     // Eight bytes of options (NOP padding and a timestamp-like filler): IHL 7.
-    ip.set_options(&[1, 1, 1, 1, 1, 1, 1, 0]).unwrap();
+    ip.options = [1, 1, 1, 1, 1, 1, 1, 0][..].try_into().unwrap();
     let frame = udp_over(IpHeaders::Ipv4(ip, Default::default()), 5061, NOTIFY);
     assert_eq!(frame[14] & 0x0f, 7, "IHL");
     h.run(&frame);

@@ -334,7 +334,7 @@ mod tests {
     #[test]
     fn ipv4_options_move_the_udp_header() {
         let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, [10, 0, 0, 1], [10, 0, 0, 2]).unwrap();
-        ip.set_options(&[1; 12]).unwrap();
+        ip.options = [1; 12][..].try_into().unwrap();
         let frame = write(
             PacketBuilder::ethernet2(MAC, MAC)
                 .ip(IpHeaders::Ipv4(ip, Default::default()))

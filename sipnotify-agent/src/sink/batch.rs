@@ -51,17 +51,26 @@ pub(crate) fn encode_array(
 }
 
 /// A stable key for a request: the notification's own key in object mode; for an array, a
-/// hash of its members' keys, so a retried batch keeps its key.
+/// hash of its members' transaction identities, so a retried batch keeps its key.
 pub(crate) fn idempotency_key(notifications: &[Notification], mode: BodyMode) -> String {
     match (mode, notifications) {
         (BodyMode::Object, [one]) => one.idempotency_key(),
         _ => {
+            // FNV-1a over what `Notification::idempotency_key` covers, without formatting a
+            // key per member (this runs for every batch of up to thousands).
             let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-            for n in notifications {
-                for byte in n.idempotency_key().bytes().chain([0]) {
+            let mut mix = |bytes: &[u8]| {
+                for &byte in bytes {
                     hash ^= u64::from(byte);
                     hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
                 }
+            };
+            for n in notifications {
+                mix(n.call_id.as_bytes());
+                mix(b"\0");
+                mix(n.via_branch.as_deref().unwrap_or("").as_bytes());
+                mix(b"\0");
+                mix(&n.cseq.to_be_bytes());
             }
             format!("batch-{hash:016x}-{}", notifications.len())
         }
@@ -149,8 +158,7 @@ impl Batcher {
                 if queue.is_closed() {
                     return Some(self.finish());
                 }
-                match tokio::time::timeout_at(until, queue.pop_batch(room, &mut self.scratch))
-                    .await
+                match tokio::time::timeout_at(until, queue.pop_batch(room, &mut self.scratch)).await
                 {
                     Ok(taken) if taken > 0 => {}
                     // Linger over, or closed and drained: send what we have.
@@ -170,7 +178,8 @@ impl Batcher {
             return Added::Yes;
         }
         let before = self.body.len();
-        self.body.push(if self.pending.is_empty() { b'[' } else { b',' });
+        self.body
+            .push(if self.pending.is_empty() { b'[' } else { b',' });
         if serde_json::to_writer(&mut self.body, &n.json(self.json)).is_err() {
             self.body.truncate(before);
             self.unencodable += 1;
@@ -269,14 +278,22 @@ mod tests {
             queue.push(numbered(cseq));
         }
         queue.close();
-        let mut batcher =
-            Batcher::new(BodyMode::Array, settings(100, max_bytes, 1000), ARRAY_JSON);
+        let mut batcher = Batcher::new(BodyMode::Array, settings(100, max_bytes, 1000), ARRAY_JSON);
         let mut seen = Vec::new();
         while let Some(batch) = batcher.next(&queue).await {
             let body = batch.body.unwrap();
             assert!(body.len() <= max_bytes, "{} > {max_bytes}", body.len());
-            assert_eq!(body, encode_array(&batch.notifications, ARRAY_JSON).unwrap());
-            seen.push(batch.notifications.iter().map(|n| n.cseq).collect::<Vec<_>>());
+            assert_eq!(
+                body,
+                encode_array(&batch.notifications, ARRAY_JSON).unwrap()
+            );
+            seen.push(
+                batch
+                    .notifications
+                    .iter()
+                    .map(|n| n.cseq)
+                    .collect::<Vec<_>>(),
+            );
         }
         assert_eq!(seen, [vec![0, 1], vec![2, 3], vec![4]]);
     }
@@ -339,8 +356,7 @@ mod tests {
         let queue = NotificationQueue::new(10);
         let mut batcher = Batcher::new(BodyMode::Array, settings(10, 1 << 20, 10_000), ARRAY_JSON);
         queue.push(numbered(1));
-        let cancelled =
-            tokio::time::timeout(Duration::from_millis(20), batcher.next(&queue)).await;
+        let cancelled = tokio::time::timeout(Duration::from_millis(20), batcher.next(&queue)).await;
         assert!(cancelled.is_err());
         assert_eq!(batcher.in_hand(), 1);
         queue.close();

@@ -262,7 +262,10 @@ impl LogLimiter {
     fn allow(&self) -> Option<u64> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        if state.0.is_none_or(|last| now.duration_since(last) >= LOG_EVERY) {
+        if state
+            .0
+            .is_none_or(|last| now.duration_since(last) >= LOG_EVERY)
+        {
             let suppressed = state.1;
             *state = (Some(now), 0);
             Some(suppressed)
@@ -282,7 +285,12 @@ fn is_expired(n: &Notification, max_age: Option<Duration>, now: SystemTime) -> b
 
 /// Drops the expired notifications of `batch` (re-encoding an array body if any went) and
 /// returns how many went.
-fn drop_expired(batch: &mut Batch, max_age: Option<Duration>, mode: BodyMode, json: JsonOptions) -> u64 {
+fn drop_expired(
+    batch: &mut Batch,
+    max_age: Option<Duration>,
+    mode: BodyMode,
+    json: JsonOptions,
+) -> u64 {
     if max_age.is_none() {
         return 0;
     }
@@ -527,12 +535,15 @@ impl<W: AsyncWrite + Unpin + Send> Run<W> {
                 continue;
             };
             let expired = drop_expired(&mut batch, self.max_age, shared.mode, self.json);
-            shared.counters.expired.fetch_add(expired, Ordering::Relaxed);
+            shared
+                .counters
+                .expired
+                .fetch_add(expired, Ordering::Relaxed);
             if self.batcher.unencodable > 0 {
-                shared
-                    .counters
-                    .rejected
-                    .fetch_add(std::mem::take(&mut self.batcher.unencodable), Ordering::Relaxed);
+                shared.counters.rejected.fetch_add(
+                    std::mem::take(&mut self.batcher.unencodable),
+                    Ordering::Relaxed,
+                );
             }
             if batch.notifications.is_empty() {
                 continue;

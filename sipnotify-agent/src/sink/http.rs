@@ -189,7 +189,7 @@ impl HttpSink {
     fn failed(&self, error: &reqwest::Error) -> BatchOutcome {
         let error = if let Some(cert) = tls::certificate_error(error) {
             SendError::UntrustedCertificate {
-                reason: cert.to_string().to_lowercase(),
+                reason: tls::describe(&cert),
             }
         } else if error.is_timeout() {
             SendError::Timeout {

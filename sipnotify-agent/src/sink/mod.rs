@@ -566,7 +566,7 @@ mod tests {
     #[test]
     fn default_settings_are_valid_and_verify_tls() {
         let settings = settings(&[]).unwrap();
-        let bridge = settings.bridge.unwrap();
+        let bridge = settings.bridge.clone().unwrap();
         assert_eq!(bridge.url.as_str(), DEFAULT_BRIDGE_URL);
         assert_eq!(
             bridge.tls,
@@ -581,7 +581,14 @@ mod tests {
 
     #[test]
     fn durations_parse_in_human_units() {
-        let args = parse(&["--batch-linger", "2ms", "--max-age", "0", "--retry-max", "1m"]);
+        let args = parse(&[
+            "--batch-linger",
+            "2ms",
+            "--max-age",
+            "0",
+            "--retry-max",
+            "1m",
+        ]);
         let args = args.unwrap();
         assert_eq!(args.batch_linger, Duration::from_millis(2));
         assert_eq!(args.retry_max, Duration::from_secs(60));
@@ -593,23 +600,53 @@ mod tests {
     #[test]
     fn bad_values_are_named_in_lowercase_messages() {
         let cases: &[(&[&str], &str)] = &[
-            (&["--bridge-url", "ftp://x/y"], "invalid --bridge-url `ftp://x/y`"),
-            (&["--bridge-url", "not a url"], "invalid --bridge-url `not a url`"),
+            (
+                &["--bridge-url", "ftp://x/y"],
+                "invalid --bridge-url `ftp://x/y`",
+            ),
+            (
+                &["--bridge-url", "not a url"],
+                "invalid --bridge-url `not a url`",
+            ),
             (&["--bridge-url", "https://u:p@h/x"], "credentials"),
-            (&["--batch-max-events", "0"], "--batch-max-events must be at least 1, not 0"),
-            (&["--batch-max-bytes", "10"], "--batch-max-bytes must be at least 256, not 10"),
-            (&["--max-in-flight", "0"], "--max-in-flight must be at least 1"),
-            (&["--queue-capacity", "0"], "--queue-capacity must be at least 1"),
-            (&["--request-timeout", "0s"], "--request-timeout must be longer than 0"),
-            (&["--retry-initial", "10s", "--retry-max", "1s"], "--retry-initial `10s` is longer"),
-            (&["--ca-file", "/nonexistent/ca.pem"], "cannot use --ca-file `/nonexistent/ca.pem`"),
+            (
+                &["--batch-max-events", "0"],
+                "--batch-max-events must be at least 1, not 0",
+            ),
+            (
+                &["--batch-max-bytes", "10"],
+                "--batch-max-bytes must be at least 256, not 10",
+            ),
+            (
+                &["--max-in-flight", "0"],
+                "--max-in-flight must be at least 1",
+            ),
+            (
+                &["--queue-capacity", "0"],
+                "--queue-capacity must be at least 1",
+            ),
+            (
+                &["--request-timeout", "0s"],
+                "--request-timeout must be longer than 0",
+            ),
+            (
+                &["--retry-initial", "10s", "--retry-max", "1s"],
+                "--retry-initial `10s` is longer",
+            ),
+            (
+                &["--ca-file", "/nonexistent/ca.pem"],
+                "cannot use --ca-file `/nonexistent/ca.pem`",
+            ),
             (
                 &["--bridge-token-file", "/nonexistent/token"],
                 "cannot use --bridge-token-file `/nonexistent/token`",
             ),
         ];
         for (args, expected) in cases {
-            let message = settings(args).err().map(|e| e.to_string()).unwrap_or_default();
+            let message = settings(args)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(message.contains(expected), "{args:?}: {message}");
             assert!(!message.starts_with(char::is_uppercase), "{message}");
         }
@@ -624,7 +661,10 @@ mod tests {
             ..DeliveryArgs::default()
         };
         let err = SinkSettings::from_args_and_token_env(&args, None).err();
-        assert!(matches!(err, Some(SinkConfigError::InsecureWithCaFile { .. })));
+        assert!(matches!(
+            err,
+            Some(SinkConfigError::InsecureWithCaFile { .. })
+        ));
         let insecure = settings(&["--insecure"]).unwrap();
         assert_eq!(insecure.bridge.unwrap().tls, TlsSettings::Insecure);
     }
@@ -635,7 +675,10 @@ mod tests {
         writeln!(file, "just text").unwrap();
         let path = file.path().to_str().unwrap();
         let message = settings(&["--ca-file", path]).err().unwrap().to_string();
-        assert!(message.contains("no `BEGIN CERTIFICATE` block"), "{message}");
+        assert!(
+            message.contains("no `BEGIN CERTIFICATE` block"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -653,7 +696,10 @@ mod tests {
 
         let from_env =
             SinkSettings::from_args_and_token_env(&DeliveryArgs::default(), Some("env".into()));
-        assert_eq!(from_env.unwrap().bridge.unwrap().token.unwrap().expose(), "env");
+        assert_eq!(
+            from_env.unwrap().bridge.unwrap().token.unwrap().expose(),
+            "env"
+        );
 
         let bad = SinkSettings::from_args_and_token_env(
             &DeliveryArgs::default(),

@@ -57,9 +57,7 @@ pub(crate) fn client_config(settings: &TlsSettings) -> Result<ClientConfig, Sink
                     .with_custom_certificate_verifier(Arc::new(Unverified::new(&provider, true)))
                     .with_no_client_auth()
             } else {
-                builder
-                    .with_root_certificates(roots)
-                    .with_no_client_auth()
+                builder.with_root_certificates(roots).with_no_client_auth()
             }
         }
     };
@@ -132,19 +130,37 @@ pub(crate) fn certificate_error(error: &(dyn StdError + 'static)) -> Option<Cert
         if let Some(rustls::Error::InvalidCertificate(cert)) = e.downcast_ref::<rustls::Error>() {
             return Some(cert.clone());
         }
-        // `io::Error::source` skips the wrapped error itself (tokio-rustls wraps rustls
-        // errors in io errors), so look inside explicitly.
-        // (No let-chains: the workspace's rust-version predates them.)
-        let wrapped = e
+        // `io::Error::source` skips the error it wraps (tokio-rustls wraps the rustls error in
+        // an io error, which hyper-util wraps in another), so step into it explicitly.
+        current = match e
             .downcast_ref::<std::io::Error>()
             .and_then(std::io::Error::get_ref)
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-        if let Some(rustls::Error::InvalidCertificate(cert)) = wrapped {
-            return Some(cert.clone());
-        }
-        current = e.source();
+        {
+            Some(inner) => Some(inner as &(dyn StdError + 'static)),
+            None => e.source(),
+        };
     }
     None
+}
+
+/// A one-line, lowercase description of a certificate problem for the operator.
+pub(crate) fn describe(error: &CertificateError) -> String {
+    if let CertificateError::UnknownIssuer = error {
+        return "signed by an unknown certificate authority".to_owned();
+    }
+    let text = error.to_string();
+    // rustls prints plain variants by name (`BadEncoding`): make them words.
+    if text.chars().all(char::is_alphanumeric) {
+        let mut words = String::with_capacity(text.len() + 4);
+        for (i, c) in text.chars().enumerate() {
+            if c.is_uppercase() && i > 0 {
+                words.push(' ');
+            }
+            words.extend(c.to_lowercase());
+        }
+        return words;
+    }
+    text
 }
 
 #[cfg(test)]
@@ -155,6 +171,8 @@ mod tests {
     fn certificate_errors_are_found_inside_io_errors() {
         let inner = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, inner);
+        // As hyper-util reports it: an io error inside an io error.
+        let io = std::io::Error::other(io);
         #[derive(Debug, thiserror::Error)]
         #[error("connect failed")]
         struct Outer(#[source] std::io::Error);
@@ -165,6 +183,16 @@ mod tests {
         );
         let other = std::io::Error::other("refused");
         assert_eq!(certificate_error(&other), None);
+    }
+
+    #[test]
+    fn descriptions_read_as_words() {
+        assert_eq!(
+            describe(&CertificateError::UnknownIssuer),
+            "signed by an unknown certificate authority"
+        );
+        assert_eq!(describe(&CertificateError::BadEncoding), "bad encoding");
+        assert_eq!(describe(&CertificateError::Expired), "expired");
     }
 
     #[test]

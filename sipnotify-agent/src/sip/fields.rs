@@ -4,11 +4,9 @@
 //! Each takes a trimmed header value (possibly folded, so CR and LF count as whitespace) and
 //! borrows from it.
 
-use memchr::memchr;
-
 use super::{
     ParseError,
-    message::{is_lws, is_token, trim_lws},
+    message::{find_byte, is_lws, is_token, trim_lws},
 };
 
 /// `1*DIGIT` without sign or whitespace, with overflow checked (RFC 4475 §3.1.2.4).
@@ -99,7 +97,7 @@ pub(crate) fn event_type(value: &[u8]) -> Result<&[u8], ParseError> {
     if value.is_empty() {
         return Err(ParseError::MissingEvent);
     }
-    let before_params = match memchr(b';', value) {
+    let before_params = match find_byte(b';', value) {
         Some(semi) => &value[..semi],
         None => value,
     };
@@ -152,21 +150,41 @@ fn split_outside_quotes(value: &[u8], separator: u8) -> SplitOutsideQuotes<'_> {
 /// The `branch` parameter of the first via-parm of a Via value (the topmost hop, RFC 3261
 /// §8.1.1.7), trimmed; `None` when absent or empty.
 pub(crate) fn via_branch(value: &[u8]) -> Option<&[u8]> {
+    // The usual Via has no quoted string: then `,` and `;` can be found with word-at-a-time
+    // searches instead of a quote-tracking byte loop.
+    if find_byte(b'"', value).is_none() {
+        let first_hop = &value[..find_byte(b',', value).unwrap_or(value.len())];
+        let mut rest = first_hop;
+        // The first `;` piece is sent-protocol and sent-by; parameters follow.
+        while let Some(semi) = find_byte(b';', rest) {
+            rest = &rest[semi + 1..];
+            let param = &rest[..find_byte(b';', rest).unwrap_or(rest.len())];
+            if let Some(branch) = branch_value(param) {
+                return branch;
+            }
+        }
+        return None;
+    }
     let first_hop = split_outside_quotes(value, b',').next()?;
-    // The first `;` piece is sent-protocol and sent-by; parameters follow.
     split_outside_quotes(first_hop, b';')
         .skip(1)
-        .find_map(|param| {
-            let (name, value) = match memchr(b'=', param) {
-                Some(eq) => (&param[..eq], &param[eq + 1..]),
-                None => (param, &b""[..]),
-            };
-            if !trim_lws(name).eq_ignore_ascii_case(b"branch") {
-                return None;
-            }
-            let value = trim_lws(value);
-            (!value.is_empty() && !value.iter().any(|&b| is_lws(b))).then_some(value)
-        })
+        .find_map(branch_value)
+        .flatten()
+}
+
+/// `Some(value)` when `param` is the branch parameter (`None` inside for an empty value),
+/// `None` for any other parameter.
+#[inline]
+fn branch_value(param: &[u8]) -> Option<Option<&[u8]>> {
+    let (name, value) = match find_byte(b'=', param) {
+        Some(eq) => (&param[..eq], &param[eq + 1..]),
+        None => (param, &b""[..]),
+    };
+    if !trim_lws(name).eq_ignore_ascii_case(b"branch") {
+        return None;
+    }
+    let value = trim_lws(value);
+    Some((!value.is_empty() && !value.iter().any(|&b| is_lws(b))).then_some(value))
 }
 
 #[cfg(test)]
@@ -205,7 +223,8 @@ mod tests {
 
     #[test]
     fn event_table() {
-        let cases: &[(&[u8], Result<&[u8], ParseError>)] = &[
+        type Case = (&'static [u8], Result<&'static [u8], ParseError>);
+        let cases: &[Case] = &[
             (b"talk", Ok(b"talk")),
             (b"hold", Ok(b"hold")),
             (b"talk;id=1", Ok(b"talk")),
@@ -264,15 +283,24 @@ mod tests {
     #[test]
     fn via_branch_table() {
         let cases: &[(&[u8], Option<&[u8]>)] = &[
-            (b"SIP/2.0/UDP 192.168.210.81:5060;branch=z9hG4bK-1", Some(b"z9hG4bK-1")),
-            (b"SIP/2.0/UDP h;rport;branch=z9hG4bK-1;received=1.2.3.4", Some(b"z9hG4bK-1")),
+            (
+                b"SIP/2.0/UDP 192.168.210.81:5060;branch=z9hG4bK-1",
+                Some(b"z9hG4bK-1"),
+            ),
+            (
+                b"SIP/2.0/UDP h;rport;branch=z9hG4bK-1;received=1.2.3.4",
+                Some(b"z9hG4bK-1"),
+            ),
             (b"SIP/2.0/UDP h ; BRANCH = z9hG4bK-1 ", Some(b"z9hG4bK-1")),
             (
                 b"SIP  /   2.0\r\n /UDP\r\n    192.0.2.2;branch=390skdjuw",
                 Some(b"390skdjuw"),
             ),
             // the top hop only
-            (b"SIP/2.0/UDP a;branch=top, SIP/2.0/UDP b;branch=second", Some(b"top")),
+            (
+                b"SIP/2.0/UDP a;branch=top, SIP/2.0/UDP b;branch=second",
+                Some(b"top"),
+            ),
             (b"SIP/2.0/UDP a, SIP/2.0/UDP b;branch=second", None),
             // quoted parameter values cannot split the value
             (b"SIP/2.0/UDP a;x=\"1,2;3\\\"\";branch=b1", Some(b"b1")),

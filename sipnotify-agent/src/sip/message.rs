@@ -11,9 +11,35 @@
 //! Values are borrowed slices of the datagram. A folded value keeps its inner CRLF + whitespace
 //! (RFC 3261 §7.3.1 says it is equivalent to one SP); consumers treat CR and LF as whitespace.
 
-use memchr::memchr;
-
 use super::ParseError;
+
+/// Index of the first `needle` in `haystack`. SIP lines and values are short (tens of bytes),
+/// where the `memchr` crate's runtime dispatch costs more than the search: this SWAR loop
+/// tests eight bytes per step and inlines into the caller.
+#[inline(always)]
+pub(crate) fn find_byte(needle: u8, haystack: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let splat = ONES * u64::from(needle);
+    let mut chunks = haystack.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        // `chunks_exact(8)` yields 8-byte chunks, so the conversion cannot fail.
+        let word = <[u8; 8]>::try_from(chunk).map_or(0, u64::from_le_bytes) ^ splat;
+        // A zero byte in `word` is a match. Borrows only run upwards, so the lowest flagged
+        // byte is always a true match (and little-endian puts the first byte lowest).
+        let found = word.wrapping_sub(ONES) & !word & HIGHS;
+        if found != 0 {
+            return Some(offset + (found.trailing_zeros() / 8) as usize);
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == needle)
+        .map(|i| offset + i)
+}
 
 /// Whitespace as it may appear inside a (possibly folded) header value.
 #[inline]
@@ -24,31 +50,40 @@ pub(crate) const fn is_lws(byte: u8) -> bool {
 /// `value` without leading and trailing linear whitespace (CR and LF included, for folding).
 #[inline]
 pub(crate) fn trim_lws(value: &[u8]) -> &[u8] {
-    let start = value.iter().position(|&b| !is_lws(b)).unwrap_or(value.len());
-    let end = value.iter().rposition(|&b| !is_lws(b)).map_or(start, |i| i + 1);
+    let start = value
+        .iter()
+        .position(|&b| !is_lws(b))
+        .unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|&b| !is_lws(b))
+        .map_or(start, |i| i + 1);
     &value[start..end]
 }
 
-/// RFC 3261 `token` characters: alphanum and `-.!%*_+`'~`.
-static TOKEN: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        table[i] = b.is_ascii_alphanumeric()
+/// RFC 3261 `token` characters (alphanum and `-.!%*_+`'~`) as a bit set over ASCII: a shift
+/// and a mask per byte, with no table load in the loop.
+const TOKEN: u128 = {
+    let mut set = 0u128;
+    let mut b = 0u8;
+    while b < 128 {
+        if b.is_ascii_alphanumeric()
             || matches!(
                 b,
                 b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-            );
-        i += 1;
+            )
+        {
+            set |= 1 << b;
+        }
+        b += 1;
     }
-    table
+    set
 };
 
 /// Whether `byte` may appear in an RFC 3261 `token`.
 #[inline]
 pub(crate) fn is_token_byte(byte: u8) -> bool {
-    TOKEN[usize::from(byte)]
+    byte < 128 && (TOKEN >> byte) & 1 == 1
 }
 
 /// Whether `bytes` is a non-empty RFC 3261 `token`.
@@ -195,7 +230,7 @@ pub(crate) fn skip_leading_newlines(buf: &[u8]) -> usize {
 #[inline]
 pub(crate) fn line_at(buf: &[u8], start: usize) -> Option<(&[u8], usize)> {
     let rest = buf.get(start..)?;
-    let newline = memchr(b'\n', rest)?;
+    let newline = find_byte(b'\n', rest)?;
     let line = &rest[..newline];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     Some((line, start + newline + 1))
@@ -206,14 +241,27 @@ pub(crate) fn line_at(buf: &[u8], start: usize) -> Option<(&[u8], usize)> {
 /// rejecting the liberal forms). The version is case-insensitive (§7.1).
 #[inline]
 pub(crate) fn request_uri_and_version(rest: &[u8]) -> Result<&[u8], ParseError> {
-    let Some(space) = memchr(b' ', rest) else {
+    // One pass over the URI: it ends at the SP, holds only visible characters, and has a
+    // scheme (RFC 3986 §3.1: a letter first, then a colon), which rules out `<uri>`
+    // (RFC 4475 §3.1.2.7).
+    let mut has_colon = false;
+    let mut space = None;
+    for (i, &b) in rest.iter().enumerate() {
+        match b {
+            b' ' => {
+                space = Some(i);
+                break;
+            }
+            b':' => has_colon = true,
+            0..=0x1f | 0x7f => return Err(ParseError::BadRequestLine),
+            _ => {}
+        }
+    }
+    let Some(space) = space else {
         return Err(ParseError::BadRequestLine);
     };
     let (uri, version) = (&rest[..space], &rest[space + 1..]);
-    let visible = |b: &u8| *b > b' ' && *b != 0x7f;
-    // A URI starts with its scheme (RFC 3986 §3.1), which rules out `<uri>` (RFC 4475 §3.1.2.7).
-    let scheme_first = uri.first().is_some_and(u8::is_ascii_alphabetic);
-    if !scheme_first || !uri.iter().all(visible) || memchr(b':', uri).is_none() {
+    if !has_colon || !uri.first().is_some_and(u8::is_ascii_alphabetic) {
         return Err(ParseError::BadRequestLine);
     }
     if !version.eq_ignore_ascii_case(b"SIP/2.0") {
@@ -276,7 +324,7 @@ enum State {
 /// Iterator over the header fields of a message, from a header-section offset to the empty
 /// line. Yields each field once, folded lines joined; yields one error and stops on a
 /// malformed or unterminated section. Linear: every byte is looked at once by the name scan or
-/// by `memchr`.
+/// by [`find_byte`].
 #[derive(Clone, Debug)]
 pub struct Headers<'a> {
     buf: &'a [u8],
@@ -305,17 +353,17 @@ impl<'a> Headers<'a> {
     }
 
     #[inline]
-    fn fail(&mut self, error: ParseError) -> Option<Result<Header<'a>, ParseError>> {
+    fn fail<T>(&mut self, error: ParseError) -> Option<Result<T, ParseError>> {
         self.state = State::Failed;
         Some(Err(error))
     }
 }
 
-impl<'a> Iterator for Headers<'a> {
-    type Item = Result<Header<'a>, ParseError>;
-
-    #[inline]
-    fn next(&mut self) -> Option<Self::Item> {
+impl<'a> Headers<'a> {
+    /// The next header with its classification (which `parse` needs anyway, and which lets
+    /// the known names skip the token check: they matched a token already).
+    #[inline(always)]
+    pub(crate) fn next_classified(&mut self) -> Option<Result<(Known, Header<'a>), ParseError>> {
         if self.state != State::Running {
             return None;
         }
@@ -337,25 +385,34 @@ impl<'a> Iterator for Headers<'a> {
             _ => {}
         }
 
-        let name_len = rest
-            .iter()
-            .position(|&b| !is_token_byte(b))
-            .unwrap_or(rest.len());
-        let mut colon = name_len;
-        while matches!(rest.get(colon), Some(b' ' | b'\t')) {
-            colon += 1;
+        // The name is what precedes the colon, less the whitespace allowed before it. A colon
+        // found past the end of this line leaves a line break in the name, which fails the
+        // token check: such a line has no colon, and parsing stops there (so the search
+        // stays linear overall).
+        let Some(colon) = find_byte(b':', rest) else {
+            return self.fail(match find_byte(b'\n', rest) {
+                Some(_) => ParseError::BadHeaderLine,
+                None => ParseError::UnterminatedHeaders,
+            });
+        };
+        let mut name_len = colon;
+        while name_len > 0 && matches!(rest[name_len - 1], b' ' | b'\t') {
+            name_len -= 1;
         }
-        match rest.get(colon) {
-            Some(b':') if name_len > 0 => {}
-            None => return self.fail(ParseError::UnterminatedHeaders),
-            Some(_) => return self.fail(ParseError::BadHeaderLine),
+        let name = &rest[..name_len];
+        let known = classify(name);
+        if known == Known::Other && !is_token(name) {
+            return self.fail(match find_byte(b'\n', rest) {
+                Some(_) => ParseError::BadHeaderLine,
+                None => ParseError::UnterminatedHeaders,
+            });
         }
 
         // The value runs to the end of the last line that does not continue on the next one.
         let value_start = colon + 1;
         let mut line_start = value_start;
-        let (value_end, next) = loop {
-            let Some(newline) = memchr(b'\n', &rest[line_start..]) else {
+        let value_end = loop {
+            let Some(newline) = find_byte(b'\n', &rest[line_start..]) else {
                 return self.fail(ParseError::UnterminatedHeaders);
             };
             let newline = line_start + newline;
@@ -363,13 +420,26 @@ impl<'a> Iterator for Headers<'a> {
                 line_start = newline + 1;
                 continue;
             }
-            break (newline, newline + 1);
+            break newline;
         };
-        self.pos += next;
-        Some(Ok(Header {
-            name: &rest[..name_len],
-            value: trim_lws(&rest[value_start..value_end]),
-        }))
+        self.pos += value_end + 1;
+        Some(Ok((
+            known,
+            Header {
+                name,
+                value: trim_lws(&rest[value_start..value_end]),
+            },
+        )))
+    }
+}
+
+impl<'a> Iterator for Headers<'a> {
+    type Item = Result<Header<'a>, ParseError>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_classified()
+            .map(|header| header.map(|(_, header)| header))
     }
 }
 
@@ -461,7 +531,11 @@ mod tests {
 
     #[test]
     fn header_lines_table() {
-        let cases: &[(&[u8], Result<&[(&str, &str)], ParseError>)] = &[
+        type Case = (
+            &'static [u8],
+            Result<&'static [(&'static str, &'static str)], ParseError>,
+        );
+        let cases: &[Case] = &[
             (b"A: 1\r\nB: 2\r\n\r\n", Ok(&[("A", "1"), ("B", "2")])),
             // bare LF line ends
             (b"A: 1\nB: 2\n\n", Ok(&[("A", "1"), ("B", "2")])),
@@ -569,13 +643,17 @@ mod tests {
 
     #[test]
     fn start_line_table() {
-        let request = |method: &'static [u8], uri: &'static [u8]| StartLine::Request { method, uri };
+        let request =
+            |method: &'static [u8], uri: &'static [u8]| StartLine::Request { method, uri };
         let cases: &[(&[u8], Result<StartLine<'static>, ParseError>)] = &[
             (
                 b"NOTIFY sip:a@b SIP/2.0\r\n",
                 Ok(request(b"NOTIFY", b"sip:a@b")),
             ),
-            (b"\r\n\r\nINVITE sip:a@b sip/2.0\n", Ok(request(b"INVITE", b"sip:a@b"))),
+            (
+                b"\r\n\r\nINVITE sip:a@b sip/2.0\n",
+                Ok(request(b"INVITE", b"sip:a@b")),
+            ),
             (
                 b"SIP/2.0 200 OK\r\n",
                 Ok(StartLine::Response {
@@ -590,17 +668,41 @@ mod tests {
                     reason: b"",
                 }),
             ),
-            (b"SIP/2.0 4294967301 big\r\n", Err(ParseError::BadStatusLine)),
+            (
+                b"SIP/2.0 4294967301 big\r\n",
+                Err(ParseError::BadStatusLine),
+            ),
             (b"SIP/2.0 099 low\r\n", Err(ParseError::BadStatusLine)),
             (b"SIP/7.0 200 OK\r\n", Err(ParseError::BadStatusLine)),
-            (b"INVITE  sip:a@b SIP/2.0\r\n", Err(ParseError::BadRequestLine)),
-            (b"INVITE sip:a@b  SIP/2.0\r\n", Err(ParseError::BadRequestLine)),
-            (b"INVITE sip:a@b SIP/2.0 \r\n", Err(ParseError::BadRequestLine)),
-            (b"INVITE sip:a@b SIP/7.0\r\n", Err(ParseError::BadRequestLine)),
-            (b"INVITE sip:a@b; lr SIP/2.0\r\n", Err(ParseError::BadRequestLine)),
+            (
+                b"INVITE  sip:a@b SIP/2.0\r\n",
+                Err(ParseError::BadRequestLine),
+            ),
+            (
+                b"INVITE sip:a@b  SIP/2.0\r\n",
+                Err(ParseError::BadRequestLine),
+            ),
+            (
+                b"INVITE sip:a@b SIP/2.0 \r\n",
+                Err(ParseError::BadRequestLine),
+            ),
+            (
+                b"INVITE sip:a@b SIP/7.0\r\n",
+                Err(ParseError::BadRequestLine),
+            ),
+            (
+                b"INVITE sip:a@b; lr SIP/2.0\r\n",
+                Err(ParseError::BadRequestLine),
+            ),
             (b"INVITE nouri SIP/2.0\r\n", Err(ParseError::BadRequestLine)),
-            (b"INVITE <sip:a@b> SIP/2.0\r\n", Err(ParseError::BadRequestLine)),
-            (b"INVITE sip:a@b SIP/2.0", Err(ParseError::UnterminatedHeaders)),
+            (
+                b"INVITE <sip:a@b> SIP/2.0\r\n",
+                Err(ParseError::BadRequestLine),
+            ),
+            (
+                b"INVITE sip:a@b SIP/2.0",
+                Err(ParseError::UnterminatedHeaders),
+            ),
             (b"\r\n\r\n", Err(ParseError::Empty)),
             (b"", Err(ParseError::Empty)),
         ];
@@ -630,9 +732,33 @@ mod tests {
             Err(ParseError::ContentLengthExceedsDatagram)
         );
         assert_eq!(
-            parse_message(b"OPTIONS sip:a@b SIP/2.0\r\nl: 2\r\nl: 3\r\n\r\nabc", &mut slots),
+            parse_message(
+                b"OPTIONS sip:a@b SIP/2.0\r\nl: 2\r\nl: 3\r\n\r\nabc",
+                &mut slots
+            ),
             Err(ParseError::ConflictingHeader)
         );
+    }
+
+    #[test]
+    fn find_byte_agrees_with_position() {
+        let haystack: Vec<u8> = (0u8..=255).chain(0u8..40).collect();
+        for needle in [0u8, 1, 0x0a, 0x80, 0xff, 0x7f, 39] {
+            for start in 0..20 {
+                for end in start..haystack.len().min(start + 70) {
+                    let slice = &haystack[start..end];
+                    assert_eq!(
+                        find_byte(needle, slice),
+                        slice.iter().position(|&b| b == needle),
+                        "{needle} {start}..{end}"
+                    );
+                }
+            }
+        }
+        // Bytes whose subtraction borrows must not produce false matches.
+        assert_eq!(find_byte(b'\n', b"\x0b\x0b\x01\x0a\x0b\x0b\x0b\x0b"), Some(3));
+        assert_eq!(find_byte(0x01, b"\x02\x00\x01\x00\x00\x00\x00\x00"), Some(2));
+        assert_eq!(find_byte(0x00, b"\x01\x01\x01\x01\x01\x01\x01\x01"), None);
     }
 
     #[test]

@@ -137,7 +137,10 @@ fn request_line_rules() {
         (b"NOTIFY sip:a@b", Err(ParseError::BadRequestLine)),
         (b"NOTIFY SIP/2.0", Err(ParseError::BadRequestLine)),
         (b"NOTIFY <sip:a@b> SIP/2.0", Err(ParseError::BadRequestLine)),
-        (b"NOTIFY sip:a\x00@b SIP/2.0", Err(ParseError::BadRequestLine)),
+        (
+            b"NOTIFY sip:a\x00@b SIP/2.0",
+            Err(ParseError::BadRequestLine),
+        ),
     ];
     for (line, expected) in cases {
         let mut payload = line.to_vec();
@@ -189,7 +192,10 @@ fn header_names_case_whitespace_and_compact_forms() {
         ),
         // Compact forms of headers the parser ignores are harmless.
         ("Contact", &["m: <sip:1003@192.168.210.81:5060>"]),
-        ("Subscription-State", &["c: text/plain", "k: 100rel", "s: hi"]),
+        (
+            "Subscription-State",
+            &["c: text/plain", "k: 100rel", "s: hi"],
+        ),
         ("Max-Forwards", &["e: gzip", "u: talk"]),
     ];
     let expected = notification(&base(), &ParseOptions::default()).unwrap();
@@ -211,11 +217,19 @@ fn folding_and_bare_lf() {
         ("Event", &["Event:", "\ttalk", " ;id=1"]),
         (
             "Via",
-            &["Via: SIP/2.0/UDP", " 192.168.210.81:5060", " ;branch=z9hG4bKD150-11"],
+            &[
+                "Via: SIP/2.0/UDP",
+                " 192.168.210.81:5060",
+                " ;branch=z9hG4bKD150-11",
+            ],
         ),
         (
             "X-Genesys-CallUUID",
-            &["X-Genesys-CallUUID:", " TTL7J9EM750GP936CFL0EOACN8000002", " "],
+            &[
+                "X-Genesys-CallUUID:",
+                " TTL7J9EM750GP936CFL0EOACN8000002",
+                " ",
+            ],
         ),
     ];
     for (name, lines) in variants {
@@ -283,7 +297,11 @@ fn body_and_content_length() {
     );
     let payload = with_body("Content-Length", &["l: 99999999999999999999999"], body);
     assert_eq!(parse_default(&payload), Err(ParseError::BadContentLength));
-    for bad in ["Content-Length: -1", "Content-Length: abc", "Content-Length:"] {
+    for bad in [
+        "Content-Length: -1",
+        "Content-Length: abc",
+        "Content-Length:",
+    ] {
         let payload = with_body("Content-Length", &[bad], body);
         assert_eq!(
             parse_default(&payload),
@@ -341,7 +359,10 @@ fn single_valued_duplicates() {
             "v: SIP/2.0/UDP b;branch=second",
         ],
     );
-    assert_eq!(parse_default(&payload).unwrap().via_branch, Some(&b"top"[..]));
+    assert_eq!(
+        parse_default(&payload).unwrap().via_branch,
+        Some(&b"top"[..])
+    );
 }
 
 #[test]
@@ -356,7 +377,10 @@ fn to_header_forms() {
         ("To: Agent <sip:1002@h>", Ok("1002")),
         ("To: <SIPS:1002@h>", Ok("1002")),
         ("To: sIp:1002@h", Ok("1002")),
-        ("To: <tel:+1-201-555-0123;phone-context=x>;tag=1", Ok("+12015550123")),
+        (
+            "To: <tel:+1-201-555-0123;phone-context=x>;tag=1",
+            Ok("+12015550123"),
+        ),
         ("To: tel:(201)555.0123;tag=1", Ok("2015550123")),
         ("To: <sip:%31%30%30%32@h>", Ok("1002")),
         ("To: <sip:a%2531@h>", Ok("a%31")),
@@ -374,8 +398,14 @@ fn to_header_forms() {
         ("To: sip:1002;p=1@h", Err(ParseError::NoDn)),
         ("To: <tel:;phone-context=x>", Err(ParseError::NoDn)),
         ("To: isbn:2983792873", Err(ParseError::UnsupportedToScheme)),
-        ("To: <http://example.com/1002>", Err(ParseError::UnsupportedToScheme)),
-        (r#"To: "Mr. J. User <sip:j.user@example.com>"#, Err(ParseError::BadTo)),
+        (
+            "To: <http://example.com/1002>",
+            Err(ParseError::UnsupportedToScheme),
+        ),
+        (
+            r#"To: "Mr. J. User <sip:j.user@example.com>"#,
+            Err(ParseError::BadTo),
+        ),
         ("To: <sip:1002@h", Err(ParseError::BadTo)),
         ("To: <sip:1002@h> <sip:1003@h>", Err(ParseError::BadTo)),
         ("To:", Err(ParseError::BadTo)),
@@ -383,12 +413,7 @@ fn to_header_forms() {
     for (line, expected) in cases {
         let payload = with("To", &[line]);
         let got = dn_of_payload(&payload);
-        assert_eq!(
-            got,
-            expected.map(str::to_owned),
-            "{}",
-            show(&payload)
-        );
+        assert_eq!(got, expected.map(str::to_owned), "{}", show(&payload));
     }
     let payload = with("To", &[]);
     assert_eq!(parse_default(&payload), Err(ParseError::MissingTo));
@@ -403,7 +428,10 @@ fn to_header_forms() {
 fn from_gives_the_caller() {
     let cases: &[(&[&str], Option<&str>)] = &[
         (&["From: sip:1003@h;tag=1"], Some("1003")),
-        (&["f: \"Caller, A\" <sip:%35551234@h>;tag=1"], Some("5551234")),
+        (
+            &["f: \"Caller, A\" <sip:%35551234@h>;tag=1"],
+            Some("5551234"),
+        ),
         (&["From: <tel:+1-555-1234>;tag=1"], Some("+15551234")),
         (&["From: <sip:h>;tag=1"], None),
         (&["From: <http://x>;tag=1"], None),
@@ -422,7 +450,10 @@ fn from_gives_the_caller() {
 #[test]
 fn via_branch_of_the_top_via() {
     let cases: &[(&[&str], Option<&[u8]>)] = &[
-        (&["Via: SIP/2.0/UDP h:5060;branch=z9hG4bK1"], Some(b"z9hG4bK1")),
+        (
+            &["Via: SIP/2.0/UDP h:5060;branch=z9hG4bK1"],
+            Some(b"z9hG4bK1"),
+        ),
         (
             &["Via: SIP/2.0/UDP h;rport ; branch = z9hG4bK1 ;received=1.2.3.4"],
             Some(b"z9hG4bK1"),
@@ -444,7 +475,8 @@ fn via_branch_of_the_top_via() {
 
 #[test]
 fn event_rules() {
-    let cases: &[(&[&str], Result<&[u8], ParseError>)] = &[
+    type Case = (&'static [&'static str], Result<&'static [u8], ParseError>);
+    let cases: &[Case] = &[
         (&["Event: talk"], Ok(b"talk")),
         (&["Event: hold"], Ok(b"hold")),
         (&["Event: talk;id=1"], Ok(b"talk")),
@@ -491,21 +523,31 @@ fn call_id_and_call_uuid_rules() {
     assert_eq!(parse_default(&payload), Err(ParseError::MissingCallId));
     let payload = with("Call-ID", &["Call-ID:  "]);
     assert_eq!(parse_default(&payload), Err(ParseError::MissingCallId));
-    let payload = with("Call-ID", &["Call-ID: \t weird%ZK-!.*_+'@word`~)(><:\\/\"][?}{ "]);
+    let payload = with(
+        "Call-ID",
+        &["Call-ID: \t weird%ZK-!.*_+'@word`~)(><:\\/\"][?}{ "],
+    );
     assert_eq!(
         parse_default(&payload).unwrap().call_id,
         b"weird%ZK-!.*_+'@word`~)(><:\\/\"][?}{"
     );
 
     let allow = ParseOptions::new(Vec::<String>::new(), true);
-    for lines in [&[][..], &["X-Genesys-CallUUID:"], &["X-Genesys-CallUUID:   "]] {
+    for lines in [
+        &[][..],
+        &["X-Genesys-CallUUID:"],
+        &["X-Genesys-CallUUID:   "],
+    ] {
         let payload = with("X-Genesys-CallUUID", lines);
         assert_eq!(parse_default(&payload), Err(ParseError::MissingCallUuid));
         assert_eq!(parse(&payload, &allow).unwrap().call_uuid, None);
         assert_eq!(notification(&payload, &allow).unwrap().call_uuid, None);
     }
     let payload = with("X-Genesys-CallUUID", &["X-Genesys-CallUUID: \t UUID-1 \t"]);
-    assert_eq!(parse_default(&payload).unwrap().call_uuid, Some(&b"UUID-1"[..]));
+    assert_eq!(
+        parse_default(&payload).unwrap().call_uuid,
+        Some(&b"UUID-1"[..])
+    );
 }
 
 #[test]
@@ -562,7 +604,10 @@ fn non_utf8_becomes_replacement_characters() {
     let n = notification(&payload, &ParseOptions::default()).unwrap();
     assert_eq!(n.call_id, "id-\u{1}-\u{fffd}@h");
     let json = serde_json::to_string(&n.json(crate::event::JsonOptions::default())).unwrap();
-    assert!(json.contains("\"call_id\":\"id-\\u0001-\u{fffd}@h\""), "{json}");
+    assert!(
+        json.contains("\"call_id\":\"id-\\u0001-\u{fffd}@h\""),
+        "{json}"
+    );
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(value["call_id"], "id-\u{1}-\u{fffd}@h");
 }
@@ -691,7 +736,11 @@ fn to_value(f: &Fields, style: &mut Style) -> String {
         };
     }
     let user = encode_user(&f.dn, style);
-    let host = style.pick(&["192.168.210.81", "192.168.210.81:5060", "[2001:db8::10]:5070"]);
+    let host = style.pick(&[
+        "192.168.210.81",
+        "192.168.210.81:5060",
+        "[2001:db8::10]:5070",
+    ]);
     match style.pick(&["addr", "name", "quoted", "token", "params"]) {
         "addr" => format!("{scheme}:{user}@{host};tag=f90c"),
         "name" => format!("<{scheme}:{user}@{host}>;tag=f90c"),

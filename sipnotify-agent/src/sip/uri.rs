@@ -5,9 +5,7 @@
 //! separators are deferred to [`Dn::bytes`] / [`Dn::to_string_lossy`], so parsing allocates
 //! nothing and decodes exactly once.
 
-use memchr::{memchr, memchr2};
-
-use super::message::{is_lws, trim_lws};
+use super::message::{find_byte, is_lws, trim_lws};
 
 /// Why a To/From value yields no user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
@@ -63,20 +61,16 @@ fn header_params(rest: &[u8]) -> Result<&[u8], UriError> {
 pub fn parse_name_addr(value: &[u8]) -> Result<NameAddr<'_>, UriError> {
     let value = trim_lws(value);
     let quoted = value.first() == Some(&b'"');
-    let after_display = if quoted {
-        closing_quote(value)? + 1
-    } else {
-        0
-    };
+    let after_display = if quoted { closing_quote(value)? + 1 } else { 0 };
     let rest = &value[after_display..];
-    match memchr2(b'<', b';', rest) {
+    match rest.iter().position(|&b| b == b'<' || b == b';') {
         Some(lt) if rest[lt] == b'<' => {
             if quoted && !trim_lws(&rest[..lt]).is_empty() {
                 return Err(UriError::Malformed);
             }
             let display = trim_lws(&value[..after_display + lt]);
             let inside = &rest[lt + 1..];
-            let gt = memchr(b'>', inside).ok_or(UriError::Malformed)?;
+            let gt = find_byte(b'>', inside).ok_or(UriError::Malformed)?;
             // Spaces inside the brackets are invalid but harmless (RFC 4475 §3.1.2.14).
             let uri = trim_lws(&inside[..gt]);
             if uri.is_empty() {
@@ -130,7 +124,7 @@ pub struct User<'a> {
 
 /// The user of a sip, sips or tel URI.
 pub fn uri_user(uri: &[u8]) -> Result<User<'_>, UriError> {
-    let colon = memchr(b':', uri).ok_or(UriError::Malformed)?;
+    let colon = find_byte(b':', uri).ok_or(UriError::Malformed)?;
     let (scheme, rest) = (&uri[..colon], &uri[colon + 1..]);
     let scheme = if scheme.eq_ignore_ascii_case(b"sip") {
         Scheme::Sip
@@ -144,13 +138,13 @@ pub fn uri_user(uri: &[u8]) -> Result<User<'_>, UriError> {
         return Err(UriError::UnsupportedScheme);
     };
     let raw = match scheme {
-        Scheme::Tel => &rest[..memchr(b';', rest).unwrap_or(rest.len())],
+        Scheme::Tel => &rest[..find_byte(b';', rest).unwrap_or(rest.len())],
         Scheme::Sip | Scheme::Sips => {
             // `@` cannot appear unescaped outside the userinfo, so the first one ends it; the
             // host after it (an IPv6 reference with its colons included) is never looked at.
-            let at = memchr(b'@', rest).ok_or(UriError::NoUser)?;
+            let at = find_byte(b'@', rest).ok_or(UriError::NoUser)?;
             let userinfo = &rest[..at];
-            &userinfo[..memchr(b':', userinfo).unwrap_or(userinfo.len())]
+            &userinfo[..find_byte(b':', userinfo).unwrap_or(userinfo.len())]
         }
     };
     if raw.is_empty() {
@@ -173,7 +167,7 @@ impl<'a> User<'a> {
         let raw = if tel {
             self.raw
         } else {
-            &self.raw[..memchr(b';', self.raw).unwrap_or(self.raw.len())]
+            &self.raw[..find_byte(b';', self.raw).unwrap_or(self.raw.len())]
         };
         let empty = if tel {
             raw.iter().all(|&b| is_visual_separator(b))
@@ -216,7 +210,7 @@ impl<'a> Dn<'a> {
         if self.tel {
             self.raw.iter().any(|&b| is_visual_separator(b))
         } else {
-            memchr(b'%', self.raw).is_some()
+            find_byte(b'%', self.raw).is_some()
         }
     }
 
@@ -320,11 +314,18 @@ mod tests {
             ),
             (
                 b"\"a \\\" <sip:evil@x> \\\\\" <sip:good@h>;tag=1",
-                na(Some(b"\"a \\\" <sip:evil@x> \\\\\""), b"sip:good@h", b";tag=1"),
+                na(
+                    Some(b"\"a \\\" <sip:evil@x> \\\\\""),
+                    b"sip:good@h",
+                    b";tag=1",
+                ),
             ),
             (b"\"\"<sip:a@h>", na(Some(b"\"\""), b"sip:a@h", b"")),
             (b"Bob <sip:bob@h>", na(Some(b"Bob"), b"sip:bob@h", b"")),
-            (b"caller<sip:c@h>;tag=3", na(Some(b"caller"), b"sip:c@h", b";tag=3")),
+            (
+                b"caller<sip:c@h>;tag=3",
+                na(Some(b"caller"), b"sip:c@h", b";tag=3"),
+            ),
             (b"< sip:t.w@h >", na(None, b"sip:t.w@h", b"")),
             (
                 b"sip:v@h ;   tag    = 1918",
@@ -336,8 +337,14 @@ mod tests {
                 b"<sip:+1-212;p=x@h;user=phone>;tag=9",
                 na(None, b"sip:+1-212;p=x@h;user=phone", b";tag=9"),
             ),
-            (b"tel:+1-201-555-0123", na(None, b"tel:+1-201-555-0123", b"")),
-            (b"\"Mr. J. User <sip:j.user@example.com>", Err(UriError::Malformed)),
+            (
+                b"tel:+1-201-555-0123",
+                na(None, b"tel:+1-201-555-0123", b""),
+            ),
+            (
+                b"\"Mr. J. User <sip:j.user@example.com>",
+                Err(UriError::Malformed),
+            ),
             (b"\"x\\\"", Err(UriError::Malformed)),
             (b"<sip:a@h", Err(UriError::Malformed)),
             (b"<>", Err(UriError::Malformed)),
@@ -361,14 +368,18 @@ mod tests {
 
     #[test]
     fn dn_table() {
-        let cases: &[(&[u8], Result<&[u8], UriError>)] = &[
+        type Case = (&'static [u8], Result<&'static [u8], UriError>);
+        let cases: &[Case] = &[
             (b"<sip:1002@192.168.210.81>;tag=f90c", Ok(b"1002")),
             (b"sip:1003@192.168.210.81:5060;tag=31D1", Ok(b"1003")),
             (b"\"Agent; <x>, \\\"q\\\"\" <sip:1002@h>", Ok(b"1002")),
             // schemes: case-insensitive, sips, tel
             (b"SIP:1002@h", Ok(b"1002")),
             (b"<Sips:1002@h>", Ok(b"1002")),
-            (b"<tel:+1-201-555-0123;phone-context=example.com>", Ok(b"+12015550123")),
+            (
+                b"<tel:+1-201-555-0123;phone-context=example.com>",
+                Ok(b"+12015550123"),
+            ),
             (b"tel:(201)555.0123;ext=1", Ok(b"2015550123")),
             (b"TEL:5551234", Ok(b"5551234")),
             // %-decoding, once
@@ -396,7 +407,10 @@ mod tests {
             (b"tel:--", Err(UriError::NoUser)),
             // other schemes
             (b"isbn:2983792873", Err(UriError::UnsupportedScheme)),
-            (b"<http://www.example.com>;tag=3", Err(UriError::UnsupportedScheme)),
+            (
+                b"<http://www.example.com>;tag=3",
+                Err(UriError::UnsupportedScheme),
+            ),
             (b"<sipx:1002@h>", Err(UriError::UnsupportedScheme)),
             (b"<:1002@h>", Err(UriError::Malformed)),
             (b"<1002>", Err(UriError::Malformed)),

@@ -132,9 +132,9 @@ impl Reply {
 
     fn status(&self) -> u16 {
         match self {
-            Self::Status(status)
-            | Self::RetryAfter { status, .. }
-            | Self::Body { status, .. } => *status,
+            Self::Status(status) | Self::RetryAfter { status, .. } | Self::Body { status, .. } => {
+                *status
+            }
         }
     }
 }
@@ -237,12 +237,13 @@ impl TestBridge {
     /// Generates a CA and a server certificate, binds, and serves in the background.
     pub async fn start(options: BridgeOptions) -> Result<Self, TestBridgeError> {
         let (ca_pem, tls) = tls_config(&options)?;
-        let listener = TcpListener::bind(options.addr)
-            .await
-            .map_err(|source| TestBridgeError::Bind {
-                addr: options.addr,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(options.addr)
+                .await
+                .map_err(|source| TestBridgeError::Bind {
+                    addr: options.addr,
+                    source,
+                })?;
         let addr = listener
             .local_addr()
             .map_err(|source| TestBridgeError::Bind {
@@ -392,12 +393,11 @@ fn tls_config(options: &BridgeOptions) -> Result<(String, ServerConfig), TestBri
     let server = server_params.signed_by(&server_key, &ca, &ca_key)?;
 
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
-    let mut config = ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(vec![server.der().clone()], key)?;
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(vec![server.der().clone()], key)?;
     config.alpn_protocols = if options.http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {
@@ -609,7 +609,10 @@ fn respond(reply: &Reply) -> Response<Full<Bytes>> {
         hyper::header::HeaderValue::from_static("application/json"),
     );
     if let Reply::RetryAfter { seconds, .. } = reply {
-        headers.insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from(*seconds));
+        headers.insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from(*seconds),
+        );
     }
     response
 }

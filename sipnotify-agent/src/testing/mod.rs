@@ -2,7 +2,6 @@
 //! (feature `test-bridge`; never part of a production build).
 
 pub mod bridge;
+pub mod netns;
 
-pub use bridge::{
-    BridgeOptions, Received, Reply, RequestRecord, TestBridge, TestBridgeError,
-};
+pub use bridge::{BridgeOptions, Received, Reply, RequestRecord, TestBridge, TestBridgeError};

@@ -1,0 +1,222 @@
+//! End to end over a veth pair with the real agent (XDP program included) and the local
+//! HTTPS bridge stand-in: retransmissions are delivered once, a large mixed stream arrives
+//! exactly once with the right fields, and a bridge outage loses nothing.
+
+mod support;
+
+use std::{
+    collections::BTreeMap,
+    net::UdpSocket,
+    thread,
+    time::{Duration, Instant},
+};
+
+use pcap_file::pcap::PcapReader;
+use sipnotify_agent::testing::{BridgeOptions, TestBridge};
+use support::{NetNs, VethPair, call_id, call_uuid, genesys_notify, start_agent};
+
+/// The bridge stand-in listening inside `ns` (its socket is created there), with its CA file.
+struct Bridge {
+    runtime: tokio::runtime::Runtime,
+    bridge: TestBridge,
+    _dir: tempfile::TempDir,
+    ca_file: String,
+}
+
+impl Bridge {
+    fn start(ns: &NetNs) -> Self {
+        // Threads inherit the namespace of the thread that creates them, so a runtime built
+        // inside the namespace keeps every socket the bridge opens there, including the
+        // listener it re-opens after an outage.
+        let (runtime, bridge) = ns.enter(|| {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            let bridge = runtime
+                .block_on(TestBridge::start(BridgeOptions::default()))
+                .unwrap();
+            (runtime, bridge)
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("bridge-ca.pem");
+        bridge.write_ca_file(&ca).unwrap();
+        Self {
+            runtime,
+            bridge,
+            ca_file: ca.to_str().unwrap().to_owned(),
+            _dir: dir,
+        }
+    }
+
+    fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "run",
+            "--iface",
+            "veth1",
+            "--bridge-url",
+            self.bridge.url(),
+            "--ca-file",
+            &self.ca_file,
+        ];
+        args.extend_from_slice(extra);
+        args
+    }
+
+    fn wait_for(&self, count: u64, timeout: Duration) -> bool {
+        self.runtime
+            .block_on(self.bridge.wait_for_acknowledged(count, timeout))
+    }
+}
+
+/// The UDP payloads of a pcap file's IPv4 UDP packets to port 5061.
+fn sip_payloads(file: &str) -> Vec<Vec<u8>> {
+    let path = format!(
+        "{}/../../shared/corpus/pcaps/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut reader = PcapReader::new(file).unwrap();
+    let mut payloads = Vec::new();
+    while let Some(packet) = reader.next_packet() {
+        let packet = packet.unwrap();
+        let Ok(sliced) = etherparse::SlicedPacket::from_ethernet(&packet.data) else {
+            continue;
+        };
+        if let Some(etherparse::TransportSlice::Udp(udp)) = sliced.transport {
+            payloads.push(udp.payload().to_vec());
+        }
+    }
+    payloads
+}
+
+#[test]
+fn the_retransmission_capture_yields_exactly_one_delivery() {
+    if !support::privileged("the_retransmission_capture_yields_exactly_one_delivery") {
+        return;
+    }
+    let net = VethPair::new("rtx");
+    let bridge = Bridge::start(&net.receiver);
+    let agent = start_agent(&net.receiver, &bridge.args(&[]));
+
+    // The whole call (INVITE, 100, 180, the NOTIFY nine times, CANCEL, 487, ACK) replayed
+    // onto the wire; the retransmission gaps are compressed, all within the 32 s window.
+    let payloads = sip_payloads("genesys_notify_talk_retrans_SYNTHETIC.pcap");
+    let notifies = payloads
+        .iter()
+        .filter(|p| p.starts_with(b"NOTIFY "))
+        .count();
+    assert_eq!(notifies, 9, "the capture holds nine copies");
+    net.sender.enter(|| {
+        let socket = UdpSocket::bind("10.200.0.1:5060").unwrap();
+        for payload in &payloads {
+            socket.send_to(payload, "10.200.0.2:5061").unwrap();
+            thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert!(bridge.wait_for(1, Duration::from_secs(10)), "no delivery");
+    thread::sleep(Duration::from_millis(500));
+    agent.stop();
+    let received = bridge.bridge.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let object = &received[0].object;
+    assert_eq!(object["dn"], "1002");
+    assert_eq!(object["event"], "talk");
+    assert!(object["call_uuid"].as_str().is_some_and(|u| !u.is_empty()));
+    assert!(received[0].idempotency_key.is_some());
+}
+
+/// Sends NOTIFY `i` for `i` in `range`, re-sending every fifth one right away (a
+/// retransmission), at about `per_second`.
+fn send_stream(net: &VethPair, range: std::ops::Range<u32>, per_second: u32) {
+    net.sender.enter(|| {
+        let socket = UdpSocket::bind("10.200.0.1:0").unwrap();
+        let start = Instant::now();
+        for (n, i) in range.enumerate() {
+            let event = if i % 3 == 0 { "hold" } else { "talk" };
+            let message = genesys_notify(i, &format!("{}", 1000 + i % 50), event);
+            socket.send_to(&message, "10.200.0.2:5061").unwrap();
+            if i % 5 == 0 {
+                socket.send_to(&message, "10.200.0.2:5061").unwrap();
+            }
+            let due = start + Duration::from_secs_f64((n + 1) as f64 / f64::from(per_second));
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                thread::sleep(wait);
+            }
+        }
+    });
+}
+
+/// Asserts the bridge acknowledged every NOTIFY in `0..count` exactly once, with its fields.
+fn assert_exactly_once(bridge: &TestBridge, count: u32) {
+    let mut by_call: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for received in bridge.received() {
+        let id = received.object["call_id"].as_str().unwrap().to_owned();
+        assert!(
+            by_call.insert(id.clone(), received.object).is_none(),
+            "{id} delivered twice"
+        );
+    }
+    assert_eq!(by_call.len(), count as usize, "deliveries");
+    for i in 0..count {
+        let object = by_call
+            .get(&call_id(i))
+            .unwrap_or_else(|| panic!("NOTIFY {i} never arrived"));
+        assert_eq!(object["dn"], format!("{}", 1000 + i % 50));
+        assert_eq!(object["call_uuid"], call_uuid(i));
+        assert_eq!(object["event"], if i % 3 == 0 { "hold" } else { "talk" });
+    }
+}
+
+#[test]
+fn ten_thousand_notifies_with_retransmissions_arrive_exactly_once() {
+    if !support::privileged("ten_thousand_notifies_with_retransmissions_arrive_exactly_once") {
+        return;
+    }
+    const COUNT: u32 = 10_000;
+    let net = VethPair::new("10k");
+    let bridge = Bridge::start(&net.receiver);
+    let agent = start_agent(&net.receiver, &bridge.args(&[]));
+    send_stream(&net, 0..COUNT, 5_000);
+    assert!(
+        bridge.wait_for(u64::from(COUNT), Duration::from_secs(30)),
+        "only {} acknowledged",
+        bridge.bridge.acknowledged()
+    );
+    thread::sleep(Duration::from_millis(500));
+    agent.stop();
+    assert_exactly_once(&bridge.bridge, COUNT);
+}
+
+#[test]
+fn a_ten_second_bridge_outage_loses_nothing() {
+    if !support::privileged("a_ten_second_bridge_outage_loses_nothing") {
+        return;
+    }
+    const COUNT: u32 = 3_000;
+    let net = VethPair::new("out");
+    let bridge = Bridge::start(&net.receiver);
+    let agent = start_agent(&net.receiver, &bridge.args(&["--retry-max", "1s"]));
+
+    // 15 s of traffic; the bridge refuses connections from second 3 to second 13.
+    let outage = {
+        let handle = bridge.runtime.handle().clone();
+        let bridge = &bridge.bridge;
+        thread::scope(|scope| {
+            let outage = scope.spawn(|| {
+                thread::sleep(Duration::from_secs(3));
+                handle
+                    .block_on(bridge.refuse_connections_for(Duration::from_secs(10)))
+                    .unwrap();
+            });
+            send_stream(&net, 0..COUNT, 200);
+            outage.join()
+        })
+    };
+    outage.unwrap();
+    assert!(
+        bridge.wait_for(u64::from(COUNT), Duration::from_secs(30)),
+        "only {} acknowledged after the outage",
+        bridge.bridge.acknowledged()
+    );
+    thread::sleep(Duration::from_millis(500));
+    agent.stop();
+    assert_exactly_once(&bridge.bridge, COUNT);
+}
