@@ -11,6 +11,10 @@
 use std::{
     net::UdpSocket,
     path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -106,6 +110,26 @@ fn main() {
     );
     println!("3. sipnotify-agent attached its XDP program to veth1 and is capturing UDP :5061");
 
+    // Asterisk's socket: every datagram must still arrive, NOTIFY or not.
+    let asterisk = net.receiver.udp("10.200.0.2:5061");
+    asterisk
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let asterisk = {
+        let done = done.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut received = 0u32;
+            loop {
+                match asterisk.recv(&mut buf) {
+                    Ok(_) => received += 1,
+                    Err(_) if done.load(Ordering::Relaxed) => return received,
+                    Err(_) => {}
+                }
+            }
+        })
+    };
     println!(
         "4. the SIP Server sends {CALLS} calls: INVITE, 180, NOTIFY talk (retransmitted), NOTIFY hold, OPTIONS"
     );
@@ -138,6 +162,7 @@ fn main() {
     let elapsed = start.elapsed();
     let (_, metrics) = net.receiver.http_get("127.0.0.1:9464", "/metrics");
     agent.stop();
+    done.store(true, Ordering::Relaxed);
     let reached_asterisk = asterisk.join().unwrap();
 
     println!(
@@ -187,13 +212,16 @@ fn main() {
         user("sipnotify_dedup_hits_total"),
         bridge.acknowledged()
     );
-    if arrived && bridge.acknowledged() == expected {
+    let all_sent = notifies_sent + other_sent;
+    println!("   Asterisk's socket received:  {reached_asterisk} of {all_sent} datagrams");
+    if arrived && bridge.acknowledged() == expected && reached_asterisk == all_sent {
         println!(
-            "\nOK: every NOTIFY transaction reached the bridge exactly once ({expected}); every packet passed through untouched."
+            "\nOK: every NOTIFY transaction reached the bridge exactly once ({expected}), \
+             and every datagram still reached Asterisk."
         );
     } else {
         println!(
-            "\nFAILED: the bridge acknowledged {} of {expected}",
+            "\nFAILED: the bridge acknowledged {} of {expected}; Asterisk received {reached_asterisk} of {all_sent}",
             bridge.acknowledged()
         );
         std::process::exit(1);
