@@ -100,7 +100,10 @@ pub fn command() -> Command {
 
 /// Parses `args` (with argv[0]) under the precedence rules.
 pub fn parse(args: Vec<OsString>) -> Result<Parsed, clap::Error> {
-    let first = command().try_get_matches_from(&args)?;
+    // A first, lenient pass finds the subcommand, the config file and which values flags
+    // and the environment set; required flags may still come from the file.
+    let lenient = command().mut_subcommands(|sub| sub.mut_args(|arg| arg.required(false)));
+    let first = lenient.try_get_matches_from(&args)?;
     let config_path = first.get_one::<PathBuf>("config").cloned().or_else(|| {
         Path::new(DEFAULT_CONFIG)
             .exists()
@@ -112,36 +115,35 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed, clap::Error> {
             "a subcommand is required",
         ));
     };
-    let (matches, config_file) = match config_path {
-        None => (first.clone(), None),
-        Some(path) => {
-            let (tokens, from_file) = file_tokens(&path, sub_name, sub).map_err(to_clap)?;
-            let mut with_file = args.clone();
-            let at = args
-                .iter()
-                .position(|a| a.to_str() == Some(sub_name))
-                .map_or(args.len(), |i| i + 1);
-            with_file.splice(at..at, tokens);
-            let matches = command().try_get_matches_from(with_file).map_err(|err| {
-                let reason = first_line(&err.render().to_string());
+    let (tokens, from_file) = match &config_path {
+        Some(path) => file_tokens(path, sub_name, sub).map_err(to_clap)?,
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut with_file = args.clone();
+    let at = args
+        .iter()
+        .position(|a| a.to_str() == Some(sub_name))
+        .map_or(args.len(), |i| i + 1);
+    with_file.splice(at..at, tokens);
+    let matches = command().try_get_matches_from(with_file).map_err(|err| {
+        let reason = first_line(&err.render().to_string());
+        match (&config_path, flag_in(&reason)) {
+            // The value that failed came from the file: say so, with its key.
+            (Some(path), Some(key)) if from_file.iter().any(|k| k.replace('-', "_") == key) => {
                 to_clap(ConfigError::BadValue {
                     path: path.clone(),
-                    key: flag_in(&reason).unwrap_or_else(|| "?".into()),
+                    key,
                     reason,
                 })
-            })?;
-            (matches, Some((path, from_file)))
+            }
+            _ => err,
         }
-    };
-    let sources = describe(
-        &matches,
-        config_file.as_ref().map(|(_, keys)| keys.as_slice()),
-    );
-    let config_file = config_file.map(|(path, _)| path);
+    })?;
+    let sources = describe(&matches, config_path.as_ref().map(|_| from_file.as_slice()));
     let cli = Cli::from_arg_matches(&matches)?;
     Ok(Parsed {
         cli,
-        config_file,
+        config_file: config_path,
         sources,
     })
 }
@@ -332,7 +334,9 @@ mod tests {
     }
 
     fn run_args(parsed: &Parsed) -> &crate::cli::RunArgs {
-        let Sub::Run(run) = &parsed.cli.command;
+        let Sub::Run(run) = &parsed.cli.command else {
+            panic!("not a run");
+        };
         run
     }
 
@@ -444,5 +448,27 @@ mod tests {
         let run = run_args(&parsed);
         assert_eq!(run.ifaces, ["cli0"]);
         assert!(run.delivery.insecure);
+    }
+
+    #[test]
+    fn the_packaged_example_is_valid_and_documents_every_run_flag() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/sipnotify.toml");
+        let parsed = parse(args(&["sipnotify-agent", "--config", path, "run"])).unwrap();
+        assert_eq!(run_args(&parsed).ifaces, ["eth0"]);
+        let text = fs::read_to_string(path).unwrap();
+        let root = command();
+        let run = root.find_subcommand("run").unwrap();
+        for arg in run.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "check-config") {
+                continue;
+            }
+            let key = long.replace('-', "_");
+            assert!(
+                text.lines()
+                    .any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} ="))),
+                "packaging/sipnotify.toml does not document `{key}`"
+            );
+        }
     }
 }
