@@ -44,9 +44,9 @@ fn blast(socket: &OwnedFd, deadline: Instant) -> u64 {
         iov_base: payload.as_mut_ptr().cast(),
         iov_len: payload.len(),
     };
-    // SAFETY: an all-zero mmsghdr is valid; each then points at the one iovec above.
     let mut messages: Vec<libc::mmsghdr> = (0..BURST)
         .map(|_| {
+            // SAFETY: an all-zero mmsghdr is valid; it then points at the one iovec above.
             let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
             m.msg_hdr.msg_iov = &mut iov;
             m.msg_hdr.msg_iovlen = 1;

@@ -170,10 +170,7 @@ fn main() {
         bridge.received().len(),
         elapsed.as_secs_f64()
     );
-    println!(
-        "   {:<6} {:<58} {:<34} {}",
-        "dn", "call_id", "call_uuid", "event"
-    );
+    println!("   {:<6} {:<58} {:<34} event", "dn", "call_id", "call_uuid");
     for received in bridge.received() {
         let o = &received.object;
         println!(

@@ -382,9 +382,11 @@ mod tests {
         assert_eq!(source("max_in_flight"), "default");
 
         // Lists from the environment are comma-separated.
+        // SAFETY: as above.
         unsafe { std::env::set_var("SIPNOTIFY_IFACE", "a,b") };
         let parsed = parse(args(&["sipnotify-agent", "run"])).unwrap();
         assert_eq!(run_args(&parsed).ifaces, ["a", "b"]);
+        // SAFETY: as above.
         unsafe {
             std::env::remove_var("SIPNOTIFY_BRIDGE_URL");
             std::env::remove_var("SIPNOTIFY_QUEUE_CAPACITY");
