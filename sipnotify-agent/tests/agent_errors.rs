@@ -1,0 +1,108 @@
+//! The failures an operator meets first each get one clear line and design.md's exit code:
+//! a missing interface (2), an interface that already has an XDP program (1), and no
+//! permission to load BPF (1).
+
+mod support;
+
+use std::process::{Command, Output};
+
+use support::{NetNs, VethPair, start_agent};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_sipnotify-agent");
+
+fn stderr_line(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("sipnotify: "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn run_in(ns: &NetNs, prefix: &[&str], args: &[&str]) -> Output {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &ns.name])
+        .args(prefix)
+        .arg(AGENT)
+        .args(args);
+    cmd.env("NO_COLOR", "1").output().expect("run the agent")
+}
+
+#[test]
+fn a_missing_interface_is_a_configuration_error() {
+    let output = Command::new(AGENT)
+        .args(["run", "--iface", "sn-no-such0", "--stdout", "--no-bridge"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr_line(&output),
+        "sipnotify: interface `sn-no-such0` does not exist"
+    );
+}
+
+#[test]
+fn an_interface_with_an_xdp_program_is_refused() {
+    if !support::privileged("an_interface_with_an_xdp_program_is_refused") {
+        return;
+    }
+    let net = VethPair::new("busy");
+    let first = start_agent(
+        &net.receiver,
+        &["run", "--iface", "veth1", "--stdout", "--no-bridge"],
+    );
+    let second = run_in(
+        &net.receiver,
+        &[],
+        &[
+            "run",
+            "--iface",
+            "veth1",
+            "--stdout",
+            "--no-bridge",
+            "--metrics-listen",
+            "off",
+        ],
+    );
+    assert_eq!(second.status.code(), Some(1), "{second:?}");
+    assert_eq!(
+        stderr_line(&second),
+        "sipnotify: interface `veth1` already has an XDP program attached; remove it \
+         (`ip link set dev veth1 xdp off`) or pick another interface"
+    );
+    first.stop();
+}
+
+#[test]
+fn loading_without_privileges_says_which_capabilities_are_missing() {
+    if !support::privileged("loading_without_privileges_says_which_capabilities_are_missing") {
+        return;
+    }
+    let net = VethPair::new("perm");
+    // Enter the namespace as root, then drop to `nobody` with no capabilities.
+    let output = run_in(
+        &net.receiver,
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ],
+        &[
+            "run",
+            "--iface",
+            "veth1",
+            "--stdout",
+            "--no-bridge",
+            "--metrics-listen",
+            "off",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(
+        stderr_line(&output),
+        "sipnotify: permission denied loading the XDP program: run as root or grant \
+         CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"
+    );
+}
