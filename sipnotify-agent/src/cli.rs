@@ -54,6 +54,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Attach to interfaces and deliver every captured NOTIFY.
     Run(RunArgs),
+    /// Deliver the NOTIFYs of a pcap/pcapng capture, filtered as the XDP program filters.
+    Replay(crate::replay::ReplayArgs),
+    /// Check the kernel, permissions, interfaces and bridge, with a fix for each problem.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// `run` flags.
@@ -148,7 +152,9 @@ mod tests {
     #[test]
     fn run_defaults_to_port_5061_and_auto_mode() {
         let cli = Cli::try_parse_from(["sipnotify-agent", "run", "--iface", "eth0"]).unwrap();
-        let Command::Run(run) = cli.command;
+        let Command::Run(run) = cli.command else {
+            panic!("not a run");
+        };
         assert_eq!(run.ifaces, ["eth0"]);
         assert_eq!(run.ports, [5061]);
         assert_eq!(run.xdp_mode, AttachMode::Auto);
@@ -172,7 +178,9 @@ mod tests {
             "generic",
         ])
         .unwrap();
-        let Command::Run(run) = cli.command;
+        let Command::Run(run) = cli.command else {
+            panic!("not a run");
+        };
         assert_eq!(run.ifaces, ["a", "b"]);
         assert_eq!(run.ports, [5060, 5061]);
         assert_eq!(run.xdp_mode, AttachMode::Generic);

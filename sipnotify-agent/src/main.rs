@@ -27,6 +27,8 @@ fn main() -> ExitCode {
     };
     let log = match &parsed.cli.command {
         Command::Run(args) => args.log.clone(),
+        Command::Replay(args) => args.log.clone(),
+        Command::Doctor(args) => args.log.clone(),
     };
     init_logging(&log);
 
@@ -41,21 +43,32 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(async {
+    // Each command's error knows its exit code; keep the message and the code.
+    let result: Result<(), (String, u8)> = runtime.block_on(async {
         match parsed.cli.command {
             Command::Run(args) if args.check_config => sipnotify_agent::run::check_config(
                 &args,
                 parsed.config_file.as_deref(),
                 &parsed.sources,
-            ),
-            Command::Run(args) => sipnotify_agent::run::run(args).await,
+            )
+            .map_err(|e| (e.to_string(), e.exit_code())),
+            Command::Run(args) => sipnotify_agent::run::run(args)
+                .await
+                .map_err(|e| (e.to_string(), e.exit_code())),
+            Command::Replay(args) => sipnotify_agent::replay::replay(args)
+                .await
+                .map(drop)
+                .map_err(|e| (e.to_string(), e.exit_code())),
+            Command::Doctor(args) => sipnotify_agent::doctor::doctor(args)
+                .await
+                .map_err(|e| (e.to_string(), e.exit_code())),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("sipnotify: {err}");
-            ExitCode::from(err.exit_code())
+        Err((message, code)) => {
+            eprintln!("sipnotify: {message}");
+            ExitCode::from(code)
         }
     }
 }

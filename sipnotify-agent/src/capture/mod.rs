@@ -5,6 +5,7 @@
 //! match the ABI must be counted and skipped, never read past its end.
 
 pub mod live;
+pub mod pcap;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},

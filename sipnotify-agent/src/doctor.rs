@@ -1,0 +1,1202 @@
+//! `sipnotify-agent doctor`: checks, before a first `run` or when one fails, everything the
+//! agent depends on, and says how to fix what is missing.
+//!
+//! Kernel features are proven rather than inferred from the version where possible: aya's
+//! probes load tiny programs and maps, and the embedded program itself is loaded (not
+//! attached) so the verifier's verdict on this kernel is part of the report. Interfaces are
+//! looked up and asked (through `ip -j link`) whether an XDP program already holds them. The
+//! bridge gets one HEAD request (never a POST: a probe must not reach the call logic); its
+//! certificate is verified and the verdict recorded while the handshake is allowed to
+//! complete, so one run reports both "does it answer" and "would the certificate verify".
+//!
+//! Every check ends OK, WARN (works, but worth knowing) or FAIL (the agent will not work),
+//! and every WARN and FAIL carries a fix. Exit status: 0 unless a check failed.
+
+use std::{
+    fmt, fs, io,
+    path::PathBuf,
+    process::Command,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::MapType,
+    programs::ProgramType,
+    sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
+};
+use clap::Args;
+use reqwest::StatusCode;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    client::{
+        WebPkiServerVerifier,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
+    crypto::{CryptoProvider, WebPkiSupportedAlgorithms},
+    pki_types::{CertificateDer, ServerName, UnixTime},
+};
+
+use crate::{
+    bpf::{self, KernelVersion, LoadError, MIN_KERNEL, ProgramSettings},
+    cli::LogArgs,
+    sink::{DEFAULT_BRIDGE_URL, DeliveryArgs, SinkSettings, TlsSettings},
+};
+
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+/// Linux 5.11 moved BPF memory accounting from RLIMIT_MEMLOCK to the memory cgroup.
+const MEMCG_ACCOUNTING: KernelVersion = KernelVersion {
+    major: 5,
+    minor: 11,
+};
+/// What the default ring (16 MiB) and the other maps need under RLIMIT_MEMLOCK accounting.
+const MEMLOCK_NEEDED: u64 = 32 << 20;
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+const FIX_PERMISSIONS: &str = "run as root, or grant the binary the capabilities: \
+     `setcap cap_bpf,cap_net_admin,cap_perfmon+ep $(command -v sipnotify-agent)`";
+const FIX_KERNEL: &str = "upgrade to Linux 5.18 or newer (XDP multi-buffer and bpf_xdp_load_bytes)";
+
+/// `doctor` flags.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Interface the agent will capture on (repeat for several).
+    #[arg(long = "iface", value_name = "IFACE")]
+    pub ifaces: Vec<String>,
+
+    /// The bridge endpoint to try (one HEAD request, no notification is sent).
+    #[arg(long, value_name = "URL", default_value = DEFAULT_BRIDGE_URL)]
+    pub bridge_url: String,
+
+    /// Also trust the CA certificate(s) in this PEM file for the bridge's certificate.
+    #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
+    pub ca_file: Option<PathBuf>,
+
+    /// The agent will run with --insecure: an untrusted certificate is then a warning.
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// Skip the bridge (for agents that run with --no-bridge --stdout).
+    #[arg(long)]
+    pub no_bridge: bool,
+
+    /// How long to wait for the bridge's answer.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// A check's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Status {
+    /// Fine.
+    Ok,
+    /// Works, but worth knowing.
+    Warn,
+    /// The agent will not work until this is fixed.
+    Fail,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Ok => "OK",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        })
+    }
+}
+
+/// One row of the report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// The verdict.
+    pub status: Status,
+    /// What was found.
+    pub detail: String,
+    /// How to fix it (every WARN and FAIL has one).
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            status: Status::Ok,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+
+    fn warn(name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            status: Status::Warn,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
+    fn fail(name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            status: Status::Fail,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// Some checks failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DoctorError {
+    /// At least one FAIL row.
+    #[error("{failed} of {total} checks failed; the fixes are listed under them")]
+    Failed {
+        /// FAIL rows.
+        failed: usize,
+        /// All rows.
+        total: usize,
+    },
+    /// The checks themselves could not run.
+    #[error("the checks could not run: {0}")]
+    Internal(String),
+}
+
+impl DoctorError {
+    /// Process exit code: 1 (bad usage is clap's, exit 2, before this runs).
+    pub fn exit_code(&self) -> u8 {
+        1
+    }
+}
+
+/// Runs every check, prints the report on stdout, and fails if a check failed.
+pub async fn doctor(args: DoctorArgs) -> Result<(), DoctorError> {
+    let checks = run_checks(&args).await?;
+    print!("{}", render(&checks));
+    let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
+    if failed > 0 {
+        return Err(DoctorError::Failed {
+            failed,
+            total: checks.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Runs every check and returns the rows, in report order.
+pub async fn run_checks(args: &DoctorArgs) -> Result<Vec<Check>, DoctorError> {
+    let ifaces = args.ifaces.clone();
+    // Syscalls, /proc reads, `ip` and the verifier: off the async workers.
+    let mut checks = tokio::task::spawn_blocking(move || system_checks(&ifaces))
+        .await
+        .map_err(|e| DoctorError::Internal(e.to_string()))?;
+    if !args.no_bridge {
+        checks.extend(bridge_checks(args).await);
+    }
+    Ok(checks)
+}
+
+fn system_checks(ifaces: &[String]) -> Vec<Check> {
+    let kernel = KernelVersion::current();
+    let version = kernel.as_ref().ok().copied();
+    let mut checks = vec![
+        kernel_check(kernel),
+        btf_check(fs::metadata(BTF_PATH).is_ok()),
+        object_check(bpf::OBJECT.len()),
+        permissions_check(
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            unsafe { libc::geteuid() },
+            fs::read_to_string("/proc/self/status")
+                .ok()
+                .as_deref()
+                .and_then(parse_cap_eff),
+        ),
+        // Before the program load below, which raises the limit for this process.
+        memlock_check(version, memlock_limit()),
+        probe_check(
+            "xdp programs",
+            "XDP program type",
+            is_program_supported(ProgramType::Xdp).map_err(|e| e.to_string()),
+        ),
+        probe_check(
+            "ring buffer",
+            "BPF ring buffer maps",
+            is_map_supported(MapType::RingBuf).map_err(|e| e.to_string()),
+        ),
+        probe_check(
+            "bpf_xdp_load_bytes",
+            "bpf_xdp_load_bytes from XDP",
+            is_helper_supported(ProgramType::Xdp, BpfHelper::BPF_FUNC_xdp_load_bytes)
+                .map_err(|e| e.to_string()),
+        ),
+    ];
+    let settings = ProgramSettings {
+        ports: vec![5061],
+        // The smallest ring: the load proves the map type, not the size.
+        ring_bytes: 4096,
+    };
+    checks.push(program_load_check(bpf::load(&settings).map(drop)));
+    let existing = existing_interfaces();
+    for iface in ifaces {
+        let index = bpf::interface_index(iface);
+        let xdp = index.is_ok().then(|| attached_xdp(iface));
+        checks.push(interface_check(iface, index, xdp, &existing));
+    }
+    checks
+}
+
+/// The kernel is new enough.
+pub fn kernel_check(found: io::Result<KernelVersion>) -> Check {
+    match found {
+        Ok(version) if version >= MIN_KERNEL => Check::ok(
+            "kernel",
+            format!("Linux {version} (needs {MIN_KERNEL} or newer)"),
+        ),
+        Ok(version) => Check::fail(
+            "kernel",
+            format!("Linux {version} is older than {MIN_KERNEL}"),
+            FIX_KERNEL,
+        ),
+        Err(err) => Check::fail(
+            "kernel",
+            format!("cannot read the kernel version: {err}"),
+            "check `uname -r`; sipnotify needs Linux 5.18 or newer",
+        ),
+    }
+}
+
+/// The kernel describes its own types (BTF).
+pub fn btf_check(present: bool) -> Check {
+    if present {
+        Check::ok("btf", format!("{BTF_PATH} present"))
+    } else {
+        // The program uses no CO-RE relocations, so it loads without kernel BTF; what is lost
+        // is type information in verifier messages and bpftool output.
+        Check::warn(
+            "btf",
+            format!("{BTF_PATH} missing: the program loads, but verifier messages lose type names"),
+            "use a kernel built with CONFIG_DEBUG_INFO_BTF=y",
+        )
+    }
+}
+
+/// The eBPF object is in the binary.
+pub fn object_check(len: usize) -> Check {
+    if len > 0 {
+        Check::ok("ebpf object", format!("embedded ({len} bytes)"))
+    } else {
+        Check::fail(
+            "ebpf object",
+            "this binary was built without the eBPF program",
+            "run `cargo xtask setup`, then rebuild (SIPNOTIFY_REQUIRE_EBPF=1 makes a missing toolchain an error)",
+        )
+    }
+}
+
+/// The effective capability set from `/proc/self/status`.
+pub fn parse_cap_eff(status: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let hex = line.strip_prefix("CapEff:")?.trim();
+        u64::from_str_radix(hex, 16).ok()
+    })
+}
+
+/// The process may load and attach BPF programs.
+pub fn permissions_check(euid: u32, cap_eff: Option<u64>) -> Check {
+    let Some(caps) = cap_eff else {
+        return Check::warn(
+            "permissions",
+            format!("euid {euid}; cannot read the capabilities from /proc/self/status"),
+            FIX_PERMISSIONS,
+        );
+    };
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    // Since Linux 5.8 CAP_SYS_ADMIN still implies what CAP_BPF and CAP_PERFMON grant.
+    let admin = has(CAP_SYS_ADMIN);
+    let mut missing = Vec::new();
+    if !(has(CAP_BPF) || admin) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if !(has(CAP_PERFMON) || admin) {
+        missing.push("CAP_PERFMON");
+    }
+    let who = if euid == 0 {
+        "root".to_owned()
+    } else {
+        format!("euid {euid}")
+    };
+    if missing.is_empty() {
+        Check::ok(
+            "permissions",
+            format!("{who} with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"),
+        )
+    } else {
+        Check::fail(
+            "permissions",
+            format!("{who} without {}", missing.join(", ")),
+            FIX_PERMISSIONS,
+        )
+    }
+}
+
+/// RLIMIT_MEMLOCK, current and maximum, or `None` when it cannot be read.
+fn memlock_limit() -> Option<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return None;
+    }
+    Some((limit.rlim_cur, limit.rlim_max))
+}
+
+fn show_limit(bytes: u64) -> String {
+    if bytes == libc::RLIM_INFINITY {
+        "unlimited".to_owned()
+    } else {
+        format!("{} KiB", bytes / 1024)
+    }
+}
+
+/// Locked-memory limit, which only matters before Linux 5.11.
+pub fn memlock_check(kernel: Option<KernelVersion>, limit: Option<(u64, u64)>) -> Check {
+    let shown = limit.map_or_else(|| "unknown".to_owned(), |(cur, _)| show_limit(cur));
+    if kernel.is_some_and(|k| k >= MEMCG_ACCOUNTING) {
+        return Check::ok(
+            "memlock",
+            format!(
+                "{shown}; irrelevant on Linux 5.11 and later (BPF memory is charged to the memory cgroup)"
+            ),
+        );
+    }
+    match limit {
+        Some((cur, max)) if cur >= MEMLOCK_NEEDED || max >= MEMLOCK_NEEDED => Check::ok(
+            "memlock",
+            format!(
+                "{shown} (the agent raises it to {} at start)",
+                show_limit(max)
+            ),
+        ),
+        _ => Check::warn(
+            "memlock",
+            format!("{shown}: too low for the default 16 MiB ring buffer on this kernel"),
+            "raise it: `ulimit -l unlimited`, or LimitMEMLOCK=infinity in the systemd unit",
+        ),
+    }
+}
+
+/// An aya feature probe.
+pub fn probe_check(name: &str, what: &str, result: Result<bool, String>) -> Check {
+    match result {
+        Ok(true) => Check::ok(name, format!("{what} supported")),
+        Ok(false) => Check::fail(
+            name,
+            format!("{what} not supported by this kernel"),
+            FIX_KERNEL,
+        ),
+        Err(err) => Check::warn(
+            name,
+            format!("cannot probe for {what}: {err}"),
+            "run doctor with the agent's privileges (root or CAP_BPF) to probe",
+        ),
+    }
+}
+
+/// Loading the embedded program, which runs the verifier on this kernel.
+pub fn program_load_check(result: Result<(), LoadError>) -> Check {
+    const NAME: &str = "program load";
+    match result {
+        Ok(()) => Check::ok(
+            NAME,
+            "the verifier accepts sipnotify_xdp with its ring buffer (loaded, not attached)",
+        ),
+        Err(err) => {
+            let fix = match &err {
+                LoadError::NoObject => "run `cargo xtask setup`, then rebuild".to_owned(),
+                LoadError::PermissionDenied => FIX_PERMISSIONS.to_owned(),
+                LoadError::KernelTooOld { .. } | LoadError::KernelVersion(_) => FIX_KERNEL.to_owned(),
+                _ => "run with SIPNOTIFY_LOG=debug for the verifier log and report it with `uname -r`"
+                    .to_owned(),
+            };
+            Check::fail(NAME, err.to_string(), fix)
+        }
+    }
+}
+
+/// An XDP program found on an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdpProgram {
+    /// The program id (`bpftool prog show id N`).
+    pub id: Option<u64>,
+    /// Its name, when `ip` reports it.
+    pub name: Option<String>,
+    /// native, generic, offload or multi.
+    pub mode: &'static str,
+}
+
+/// Reads the `xdp` object of `ip -j link show dev IFACE` output.
+pub fn parse_xdp(json: &str) -> Result<Option<XdpProgram>, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("unexpected `ip -j link` output: {e}"))?;
+    let Some(xdp) = value.get(0).and_then(|link| link.get("xdp")) else {
+        return Ok(None);
+    };
+    let mode = match xdp.get("mode").and_then(serde_json::Value::as_u64) {
+        Some(1) => "native",
+        Some(2) => "generic",
+        Some(3) => "offload",
+        Some(4) => "multi",
+        _ => "unknown",
+    };
+    // One program: `prog` directly; several (one per mode): under `attached`.
+    let prog = xdp.get("prog").or_else(|| {
+        xdp.get("attached")
+            .and_then(|a| a.get(0))
+            .and_then(|a| a.get("prog"))
+    });
+    Ok(Some(XdpProgram {
+        id: prog
+            .and_then(|p| p.get("id"))
+            .and_then(serde_json::Value::as_u64),
+        name: prog
+            .and_then(|p| p.get("name"))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned),
+        mode,
+    }))
+}
+
+/// Asks `ip` whether an XDP program is attached to `iface`.
+fn attached_xdp(iface: &str) -> Result<Option<XdpProgram>, String> {
+    let output = Command::new("ip")
+        .args(["-j", "-d", "link", "show", "dev", iface])
+        .output()
+        .map_err(|e| format!("cannot run `ip`: {}", e.to_string().to_lowercase()))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(format!(
+            "`ip link show dev {iface}` failed: {}",
+            stderr.trim()
+        ));
+    }
+    parse_xdp(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn existing_interfaces() -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir("/sys/class/net")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// An interface exists and no other XDP program holds it.
+pub fn interface_check(
+    iface: &str,
+    index: Result<u32, LoadError>,
+    xdp: Option<Result<Option<XdpProgram>, String>>,
+    existing: &[String],
+) -> Check {
+    let name = format!("iface {iface}");
+    let index = match index {
+        Ok(index) => index,
+        Err(err) => {
+            let fix = if existing.is_empty() {
+                "pick an existing interface (see `ip link`)".to_owned()
+            } else {
+                format!(
+                    "pick an existing interface: {} (see `ip link`)",
+                    existing.join(", ")
+                )
+            };
+            return Check::fail(name, err.to_string(), fix);
+        }
+    };
+    match xdp {
+        None | Some(Ok(None)) => Check::ok(name, format!("index {index}, no XDP program attached")),
+        Some(Ok(Some(prog))) => {
+            let id = prog.id.map_or_else(String::new, |id| format!(" id {id}"));
+            if prog.name.as_deref() == Some(sipnotify_common::PROGRAM_NAME) {
+                Check::warn(
+                    name,
+                    format!(
+                        "sipnotify's program{id} is attached ({} mode): an agent is running on it",
+                        prog.mode
+                    ),
+                    "nothing to do if that agent is meant to run; stop it before starting another",
+                )
+            } else {
+                let named = prog.name.map_or_else(String::new, |n| format!(" `{n}`"));
+                Check::fail(
+                    name,
+                    format!(
+                        "another XDP program{named}{id} is attached ({} mode)",
+                        prog.mode
+                    ),
+                    format!(
+                        "remove it if nothing needs it (`ip link set dev {iface} xdp off`), or pick another interface"
+                    ),
+                )
+            }
+        }
+        Some(Err(err)) => Check::warn(
+            name,
+            format!("index {index}; cannot tell whether an XDP program is attached: {err}"),
+            "install iproute2 (`ip`), or check with `bpftool net show`",
+        ),
+    }
+}
+
+/// The bridge answers, and how its certificate verifies.
+async fn bridge_checks(args: &DoctorArgs) -> Vec<Check> {
+    let flags = DeliveryArgs {
+        bridge_url: args.bridge_url.clone(),
+        ca_file: args.ca_file.clone(),
+        insecure: args.insecure,
+        ..DeliveryArgs::default()
+    };
+    // The sink's own validation: the URL and CA file are judged as `run` would judge them.
+    let bridge = match SinkSettings::from_args_and_token_env(&flags, None) {
+        Ok(settings) => settings.bridge,
+        Err(err) => {
+            return vec![Check::fail(
+                "bridge",
+                err.to_string(),
+                "correct the flag named in the message",
+            )];
+        }
+    };
+    let Some(bridge) = bridge else {
+        return Vec::new();
+    };
+    let probe = probe_bridge(&bridge.url, &bridge.tls, args.request_timeout).await;
+    classify_bridge(
+        bridge.url.as_str(),
+        args.insecure,
+        args.request_timeout,
+        &probe,
+    )
+}
+
+/// What one HEAD request to the bridge found.
+#[derive(Debug)]
+pub struct BridgeProbe {
+    /// The reply's status, or why there was none.
+    pub reply: Result<StatusCode, ProbeFailure>,
+    /// The certificate verdict, when a TLS handshake got that far.
+    pub verification: Option<Result<(), rustls::Error>>,
+    /// How long the request took.
+    pub elapsed: Duration,
+}
+
+/// Why the bridge did not answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeFailure {
+    /// Nothing listens on the port.
+    Refused,
+    /// No answer in time.
+    Timeout,
+    /// The host name does not resolve.
+    Dns(String),
+    /// The client could not be set up.
+    Client(String),
+    /// Anything else (TLS handshake, reset, …), as an error chain.
+    Other(String),
+}
+
+async fn probe_bridge(url: &reqwest::Url, tls: &TlsSettings, timeout: Duration) -> BridgeProbe {
+    let started = Instant::now();
+    let verifier = Arc::new(RecordingVerifier::new(tls));
+    let client = client_config(Arc::clone(&verifier)).and_then(|config| {
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(config)
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent(concat!(
+                "sipnotify-agent/",
+                env!("CARGO_PKG_VERSION"),
+                " doctor"
+            ))
+            .build()
+            .map_err(|e| error_chain(&e))
+    });
+    let reply = match client {
+        Err(reason) => Err(ProbeFailure::Client(reason)),
+        Ok(client) => match client.head(url.clone()).send().await {
+            Ok(response) => Ok(response.status()),
+            Err(err) => Err(classify_error(&err)),
+        },
+    };
+    BridgeProbe {
+        reply,
+        verification: verifier.take(),
+        elapsed: started.elapsed(),
+    }
+}
+
+fn client_config(verifier: Arc<RecordingVerifier>) -> Result<ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn classify_error(err: &reqwest::Error) -> ProbeFailure {
+    let chain = error_chain(err);
+    if err.is_timeout() {
+        return ProbeFailure::Timeout;
+    }
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            match io.kind() {
+                io::ErrorKind::ConnectionRefused => return ProbeFailure::Refused,
+                io::ErrorKind::TimedOut => return ProbeFailure::Timeout,
+                _ => {}
+            }
+        }
+        current = e.source();
+    }
+    if chain.contains("dns error") || chain.contains("failed to lookup address") {
+        return ProbeFailure::Dns(chain);
+    }
+    ProbeFailure::Other(chain)
+}
+
+/// `error: cause: cause…` on one line, lowercase as the agent reports errors.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    while let Some(e) = current {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        current = e.source();
+    }
+    text
+}
+
+/// Turns a probe into the `bridge` and `bridge tls` rows.
+pub fn classify_bridge(
+    url: &str,
+    insecure: bool,
+    timeout: Duration,
+    probe: &BridgeProbe,
+) -> Vec<Check> {
+    const START_FIX: &str = "start the bridge, or pass --bridge-url with its address (an agent without a bridge runs with --no-bridge --stdout)";
+    let mut checks = Vec::new();
+    let answer = match &probe.reply {
+        Ok(status) if status.is_server_error() => Check::warn(
+            "bridge",
+            format!("{url} answers, but with HTTP {status}"),
+            "check the bridge's log: it may be failing or starting up",
+        ),
+        Ok(status) => Check::ok(
+            "bridge",
+            format!(
+                "{url} answers (HTTP {} to a HEAD probe in {} ms)",
+                status.as_u16(),
+                probe.elapsed.as_millis()
+            ),
+        ),
+        Err(ProbeFailure::Refused) => {
+            Check::fail("bridge", format!("{url}: connection refused"), START_FIX)
+        }
+        Err(ProbeFailure::Timeout) => Check::fail(
+            "bridge",
+            format!(
+                "{url}: no answer within {}",
+                humantime::format_duration(timeout)
+            ),
+            "check that the bridge runs and that no firewall drops the connection",
+        ),
+        Err(ProbeFailure::Dns(reason)) => Check::fail(
+            "bridge",
+            format!("{url}: cannot resolve the host ({reason})"),
+            "check the host name in --bridge-url, or use the bridge's IP address",
+        ),
+        Err(ProbeFailure::Client(reason)) => Check::fail(
+            "bridge",
+            format!("cannot set up a tls client: {reason}"),
+            "report this with `sipnotify-agent --version`",
+        ),
+        Err(ProbeFailure::Other(reason)) => {
+            Check::fail("bridge", format!("{url}: {reason}"), START_FIX)
+        }
+    };
+    checks.push(answer);
+    if let Some(verdict) = &probe.verification {
+        checks.push(tls_check(verdict, insecure));
+    } else if url.starts_with("http://") && probe.reply.is_ok() {
+        checks.push(Check::ok(
+            "bridge tls",
+            "plain http: no certificate to verify",
+        ));
+    }
+    checks
+}
+
+/// The certificate verdict as a row.
+pub fn tls_check(verdict: &Result<(), rustls::Error>, insecure: bool) -> Check {
+    const NAME: &str = "bridge tls";
+    match (verdict, insecure) {
+        (Ok(()), false) => Check::ok(NAME, "certificate verified"),
+        (Ok(()), true) => Check::ok(NAME, "certificate verified; --insecure is not needed"),
+        (Err(err), true) => Check::warn(
+            NAME,
+            format!(
+                "not verified (--insecure): it would fail verification: {}",
+                describe_tls(err)
+            ),
+            "pass --ca-file PEM with the CA certificate that signed it instead of --insecure",
+        ),
+        (Err(err), false) => Check::fail(
+            NAME,
+            format!("untrusted: {}", describe_tls(err)),
+            "pass --ca-file PEM with the CA certificate that signed it, or --insecure to skip verification",
+        ),
+    }
+}
+
+/// A certificate problem in words.
+pub fn describe_tls(err: &rustls::Error) -> String {
+    match err {
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "signed by an unknown certificate authority".to_owned()
+        }
+        rustls::Error::InvalidCertificate(cert) => {
+            let text = cert.to_string();
+            // rustls prints plain variants by name (`BadEncoding`): make them words.
+            if text.chars().all(char::is_alphanumeric) {
+                let mut words = String::new();
+                for (i, c) in text.chars().enumerate() {
+                    if c.is_uppercase() && i > 0 {
+                        words.push(' ');
+                    }
+                    words.extend(c.to_lowercase());
+                }
+                words
+            } else {
+                text
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Verifies the certificate as `run` would, records the verdict, and lets the handshake go
+/// on either way, so the probe also learns whether the bridge answers.
+#[derive(Debug)]
+struct RecordingVerifier {
+    /// `None` when no trusted root exists at all.
+    inner: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
+    verdict: Mutex<Option<Result<(), rustls::Error>>>,
+}
+
+impl RecordingVerifier {
+    fn new(tls: &TlsSettings) -> Self {
+        let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        if let TlsSettings::Verify { extra_roots } = tls {
+            roots.add_parsable_certificates(extra_roots.iter().cloned());
+        }
+        // With --insecure the verdict is still worth knowing: verify against the system roots.
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+                .build()
+                .ok();
+        Self {
+            inner,
+            algorithms: provider.signature_verification_algorithms,
+            verdict: Mutex::new(None),
+        }
+    }
+
+    fn take(&self) -> Option<Result<(), rustls::Error>> {
+        self.verdict
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verdict = match &self.inner {
+            Some(inner) => inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                .map(drop),
+            None => Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
+        };
+        *self.verdict.lock().unwrap_or_else(PoisonError::into_inner) = Some(verdict);
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The report: a table of check, status and detail, a `fix:` line under every WARN and FAIL,
+/// and a count.
+pub fn render(checks: &[Check]) -> String {
+    let name_width = checks
+        .iter()
+        .map(|c| c.name.chars().count())
+        .chain(["CHECK".len()])
+        .max()
+        .unwrap_or(5);
+    const STATUS_WIDTH: usize = 6;
+    let indent = " ".repeat(name_width + 2 + STATUS_WIDTH + 2);
+    let mut out = format!(
+        "{:<name_width$}  {:<STATUS_WIDTH$}  DETAIL\n",
+        "CHECK", "STATUS"
+    );
+    for check in checks {
+        out.push_str(&format!(
+            "{:<name_width$}  {:<STATUS_WIDTH$}  {}\n",
+            check.name,
+            check.status.to_string(),
+            check.detail
+        ));
+        if let Some(fix) = &check.fix {
+            out.push_str(&format!("{indent}fix: {fix}\n"));
+        }
+    }
+    let count = |s| checks.iter().filter(|c| c.status == s).count();
+    let warnings = count(Status::Warn);
+    out.push_str(&format!(
+        "\n{} checks: {} ok, {} {}, {} failed\n",
+        checks.len(),
+        count(Status::Ok),
+        warnings,
+        if warnings == 1 { "warning" } else { "warnings" },
+        count(Status::Fail)
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATUS: &str = "Name:\tsipnotify-agent\nCapInh:\t0000000000000000\nCapPrm:\t000001fffeffffff\nCapEff:\t000001fffeffffff\n";
+
+    #[test]
+    fn capabilities_are_read_from_proc_status() {
+        assert_eq!(parse_cap_eff(STATUS), Some(0x1fffeffffff));
+        assert_eq!(parse_cap_eff("Name:\tx\n"), None);
+        assert_eq!(parse_cap_eff("CapEff:\tzz\n"), None);
+    }
+
+    #[test]
+    fn permissions_need_bpf_net_admin_and_perfmon() {
+        let all = (1 << CAP_BPF) | (1 << CAP_NET_ADMIN) | (1 << CAP_PERFMON);
+        assert_eq!(permissions_check(0, Some(all)).status, Status::Ok);
+        assert_eq!(permissions_check(1000, Some(all)).status, Status::Ok);
+        // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, not for CAP_NET_ADMIN.
+        let admin = 1 << CAP_SYS_ADMIN;
+        let check = permissions_check(0, Some(admin));
+        assert_eq!(check.status, Status::Fail);
+        assert_eq!(check.detail, "root without CAP_NET_ADMIN");
+        let none = permissions_check(1000, Some(0));
+        assert_eq!(
+            none.detail,
+            "euid 1000 without CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON"
+        );
+        assert!(none.fix.as_deref().unwrap_or_default().contains("setcap"));
+        assert_eq!(permissions_check(0, None).status, Status::Warn);
+    }
+
+    #[test]
+    fn kernel_version_is_compared_with_the_minimum() {
+        let v = |major, minor| Ok(KernelVersion { major, minor });
+        assert_eq!(kernel_check(v(6, 18)).status, Status::Ok);
+        assert_eq!(kernel_check(v(5, 18)).status, Status::Ok);
+        let old = kernel_check(v(5, 15));
+        assert_eq!(old.status, Status::Fail);
+        assert_eq!(old.detail, "Linux 5.15 is older than 5.18");
+        assert!(old.fix.is_some());
+        assert_eq!(
+            kernel_check(Err(io::Error::other("x"))).status,
+            Status::Fail
+        );
+    }
+
+    #[test]
+    fn memlock_only_matters_before_5_11() {
+        let new = Some(KernelVersion { major: 6, minor: 1 });
+        let old = Some(KernelVersion {
+            major: 5,
+            minor: 10,
+        });
+        assert_eq!(memlock_check(new, Some((65536, 65536))).status, Status::Ok);
+        assert_eq!(
+            memlock_check(old, Some((65536, 65536))).status,
+            Status::Warn
+        );
+        let raisable = memlock_check(old, Some((65536, libc::RLIM_INFINITY)));
+        assert_eq!(raisable.status, Status::Ok);
+        assert!(raisable.detail.contains("unlimited"), "{}", raisable.detail);
+    }
+
+    #[test]
+    fn missing_pieces_fail_with_a_fix() {
+        assert_eq!(object_check(1000).status, Status::Ok);
+        let missing = object_check(0);
+        assert_eq!(missing.status, Status::Fail);
+        assert!(
+            missing
+                .fix
+                .unwrap_or_default()
+                .contains("cargo xtask setup")
+        );
+        assert_eq!(btf_check(true).status, Status::Ok);
+        assert_eq!(btf_check(false).status, Status::Warn);
+        assert_eq!(probe_check("x", "X", Ok(true)).status, Status::Ok);
+        assert_eq!(probe_check("x", "X", Ok(false)).status, Status::Fail);
+        assert_eq!(
+            probe_check("x", "X", Err("EPERM".into())).status,
+            Status::Warn
+        );
+        let load = program_load_check(Err(LoadError::PermissionDenied));
+        assert_eq!(load.status, Status::Fail);
+        assert_eq!(load.fix.as_deref(), Some(FIX_PERMISSIONS));
+    }
+
+    #[test]
+    fn xdp_state_is_read_from_ip_json() {
+        assert_eq!(parse_xdp(r#"[{"ifindex":1,"ifname":"lo"}]"#), Ok(None));
+        let one = r#"[{"ifname":"veth0","xdp":{"mode":2,"prog":{"id":42,"name":"sipnotify_xdp","tag":"ab","jited":1}}}]"#;
+        assert_eq!(
+            parse_xdp(one),
+            Ok(Some(XdpProgram {
+                id: Some(42),
+                name: Some("sipnotify_xdp".into()),
+                mode: "generic"
+            }))
+        );
+        let multi = r#"[{"xdp":{"mode":4,"attached":[{"mode":1,"prog":{"id":7}}]}}]"#;
+        assert_eq!(
+            parse_xdp(multi),
+            Ok(Some(XdpProgram {
+                id: Some(7),
+                name: None,
+                mode: "multi"
+            }))
+        );
+        assert!(parse_xdp("not json").is_err());
+    }
+
+    #[test]
+    fn interfaces_fail_when_missing_or_taken() {
+        let existing = vec!["eth0".to_owned(), "lo".to_owned()];
+        let missing = interface_check(
+            "nope0",
+            Err(LoadError::NoSuchInterface("nope0".into())),
+            None,
+            &existing,
+        );
+        assert_eq!(missing.status, Status::Fail);
+        assert_eq!(missing.detail, "interface `nope0` does not exist");
+        assert_eq!(
+            missing.fix.as_deref(),
+            Some("pick an existing interface: eth0, lo (see `ip link`)")
+        );
+        assert_eq!(
+            interface_check("lo", Ok(1), Some(Ok(None)), &existing).status,
+            Status::Ok
+        );
+        let other = XdpProgram {
+            id: Some(9),
+            name: Some("xdp_fw".into()),
+            mode: "native",
+        };
+        let taken = interface_check("eth0", Ok(2), Some(Ok(Some(other))), &existing);
+        assert_eq!(taken.status, Status::Fail);
+        assert!(taken.detail.contains("`xdp_fw` id 9"), "{}", taken.detail);
+        assert!(
+            taken
+                .fix
+                .unwrap_or_default()
+                .contains("ip link set dev eth0 xdp off")
+        );
+        let ours = XdpProgram {
+            id: Some(3),
+            name: Some(sipnotify_common::PROGRAM_NAME.into()),
+            mode: "generic",
+        };
+        assert_eq!(
+            interface_check("eth0", Ok(2), Some(Ok(Some(ours))), &existing).status,
+            Status::Warn
+        );
+        assert_eq!(
+            interface_check("eth0", Ok(2), Some(Err("no ip".into())), &existing).status,
+            Status::Warn
+        );
+    }
+
+    fn probe(
+        reply: Result<StatusCode, ProbeFailure>,
+        verification: Option<Result<(), rustls::Error>>,
+    ) -> BridgeProbe {
+        BridgeProbe {
+            reply,
+            verification,
+            elapsed: Duration::from_millis(3),
+        }
+    }
+
+    #[test]
+    fn bridge_answers_and_certificates_are_classified() {
+        let url = "https://127.0.0.1:8000/genesys-call-notify";
+        let t = Duration::from_secs(5);
+        let refused = classify_bridge(url, false, t, &probe(Err(ProbeFailure::Refused), None));
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].status, Status::Fail);
+        assert!(
+            refused[0].detail.ends_with("connection refused"),
+            "{}",
+            refused[0].detail
+        );
+        assert!(refused[0].fix.is_some());
+
+        let untrusted = Err(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        ));
+        let rows = classify_bridge(
+            url,
+            false,
+            t,
+            &probe(Ok(StatusCode::NOT_FOUND), Some(untrusted.clone())),
+        );
+        assert_eq!(rows[0].status, Status::Ok);
+        assert!(rows[0].detail.contains("HTTP 404"), "{}", rows[0].detail);
+        assert_eq!(rows[1].status, Status::Fail);
+        assert_eq!(
+            rows[1].detail,
+            "untrusted: signed by an unknown certificate authority"
+        );
+        let fix = rows[1].fix.clone().unwrap_or_default();
+        assert!(
+            fix.contains("--ca-file") && fix.contains("--insecure"),
+            "{fix}"
+        );
+
+        let insecure = classify_bridge(
+            url,
+            true,
+            t,
+            &probe(Ok(StatusCode::NOT_FOUND), Some(untrusted)),
+        );
+        assert_eq!(insecure[1].status, Status::Warn);
+        let verified = classify_bridge(url, false, t, &probe(Ok(StatusCode::OK), Some(Ok(()))));
+        assert_eq!(verified[1], Check::ok("bridge tls", "certificate verified"));
+
+        let down = classify_bridge(
+            url,
+            false,
+            t,
+            &probe(Ok(StatusCode::SERVICE_UNAVAILABLE), Some(Ok(()))),
+        );
+        assert_eq!(down[0].status, Status::Warn);
+        let slow = classify_bridge(url, false, t, &probe(Err(ProbeFailure::Timeout), None));
+        assert_eq!(slow[0].detail, format!("{url}: no answer within 5s"));
+        let plain = classify_bridge(
+            "http://127.0.0.1:8000/x",
+            false,
+            t,
+            &probe(Ok(StatusCode::OK), None),
+        );
+        assert_eq!(plain[1].status, Status::Ok);
+    }
+
+    #[test]
+    fn certificate_problems_read_as_words() {
+        let err = |c| rustls::Error::InvalidCertificate(c);
+        assert_eq!(
+            describe_tls(&err(CertificateError::BadEncoding)),
+            "bad encoding"
+        );
+        assert_eq!(describe_tls(&err(CertificateError::Expired)), "expired");
+    }
+
+    #[test]
+    fn the_report_is_a_table_with_fixes_under_failures() {
+        let checks = vec![
+            Check::ok("kernel", "Linux 6.18"),
+            Check::fail(
+                "iface nope0",
+                "interface `nope0` does not exist",
+                "pick another",
+            ),
+        ];
+        let text = render(&checks);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "CHECK        STATUS  DETAIL");
+        assert_eq!(lines[1], "kernel       OK      Linux 6.18");
+        assert_eq!(
+            lines[2],
+            "iface nope0  FAIL    interface `nope0` does not exist"
+        );
+        assert_eq!(lines[3], format!("{}fix: pick another", " ".repeat(21)));
+        assert_eq!(lines[5], "2 checks: 1 ok, 0 warnings, 1 failed");
+    }
+}

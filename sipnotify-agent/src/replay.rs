@@ -1,0 +1,669 @@
+//! `sipnotify-agent replay FILE`: feeds the NOTIFYs of a pcap/pcapng capture through the same
+//! pipeline and delivery as `run`, for testing a bridge, reproducing a field report, or
+//! back-filling what the agent missed.
+//!
+//! Packets are filtered by the kernel program's own header walk and port bitmap
+//! ([`crate::capture::pcap::Filter`]), and each record is stamped with its capture time, so
+//! retransmissions are de-duplicated exactly as they would have been live. Notifications are
+//! never dropped for age here (captures are old by nature), and reading waits while the queue
+//! is full instead of letting it drop the oldest: a replay must deliver everything it reads.
+//!
+//! A capture that breaks part-way still delivers what came before the break, then fails with
+//! the file and byte offset (exit 1). With the bridge down, delivery retries until it answers;
+//! SIGINT/SIGTERM stop reading and leave `--shutdown-timeout` to deliver what is queued.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    fs::File,
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use clap::Args;
+use sipnotify_common::{FLAG_FIRST_FRAGMENT, FLAG_TRUNCATED, net::Bail};
+use tokio::{io::AsyncWrite, signal::unix::SignalKind};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    capture::pcap::{CaptureError, CaptureReader, Filter, Inspection, LinkType},
+    cli::{self, LogArgs},
+    pipeline::{Outcome, Pipeline, PipelineArgs},
+    queue::NotificationQueue,
+    sink::{Delivery, DeliveryArgs, DeliveryReport, SinkSettings},
+};
+
+/// Files at least this large get a progress bar (when stderr is a terminal).
+const PROGRESS_MIN_BYTES: u64 = 8 << 20;
+/// How often the reader looks again at a full queue.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(1);
+/// The longest single sleep in real-time mode, so a stop request is seen promptly.
+const MAX_PACING_SLEEP: Duration = Duration::from_millis(100);
+
+/// How fast to replay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Speed {
+    /// Reproduce the gaps between packets (de-dup, batching and the bridge see live timing).
+    Realtime,
+    /// As fast as delivery keeps up.
+    #[default]
+    Max,
+}
+
+/// `replay` flags.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The capture to replay: pcap or pcapng, with Ethernet, Linux cooked (`tcpdump -i any`)
+    /// or raw IP frames.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// UDP destination port to watch (repeat for several, at most 16).
+    #[arg(long = "port", value_name = "PORT", default_values_t = [5061])]
+    pub ports: Vec<u16>,
+
+    /// `max` replays as fast as delivery keeps up; `realtime` sleeps to reproduce the
+    /// capture's inter-packet gaps.
+    #[arg(long, value_enum, default_value_t = Speed::Max)]
+    pub speed: Speed,
+
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// Parsing and de-duplication.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+
+    /// Delivery to the bridge and stdout.
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+}
+
+/// Why a replay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// A flag value is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// The file cannot be opened or read at all.
+    #[error("cannot read capture `{}`: {reason}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The file is not a capture this reader understands.
+    #[error("cannot replay `{}`: {source}", path.display())]
+    NotCapture {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: CaptureError,
+    },
+    /// The capture breaks part-way; what came before was delivered.
+    #[error(
+        "capture `{}`: {source}; notifications delivered from before that point: {delivered}",
+        path.display()
+    )]
+    Broken {
+        /// The file.
+        path: PathBuf,
+        /// Where and how it breaks.
+        #[source]
+        source: CaptureError,
+        /// Notifications delivered.
+        delivered: u64,
+    },
+    /// Delivery stopped with an error.
+    #[error("{0}")]
+    Delivery(String),
+}
+
+impl ReplayError {
+    /// Process exit code (design.md: 2 for bad usage or configuration, 1 at run time).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) | Self::Open { .. } | Self::NotCapture { .. } => 2,
+            Self::Broken { .. } | Self::Delivery(_) => 1,
+        }
+    }
+}
+
+/// What the reader saw, packet by packet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Frames read from the file.
+    pub packets: u64,
+    /// UDP datagrams (or first fragments) to a watched port.
+    pub udp_watched: u64,
+    /// Of those, payloads starting with `NOTIFY `: the records the program would copy.
+    pub notifies: u64,
+    /// NOTIFY records whose payload was cut short (snaplen, or beyond MAX_PAYLOAD).
+    pub truncated: u64,
+    /// NOTIFY records from the first fragment of a fragmented datagram.
+    pub first_fragments: u64,
+    /// Non-first fragments, skipped.
+    pub later_fragments: u64,
+    /// Frames whose header walk gave up.
+    pub bad_headers: u64,
+    /// Frames of a link type that is not decoded, by link type number.
+    pub unsupported_links: BTreeMap<u32, u64>,
+    /// Queued for delivery.
+    pub queued: u64,
+    /// Retransmissions of a transaction already queued.
+    pub duplicates: u64,
+    /// Records the parser or record decoder refused, by reason.
+    pub rejects: BTreeMap<&'static str, u64>,
+}
+
+impl ReplayStats {
+    fn count_outcome(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Queued | Outcome::QueuedDroppingOldest => self.queued += 1,
+            Outcome::Duplicate => self.duplicates += 1,
+            Outcome::Rejected(err) => *self.rejects.entry(err.reason()).or_default() += 1,
+            Outcome::BadRecord(err) => *self.rejects.entry(err.reason()).or_default() += 1,
+            Outcome::Closed => *self.rejects.entry("queue_closed").or_default() += 1,
+        }
+    }
+
+    /// The rejected records, all reasons together.
+    pub fn rejected(&self) -> u64 {
+        self.rejects.values().sum()
+    }
+}
+
+/// The end-of-replay summary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplaySummary {
+    /// The file.
+    pub file: PathBuf,
+    /// What was read.
+    pub stats: ReplayStats,
+    /// What delivery achieved.
+    pub delivery: DeliveryReport,
+    /// Whether reading stopped on a signal.
+    pub interrupted: bool,
+}
+
+impl fmt::Display for ReplaySummary {
+    /// One line of totals, then one line per kind of loss, if any.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.stats;
+        write!(
+            f,
+            "replayed `{}`{}: {} packets, {} NOTIFYs, {} delivered, {} duplicates, {} rejected",
+            self.file.display(),
+            if self.interrupted {
+                " (interrupted)"
+            } else {
+                ""
+            },
+            s.packets,
+            s.notifies,
+            self.delivery.delivered,
+            s.duplicates,
+            s.rejected(),
+        )?;
+        if !s.rejects.is_empty() {
+            let reasons: Vec<String> = s.rejects.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            write!(f, "\n  rejected by reason: {}", reasons.join(", "))?;
+        }
+        let d = &self.delivery;
+        if d.rejected + d.expired + d.undelivered > 0 {
+            write!(
+                f,
+                "\n  not delivered: {} refused by the bridge, {} expired, {} undelivered at the deadline",
+                d.rejected, d.expired, d.undelivered
+            )?;
+        }
+        if s.truncated + s.first_fragments + s.later_fragments > 0 {
+            write!(
+                f,
+                "\n  incomplete: {} truncated NOTIFYs, {} first fragments, {} later fragments skipped",
+                s.truncated, s.first_fragments, s.later_fragments
+            )?;
+        }
+        if s.bad_headers > 0 {
+            write!(
+                f,
+                "\n  {} frames with unreadable headers skipped",
+                s.bad_headers
+            )?;
+        }
+        for (code, n) in &s.unsupported_links {
+            write!(
+                f,
+                "\n  {n} frames of unsupported {} skipped",
+                LinkType::from_code(*code)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Replays `args.file`, printing JSON lines (with `--stdout`) on stdout and the summary on
+/// stderr.
+pub async fn replay(args: ReplayArgs) -> Result<ReplaySummary, ReplayError> {
+    let result = replay_to(args, tokio::io::stdout()).await;
+    match &result {
+        Ok(summary) => eprintln!("{summary}"),
+        Err(ReplayFailure {
+            summary: Some(summary),
+            ..
+        }) => eprintln!("{summary}"),
+        Err(_) => {}
+    }
+    result.map_err(|failure| failure.error)
+}
+
+/// A failed replay, with the summary when reading got under way.
+#[derive(Debug)]
+pub struct ReplayFailure {
+    /// Why it failed.
+    pub error: ReplayError,
+    /// What happened until then.
+    pub summary: Option<Box<ReplaySummary>>,
+}
+
+impl From<ReplayError> for ReplayFailure {
+    fn from(error: ReplayError) -> Self {
+        Self {
+            error,
+            summary: None,
+        }
+    }
+}
+
+/// Replays `args.file` with the JSON lines going to `out`; prints nothing itself.
+pub async fn replay_to<W: AsyncWrite + Unpin + Send + 'static>(
+    args: ReplayArgs,
+    out: W,
+) -> Result<ReplaySummary, ReplayFailure> {
+    cli::check_ports(&args.ports).map_err(ReplayError::Config)?;
+    args.pipeline.validate().map_err(ReplayError::Config)?;
+    let mut settings =
+        SinkSettings::from_args(&args.delivery).map_err(|e| ReplayError::Config(e.to_string()))?;
+    // Captured long ago by definition: the live agent's freshness limit does not apply.
+    settings.max_age = None;
+    let delivery = Delivery::new(settings).map_err(|e| ReplayError::Config(e.to_string()))?;
+
+    let path = args.file.clone();
+    let (reader, size) = open(&path)?;
+
+    let queue = NotificationQueue::new(args.delivery.queue_capacity);
+    let pipeline = Pipeline::new(&args.pipeline, queue.clone()).log_sip(args.log.log_sip);
+    let stop_delivery = CancellationToken::new();
+    let delivery_ended = Arc::new(AtomicBool::new(false));
+    let delivery = {
+        let (queue, stop, ended) = (
+            queue.clone(),
+            stop_delivery.clone(),
+            Arc::clone(&delivery_ended),
+        );
+        tokio::spawn(async move {
+            let result = delivery.run_with_output(queue, stop, out).await;
+            ended.store(true, Ordering::Release);
+            result
+        })
+    };
+
+    // Signals are watched until delivery ends: once tokio handles SIGINT, its default action
+    // (exit) is gone for good, so an unwatched Ctrl-C during the final drain would be lost.
+    let interrupt = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(interrupt.clone()));
+    let job = ReadJob {
+        filter: Filter::new(&args.ports),
+        pipeline,
+        speed: args.speed,
+        stop: interrupt.clone(),
+        delivery_ended,
+        progress: progress_bar(size),
+    };
+    let read = tokio::task::spawn_blocking(move || job.run(reader)).await;
+
+    // Everything read is delivered: with the bridge down, delivery keeps retrying until it
+    // answers or a signal arrives, which leaves --shutdown-timeout to finish.
+    queue.close();
+    let mut delivery = delivery;
+    let delivered = tokio::select! {
+        result = &mut delivery => result,
+        () = interrupt.cancelled() => {
+            info!("interrupted: delivering what is queued within the shutdown timeout");
+            stop_delivery.cancel();
+            delivery.await
+        }
+    };
+    signals.abort();
+    let interrupted = interrupt.is_cancelled();
+
+    let (stats, read_error) = match read {
+        Ok((stats, error)) => (stats, error),
+        Err(join) => {
+            let error = ReplayError::Delivery(format!("the capture reader failed: {join}"));
+            return Err(error.into());
+        }
+    };
+    let (report, delivery_error) = match delivered {
+        Ok(Ok(report)) => (report, None),
+        Ok(Err(failed)) => (failed.report, Some(failed.error.to_string())),
+        Err(join) => (
+            DeliveryReport::default(),
+            Some(format!("the delivery task failed: {join}")),
+        ),
+    };
+    let summary = ReplaySummary {
+        file: path.clone(),
+        stats,
+        delivery: report,
+        interrupted,
+    };
+    let error = match (delivery_error, read_error) {
+        (Some(delivery), read) => {
+            if let Some(read) = read {
+                warn!(file = %path.display(), error = %read, "the capture is broken too");
+            }
+            Some(ReplayError::Delivery(delivery))
+        }
+        (None, Some(source)) => Some(ReplayError::Broken {
+            path,
+            source,
+            delivered: report.delivered,
+        }),
+        // Stopped by a signal (or the deadline) before everything read was delivered.
+        (None, None) if report.undelivered > 0 => Some(ReplayError::Delivery(format!(
+            "{} notification(s) were still undelivered at the shutdown deadline",
+            report.undelivered
+        ))),
+        (None, None) => None,
+    };
+    match error {
+        None => Ok(summary),
+        Some(error) => Err(ReplayFailure {
+            error,
+            summary: Some(Box::new(summary)),
+        }),
+    }
+}
+
+/// Opens the capture and reads its header; every failure here is a bad argument (exit 2),
+/// except a header cut short, which is a broken capture (exit 1) like any later cut.
+fn open(path: &Path) -> Result<(CaptureReader<File>, u64), ReplayFailure> {
+    let unreadable = |err: std::io::Error| ReplayError::Open {
+        path: path.to_owned(),
+        reason: err.to_string().to_lowercase(),
+    };
+    let file = File::open(path).map_err(unreadable)?;
+    let metadata = file.metadata().map_err(unreadable)?;
+    if metadata.is_dir() {
+        return Err(ReplayError::Open {
+            path: path.to_owned(),
+            reason: "it is a directory".to_owned(),
+        }
+        .into());
+    }
+    match CaptureReader::new(file) {
+        Ok(reader) => Ok((reader, metadata.len())),
+        Err(CaptureError::Read { source, .. }) => Err(unreadable(source).into()),
+        Err(source @ CaptureError::Truncated { .. }) => Err(ReplayError::Broken {
+            path: path.to_owned(),
+            source,
+            delivered: 0,
+        }
+        .into()),
+        Err(source) => Err(ReplayError::NotCapture {
+            path: path.to_owned(),
+            source,
+        }
+        .into()),
+    }
+}
+
+/// Cancels `interrupt` on SIGINT or SIGTERM.
+async fn cancel_on_signal(interrupt: CancellationToken) {
+    let (Ok(mut sigint), Ok(mut sigterm)) = (
+        tokio::signal::unix::signal(SignalKind::interrupt()),
+        tokio::signal::unix::signal(SignalKind::terminate()),
+    ) else {
+        // Without handlers the default action (exit) still applies.
+        return;
+    };
+    tokio::select! {
+        _ = sigint.recv() => {}
+        _ = sigterm.recv() => {}
+    }
+    interrupt.cancel();
+}
+
+/// A progress bar on stderr for a large file, when stderr is a terminal.
+fn progress_bar(size: u64) -> Option<indicatif::ProgressBar> {
+    if size < PROGRESS_MIN_BYTES || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(size),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{wide_bar} {bytes}/{total_bytes}, {eta} left, {msg}",
+    ) {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
+/// The reading side, run on a blocking thread: file I/O and real-time sleeps.
+struct ReadJob {
+    filter: Filter,
+    pipeline: Pipeline,
+    speed: Speed,
+    stop: CancellationToken,
+    delivery_ended: Arc<AtomicBool>,
+    progress: Option<indicatif::ProgressBar>,
+}
+
+impl ReadJob {
+    /// Reads to the end, a stop request, or a broken record; returns the counts and the
+    /// error that ended reading early, if any.
+    fn run(self, mut reader: CaptureReader<File>) -> (ReplayStats, Option<CaptureError>) {
+        let mut stats = ReplayStats::default();
+        let mut unsupported_warned = false;
+        // Real-time pacing: the first packet's capture time against the wall clock.
+        let mut origin: Option<(Duration, Instant)> = None;
+        let error = loop {
+            if self.stop.is_cancelled() || self.delivery_ended.load(Ordering::Acquire) {
+                break None;
+            }
+            let packet = match reader.next_packet() {
+                Ok(Some(packet)) => packet,
+                Ok(None) => break None,
+                Err(err) => break Some(err),
+            };
+            stats.packets += 1;
+            if self.speed == Speed::Realtime {
+                let (first, started) = *origin.get_or_insert((packet.timestamp, Instant::now()));
+                let due = started + packet.timestamp.saturating_sub(first);
+                self.sleep_until(due);
+            }
+            match self
+                .filter
+                .inspect(packet.link, packet.data, packet.timestamp)
+            {
+                Inspection::Notify(record) => {
+                    stats.udp_watched += 1;
+                    stats.notifies += 1;
+                    if record.header.flags & FLAG_TRUNCATED != 0 {
+                        stats.truncated += 1;
+                    }
+                    if record.header.flags & FLAG_FIRST_FRAGMENT != 0 {
+                        stats.first_fragments += 1;
+                    }
+                    self.wait_for_room();
+                    let captured_at = SystemTime::UNIX_EPOCH + packet.timestamp;
+                    stats.count_outcome(self.pipeline.handle(&record, captured_at, None));
+                }
+                Inspection::NotNotify | Inspection::EmptyPayload => stats.udp_watched += 1,
+                Inspection::NotUdp | Inspection::OtherPort => {}
+                Inspection::LaterFragment => stats.later_fragments += 1,
+                Inspection::Bail(Bail::ShortHeader | Bail::BadIpHeader | Bail::ExtHeaderLimit) => {
+                    stats.bad_headers += 1;
+                }
+                Inspection::UnsupportedLink(code) => {
+                    if !unsupported_warned {
+                        unsupported_warned = true;
+                        warn!(
+                            link = %LinkType::from_code(code),
+                            "frames of this link type are skipped: replay reads ethernet, linux cooked and raw ip"
+                        );
+                    }
+                    *stats.unsupported_links.entry(code).or_default() += 1;
+                }
+            }
+            if let Some(bar) = &self.progress {
+                if stats.packets % 1024 == 0 {
+                    bar.set_position(reader.position());
+                    bar.set_message(format!("{} NOTIFYs", stats.notifies));
+                }
+            }
+        };
+        if let Some(bar) = &self.progress {
+            bar.finish_and_clear();
+        }
+        (stats, error)
+    }
+
+    /// Sleeps until `due`, in slices so a stop request is seen.
+    fn sleep_until(&self, due: Instant) {
+        loop {
+            let now = Instant::now();
+            if now >= due || self.stop.is_cancelled() {
+                return;
+            }
+            std::thread::sleep((due - now).min(MAX_PACING_SLEEP));
+        }
+    }
+
+    /// Waits while the queue is full, so nothing read is dropped; gives up when delivery has
+    /// ended (a fatal error) or a stop is requested.
+    fn wait_for_room(&self) {
+        let queue = self.pipeline.queue();
+        while queue.len() >= queue.capacity()
+            && !self.stop.is_cancelled()
+            && !self.delivery_ended.load(Ordering::Acquire)
+        {
+            std::thread::sleep(QUEUE_FULL_PAUSE);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn flags_default_to_port_5061_at_full_speed() {
+        let cli = Cli::try_parse_from(["sipnotify-agent", "replay", "x.pcap", "--stdout"]).unwrap();
+        let Command::Replay(args) = cli.command else {
+            panic!("not a replay");
+        };
+        assert_eq!(args.file, PathBuf::from("x.pcap"));
+        assert_eq!(args.ports, [5061]);
+        assert_eq!(args.speed, Speed::Max);
+        assert!(args.delivery.stdout);
+        let cli = Cli::try_parse_from([
+            "sipnotify-agent",
+            "replay",
+            "x.pcapng",
+            "--port",
+            "5060",
+            "--port",
+            "5070",
+            "--speed",
+            "realtime",
+        ])
+        .unwrap();
+        let Command::Replay(args) = cli.command else {
+            panic!("not a replay");
+        };
+        assert_eq!(args.ports, [5060, 5070]);
+        assert_eq!(args.speed, Speed::Realtime);
+        assert!(Cli::try_parse_from(["sipnotify-agent", "replay"]).is_err());
+    }
+
+    #[test]
+    fn exit_codes_follow_the_design() {
+        let path = PathBuf::from("x.pcap");
+        assert_eq!(ReplayError::Config("bad".into()).exit_code(), 2);
+        let open = ReplayError::Open {
+            path: path.clone(),
+            reason: "no such file or directory (os error 2)".into(),
+        };
+        assert_eq!(open.exit_code(), 2);
+        assert_eq!(
+            open.to_string(),
+            "cannot read capture `x.pcap`: no such file or directory (os error 2)"
+        );
+        let broken = ReplayError::Broken {
+            path,
+            source: CaptureError::Truncated { offset: 1234 },
+            delivered: 1,
+        };
+        assert_eq!(broken.exit_code(), 1);
+        let text = broken.to_string();
+        assert!(
+            text.contains("`x.pcap`") && text.contains("byte 1234"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_summary_names_every_loss() {
+        let mut stats = ReplayStats {
+            packets: 17,
+            udp_watched: 10,
+            notifies: 9,
+            truncated: 1,
+            later_fragments: 2,
+            ..ReplayStats::default()
+        };
+        stats.count_outcome(Outcome::Queued);
+        stats.count_outcome(Outcome::Duplicate);
+        stats.count_outcome(Outcome::Rejected(crate::sip::ParseError::NotNotify));
+        stats.unsupported_links.insert(0, 3);
+        let summary = ReplaySummary {
+            file: PathBuf::from("c.pcap"),
+            stats,
+            delivery: DeliveryReport {
+                delivered: 1,
+                ..DeliveryReport::default()
+            },
+            interrupted: false,
+        };
+        let text = summary.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        assert_eq!(
+            first,
+            "replayed `c.pcap`: 17 packets, 9 NOTIFYs, 1 delivered, 1 duplicates, 1 rejected"
+        );
+        assert!(text.contains("rejected by reason: not_notify 1"), "{text}");
+        assert!(text.contains("1 truncated NOTIFYs"), "{text}");
+        assert!(text.contains("2 later fragments skipped"), "{text}");
+        assert!(
+            text.contains("3 frames of unsupported link type 0 skipped"),
+            "{text}"
+        );
+        assert!(!text.contains("not delivered"), "{text}");
+    }
+}

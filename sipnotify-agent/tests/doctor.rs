@@ -1,0 +1,196 @@
+//! `sipnotify-agent doctor` on this machine, through the built binary: as root the kernel,
+//! BTF, permission, object and load rows pass; a missing interface fails with a fix; and the
+//! bridge rows tell a trusted, an untrusted and an absent bridge apart (against the local
+//! HTTPS bridge stand-in, whose CA is generated per test).
+
+mod support;
+
+use std::{
+    path::Path,
+    process::{Command, Output},
+};
+
+use sipnotify_agent::testing::bridge::TestBridge;
+
+/// Runs `doctor ARGS…` with an empty config file and no SIPNOTIFY_* variables.
+fn doctor(args: &[&str]) -> Output {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sipnotify-agent"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SIPNOTIFY_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .arg("--config")
+        .arg(config.path())
+        .arg("doctor")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+async fn doctor_async(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        doctor(&args)
+    })
+    .await
+    .unwrap()
+}
+
+/// A report row: status and detail, and the fix line under it, if any.
+#[derive(Debug)]
+struct Row {
+    status: String,
+    detail: String,
+    fix: Option<String>,
+}
+
+/// Finds the row named `name` in the report on stdout.
+fn row(output: &Output, name: &str) -> Row {
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines.first().copied().unwrap_or_default();
+    let status_at = header.find("STATUS").unwrap_or_default();
+    let detail_at = header.find("DETAIL").unwrap_or_default();
+    let (i, line) = lines
+        .iter()
+        .enumerate()
+        .find(|(_, l)| l.get(..status_at).map(str::trim_end) == Some(name))
+        .unwrap_or_else(|| panic!("no `{name}` row in:\n{text}"));
+    let fix = lines
+        .get(i + 1)
+        .map(|l| l.trim_start())
+        .and_then(|l| l.strip_prefix("fix: "))
+        .map(str::to_owned);
+    Row {
+        status: line[status_at..detail_at].trim().to_owned(),
+        detail: line[detail_at..].to_owned(),
+        fix,
+    }
+}
+
+#[test]
+fn kernel_permission_and_object_rows_pass_as_root() {
+    if !support::privileged("kernel_permission_and_object_rows_pass_as_root") {
+        return;
+    }
+    let output = doctor(&["--iface", "lo", "--no-bridge"]);
+    let report = String::from_utf8_lossy(&output.stdout);
+    for name in [
+        "kernel",
+        "btf",
+        "ebpf object",
+        "permissions",
+        "xdp programs",
+        "ring buffer",
+        "bpf_xdp_load_bytes",
+        "program load",
+        "iface lo",
+    ] {
+        let row = row(&output, name);
+        assert_eq!(row.status, "OK", "{name}: {row:?}\n{report}");
+        assert!(row.fix.is_none(), "{name}: {row:?}");
+    }
+    assert!(!report.contains("FAIL"), "{report}");
+    assert_eq!(output.status.code(), Some(0), "{report}");
+}
+
+#[test]
+fn a_missing_interface_fails_with_a_fix() {
+    let output = doctor(&["--iface", "nosuch0", "--no-bridge"]);
+    assert_eq!(output.status.code(), Some(1));
+    let row = row(&output, "iface nosuch0");
+    assert_eq!(row.status, "FAIL");
+    assert_eq!(row.detail, "interface `nosuch0` does not exist");
+    let fix = row.fix.unwrap_or_default();
+    assert!(fix.starts_with("pick an existing interface: "), "{fix}");
+    assert!(fix.contains("lo"), "{fix}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr
+            .trim_end()
+            .ends_with("checks failed; the fixes are listed under them"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let output = doctor(&["--ca-file", "x.pem", "--insecure"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("sipnotify: "), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_certificate_is_judged() {
+    let bridge = TestBridge::start_default().await.unwrap();
+    let url = bridge.url().to_owned();
+
+    // Its CA is not in the system store: untrusted, with both remedies.
+    let output = doctor_async(vec!["--bridge-url".into(), url.clone()]).await;
+    let answer = row(&output, "bridge");
+    assert_eq!(answer.status, "OK", "{answer:?}");
+    assert!(answer.detail.contains("answers (HTTP "), "{answer:?}");
+    let tls = row(&output, "bridge tls");
+    assert_eq!(tls.status, "FAIL");
+    assert_eq!(
+        tls.detail,
+        "untrusted: signed by an unknown certificate authority"
+    );
+    let fix = tls.fix.unwrap_or_default();
+    assert!(
+        fix.contains("--ca-file PEM") && fix.contains("--insecure"),
+        "{fix}"
+    );
+    assert_eq!(output.status.code(), Some(1));
+
+    // With its CA: verified.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    bridge.write_ca_file(&ca).unwrap();
+    let output = doctor_async(vec![
+        "--bridge-url".into(),
+        url.clone(),
+        "--ca-file".into(),
+        path(&ca),
+    ])
+    .await;
+    let tls = row(&output, "bridge tls");
+    assert_eq!(
+        (tls.status.as_str(), tls.detail.as_str()),
+        ("OK", "certificate verified")
+    );
+
+    // --insecure: works, with a warning saying what --ca-file would fix.
+    let output = doctor_async(vec!["--bridge-url".into(), url, "--insecure".into()]).await;
+    let tls = row(&output, "bridge tls");
+    assert_eq!(tls.status, "WARN", "{tls:?}");
+    assert!(tls.fix.unwrap_or_default().contains("--ca-file"));
+
+    // Nothing listening.
+    drop(bridge);
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("https://127.0.0.1:{port}/genesys-call-notify");
+    let output = doctor_async(vec!["--bridge-url".into(), url.clone()]).await;
+    let answer = row(&output, "bridge");
+    assert_eq!(answer.status, "FAIL");
+    assert_eq!(answer.detail, format!("{url}: connection refused"));
+    assert!(
+        answer
+            .fix
+            .unwrap_or_default()
+            .starts_with("start the bridge")
+    );
+    assert_eq!(output.status.code(), Some(1));
+}
+
+fn path(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}

@@ -1,0 +1,534 @@
+//! `sipnotify-agent replay` end to end, through the built binary with `--stdout --no-bridge`:
+//! the shared corpus captures, a capture cut short, Linux cooked (SLL and SLL2) captures and a
+//! pcapng file built here, and the exit codes for files that are not captures.
+//!
+//! The corpus lives in `shared/corpus/pcaps`, beside the repository clone (here and in CI).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use etherparse::PacketBuilder;
+use pcap_file::{
+    DataLink,
+    pcap::{PcapHeader, PcapPacket, PcapWriter},
+    pcapng::{
+        PcapNgWriter,
+        blocks::{
+            enhanced_packet::EnhancedPacketBlock, interface_description::InterfaceDescriptionBlock,
+        },
+    },
+};
+use serde_json::Value;
+use sipnotify_agent::testing::bridge::TestBridge;
+
+const RETRANSMISSIONS: &str = "genesys_notify_talk_retrans_SYNTHETIC.pcap";
+
+fn pcaps() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/pcaps");
+    assert!(
+        dir.join(RETRANSMISSIONS).is_file(),
+        "capture corpus not found at {}: these tests need the shared/ folder beside the \
+         repository clone ($CARGO_MANIFEST_DIR/../../shared/corpus/pcaps)",
+        dir.display()
+    );
+    dir
+}
+
+/// Runs `replay FILE --stdout --no-bridge EXTRA…` with an empty config file, so neither
+/// /etc/sipnotify nor the caller's SIPNOTIFY_* variables change the outcome.
+fn replay(file: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["--stdout", "--no-bridge"];
+    args.extend_from_slice(extra);
+    replay_with(file, &args)
+}
+
+/// Runs `replay FILE ARGS…` (no delivery flags added) with an empty config file.
+fn replay_with(file: &Path, args: &[&str]) -> Output {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sipnotify-agent"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SIPNOTIFY_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .arg("--config")
+        .arg(config.path())
+        .arg("replay")
+        .arg(file)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The JSON objects printed on stdout.
+fn objects(output: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}")))
+        .collect()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The last line of stderr: the one-line error, when there is one.
+fn last_line(output: &Output) -> String {
+    stderr(output).lines().last().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn nine_retransmissions_deliver_one_notification() {
+    let output = replay(&pcaps().join(RETRANSMISSIONS), &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let objects = objects(&output);
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    assert_eq!(
+        objects[0],
+        serde_json::json!({
+            "dn": "1002",
+            "call_id": "640476ED-F320-46F0-975D-6290F4CB29F6-6@192.168.210.81",
+            "call_uuid": "TTL7J9EM750GP936CFL0EOACN8000002",
+            "event": "talk",
+        })
+    );
+    let summary = stderr(&output);
+    assert!(
+        summary.contains("17 packets, 9 NOTIFYs, 1 delivered, 8 duplicates, 0 rejected"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn capture_time_drives_de_duplication() {
+    // With a 1 s window the copies (0.5 s, then 1 s and more apart in the capture) no longer
+    // fall in one window, although the replay takes milliseconds.
+    let output = replay(
+        &pcaps().join(RETRANSMISSIONS),
+        &["--dedup-window", "1s", "--extras"],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let objects = objects(&output);
+    assert!(objects.len() > 1, "{objects:?}");
+    // The first copy's pcap record time (2026-01-01 14:04:28.638 UTC).
+    let first = objects[0]["captured_at"].as_f64().unwrap_or_default();
+    let expected = 1_767_276_268.638;
+    assert!((first - expected).abs() < 0.001, "captured_at {first}");
+    assert_eq!(objects[0]["src"], "192.168.210.81:5060");
+    assert_eq!(objects[0]["dst"], "192.168.210.54:5061");
+}
+
+#[test]
+fn the_other_corpus_captures_hold_no_notification() {
+    let dir = pcaps();
+    let mut seen = 0;
+    for entry in fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name == RETRANSMISSIONS || !name.ends_with(".pcap") {
+            continue;
+        }
+        seen += 1;
+        // Their SIP is on 5060: watch it too, so every message reaches the parser.
+        let output = replay(&path, &["--port", "5060", "--port", "5061"]);
+        assert!(output.status.success(), "{name}: {}", stderr(&output));
+        assert!(output.stdout.is_empty(), "{name}: {:?}", objects(&output));
+        let summary = stderr(&output);
+        assert!(
+            summary.contains("0 NOTIFYs, 0 delivered"),
+            "{name}: {summary}"
+        );
+        assert!(!summary.contains("unsupported"), "{name}: {summary}");
+    }
+    assert!(seen >= 4, "only {seen} other captures in {}", dir.display());
+}
+
+/// Byte offsets of the records of a little-endian pcap file.
+fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    let mut at = 24;
+    while at + 16 <= bytes.len() {
+        offsets.push(at);
+        let incl = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        at += 16 + incl;
+    }
+    offsets
+}
+
+#[test]
+fn a_cut_capture_delivers_what_precedes_the_cut_then_fails() {
+    let bytes = fs::read(pcaps().join(RETRANSMISSIONS)).unwrap();
+    let offsets = record_offsets(&bytes);
+    assert_eq!(offsets.len(), 17);
+    // Records 4.. are the NOTIFY copies: cut inside the third copy's data.
+    let cut_record = offsets[6];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.pcap");
+    fs::write(&path, &bytes[..cut_record + 40]).unwrap();
+
+    let output = replay(&path, &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(objects(&output).len(), 1, "the NOTIFY before the cut");
+    let error = last_line(&output);
+    assert!(error.starts_with("sipnotify: capture `"), "{error}");
+    assert!(error.contains("cut.pcap"), "{error}");
+    assert!(
+        error.contains(&format!("record at byte {cut_record}")),
+        "{error}"
+    );
+    assert!(stderr(&output).contains("6 packets, 2 NOTIFYs, 1 delivered"));
+}
+
+#[test]
+fn files_that_are_not_captures_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.pcap");
+    fs::write(&text, "hello, this is not a capture").unwrap();
+    let output = replay(&text, &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        stderr(&output).lines().count(),
+        1,
+        "one line: {}",
+        stderr(&output)
+    );
+    let error = last_line(&output);
+    assert!(error.contains("notes.pcap"), "{error}");
+    assert!(error.contains("not a pcap or pcapng file"), "{error}");
+
+    let missing = dir.path().join("missing.pcap");
+    let output = replay(&missing, &[]);
+    assert_eq!(output.status.code(), Some(2));
+    let error = last_line(&output);
+    assert!(
+        error.starts_with("sipnotify: cannot read capture `"),
+        "{error}"
+    );
+    assert!(error.contains("missing.pcap"), "{error}");
+    assert!(output.stdout.is_empty());
+}
+
+fn notify(call: u32, dn: &str, branch: &str) -> Vec<u8> {
+    format!(
+        "NOTIFY sip:192.168.210.54:5061 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 192.168.210.81:5060;branch={branch}\r\n\
+         From: <sip:5551234@192.168.210.81>;tag=a{call}\r\n\
+         To: <sip:{dn}@192.168.210.54>;tag=b{call}\r\n\
+         Call-ID: call-{call}@192.168.210.81\r\n\
+         CSeq: 2 NOTIFY\r\n\
+         Event: talk\r\n\
+         X-Genesys-CallUUID: UUID{call:028}\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// IPv4/UDP 192.168.210.81:5060 → 192.168.210.54:`port`.
+fn ipv4_udp(port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ipv4([192, 168, 210, 81], [192, 168, 210, 54], 64)
+        .udp(5060, port)
+        .write(&mut out, payload)
+        .unwrap();
+    out
+}
+
+fn ipv6_udp(port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut src = [0u8; 16];
+    src[..2].copy_from_slice(&[0xfd, 0x00]);
+    src[15] = 1;
+    let mut dst = src;
+    dst[15] = 2;
+    PacketBuilder::ipv6(src, dst, 64)
+        .udp(5060, port)
+        .write(&mut out, payload)
+        .unwrap();
+    out
+}
+
+/// Linux cooked v1 header (incoming, Ethernet device) in front of `l3`.
+fn sll(l3: &[u8], protocol: u16) -> Vec<u8> {
+    let mut out = vec![0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0];
+    out.extend_from_slice(&protocol.to_be_bytes());
+    out.extend_from_slice(l3);
+    out
+}
+
+/// Linux cooked v2 header (incoming, ifindex 3, Ethernet device) in front of `l3`.
+fn sll2(l3: &[u8], protocol: u16) -> Vec<u8> {
+    let mut out = protocol.to_be_bytes().to_vec();
+    out.extend_from_slice(&[0, 0, 0, 0, 0, 3, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0]);
+    out.extend_from_slice(l3);
+    out
+}
+
+/// The frames of a `tcpdump -i any` capture: two calls, a retransmission 0.5 s later, the
+/// same transaction again 40 s later (beyond the 32 s window: delivered again), a NOTIFY to
+/// another port, an INVITE, and an IPv6 NOTIFY.
+fn cooked_frames(wrap: fn(&[u8], u16) -> Vec<u8>) -> Vec<(Duration, Vec<u8>)> {
+    let t = |ms: u64| Duration::from_millis(1_700_000_000_000 + ms);
+    vec![
+        (
+            t(0),
+            wrap(&ipv4_udp(5061, &notify(1, "1002", "z9hG4bK-1")), 0x0800),
+        ),
+        (
+            t(500),
+            wrap(&ipv4_udp(5061, &notify(1, "1002", "z9hG4bK-1")), 0x0800),
+        ),
+        (
+            t(600),
+            wrap(&ipv4_udp(5062, &notify(9, "9999", "z9hG4bK-9")), 0x0800),
+        ),
+        (
+            t(700),
+            wrap(
+                &ipv4_udp(5061, b"INVITE sip:1002@x SIP/2.0\r\n\r\n"),
+                0x0800,
+            ),
+        ),
+        (
+            t(800),
+            wrap(&ipv6_udp(5061, &notify(2, "1003", "z9hG4bK-2")), 0x86dd),
+        ),
+        (
+            t(40_000),
+            wrap(&ipv4_udp(5061, &notify(1, "1002", "z9hG4bK-1")), 0x0800),
+        ),
+    ]
+}
+
+fn write_pcap(path: &Path, datalink: DataLink, frames: &[(Duration, Vec<u8>)]) {
+    let header = PcapHeader {
+        datalink,
+        ..PcapHeader::default()
+    };
+    let mut writer = PcapWriter::with_header(Vec::new(), header).unwrap();
+    for (ts, frame) in frames {
+        writer
+            .write_packet(&PcapPacket::new(*ts, frame.len() as u32, frame))
+            .unwrap();
+    }
+    fs::write(path, writer.into_writer()).unwrap();
+}
+
+fn dns_and_calls(objects: &[Value]) -> Vec<(String, String)> {
+    objects
+        .iter()
+        .map(|o| {
+            (
+                o["dn"].as_str().unwrap_or_default().to_owned(),
+                o["call_id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn linux_cooked_captures_yield_their_notifications() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, datalink, wrap) in [
+        (
+            "sll.pcap",
+            DataLink::LINUX_SLL,
+            sll as fn(&[u8], u16) -> Vec<u8>,
+        ),
+        ("sll2.pcap", DataLink::LINUX_SLL2, sll2),
+    ] {
+        let path = dir.path().join(name);
+        write_pcap(&path, datalink, &cooked_frames(wrap));
+        let output = replay(&path, &["--extras"]);
+        assert!(output.status.success(), "{name}: {}", stderr(&output));
+        let objects = objects(&output);
+        assert_eq!(
+            dns_and_calls(&objects),
+            [
+                ("1002".into(), "call-1@192.168.210.81".into()),
+                ("1003".into(), "call-2@192.168.210.81".into()),
+                ("1002".into(), "call-1@192.168.210.81".into()),
+            ],
+            "{name}"
+        );
+        assert_eq!(objects[1]["src"], "[fd00::1]:5060", "{name}");
+        assert!(
+            stderr(&output).contains("6 packets, 4 NOTIFYs, 3 delivered, 1 duplicates"),
+            "{name}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn pcapng_files_are_read_with_their_timestamp_resolution() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ethernet.pcapng");
+    let mut writer = PcapNgWriter::new(Vec::new()).unwrap();
+    // No if_tsresol option: timestamps are in microseconds.
+    writer
+        .write_pcapng_block(InterfaceDescriptionBlock::new(DataLink::ETHERNET, 0))
+        .unwrap();
+    let mut ethernet = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+    ethernet.extend_from_slice(&ipv4_udp(5061, &notify(7, "2001", "z9hG4bK-7")));
+    let micros: u64 = 1_700_000_123_250_000;
+    writer
+        .write_pcapng_block(EnhancedPacketBlock {
+            interface_id: 0,
+            // pcap-file 2 writes the raw count it is given: microseconds here.
+            timestamp: Duration::from_nanos(micros),
+            original_len: ethernet.len() as u32,
+            data: ethernet.into(),
+            options: vec![],
+        })
+        .unwrap();
+    fs::write(&path, writer.into_inner()).unwrap();
+
+    let output = replay(&path, &["--extras"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let objects = objects(&output);
+    assert_eq!(
+        dns_and_calls(&objects),
+        [("2001".into(), "call-7@192.168.210.81".into())]
+    );
+    let at = objects[0]["captured_at"].as_f64().unwrap_or_default();
+    assert!((at - 1_700_000_123.25).abs() < 0.001, "captured_at {at}");
+}
+
+#[test]
+fn realtime_speed_reproduces_the_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gap.pcap");
+    let frames = vec![
+        (
+            Duration::from_secs(1_700_000_000),
+            sll2(&ipv4_udp(5061, &notify(1, "1002", "z9hG4bK-1")), 0x0800),
+        ),
+        (
+            Duration::from_millis(1_700_000_000_600),
+            sll2(&ipv4_udp(5061, &notify(2, "1003", "z9hG4bK-2")), 0x0800),
+        ),
+    ];
+    write_pcap(&path, DataLink::LINUX_SLL2, &frames);
+    let started = std::time::Instant::now();
+    let output = replay(&path, &["--speed", "realtime"]);
+    let took = started.elapsed();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(objects(&output).len(), 2);
+    assert!(took >= Duration::from_millis(600), "took {took:?}");
+}
+
+async fn replay_async(file: PathBuf, args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        replay_with(&file, &args)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_gets_the_notification_once() {
+    let bridge = TestBridge::start_default().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    bridge.write_ca_file(&ca).unwrap();
+    let file = pcaps().join(RETRANSMISSIONS);
+
+    let output = replay_async(
+        file.clone(),
+        vec![
+            "--bridge-url".into(),
+            bridge.url().to_owned(),
+            "--ca-file".into(),
+            ca.to_string_lossy().into_owned(),
+        ],
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(output.stdout.is_empty());
+    let received = bridge.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(
+        received[0].object["call_uuid"],
+        "TTL7J9EM750GP936CFL0EOACN8000002"
+    );
+    assert!(received[0].idempotency_key.is_some());
+
+    // Without the CA the certificate is untrusted: exit 1 naming both remedies.
+    let output = replay_async(file, vec!["--bridge-url".into(), bridge.url().to_owned()]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let error = last_line(&output);
+    assert!(
+        error.contains("--ca-file PEM") && error.contains("--insecure"),
+        "{error}"
+    );
+    assert_eq!(bridge.received().len(), 1);
+}
+
+#[test]
+fn a_full_queue_makes_reading_wait_instead_of_dropping() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many.pcap");
+    let frames: Vec<(Duration, Vec<u8>)> = (0..3000u32)
+        .map(|i| {
+            let payload = notify(i, "1002", &format!("z9hG4bK-{i}"));
+            (
+                Duration::from_millis(1_700_000_000_000 + u64::from(i)),
+                sll2(&ipv4_udp(5061, &payload), 0x0800),
+            )
+        })
+        .collect();
+    write_pcap(&path, DataLink::LINUX_SLL2, &frames);
+    let output = replay(&path, &["--queue-capacity", "8"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let objects = objects(&output);
+    assert_eq!(objects.len(), 3000);
+    assert_eq!(objects[2999]["call_id"], "call-2999@192.168.210.81");
+}
+
+#[test]
+fn an_interrupt_while_the_bridge_is_down_ends_within_the_shutdown_timeout() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sipnotify-agent"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SIPNOTIFY_") {
+            command.env_remove(key);
+        }
+    }
+    let child = command
+        .arg("--config")
+        .arg(config.path())
+        .arg("replay")
+        .arg(pcaps().join(RETRANSMISSIONS))
+        .args(["--bridge-url", &format!("https://127.0.0.1:{port}/x")])
+        .args(["--shutdown-timeout", "300ms"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Reading takes milliseconds; then delivery retries against the closed port.
+    std::thread::sleep(Duration::from_millis(800));
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: signalling our own child process by its id.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let started = std::time::Instant::now();
+    let output = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    assert!(text.contains("(interrupted)"), "{text}");
+    assert!(
+        last_line(&output)
+            .ends_with("1 notification(s) were still undelivered at the shutdown deadline"),
+        "{text}"
+    );
+}
