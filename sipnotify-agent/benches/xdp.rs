@@ -19,8 +19,7 @@ const REPEATS: u32 = 1_000_000;
 /// Records per batch for the matching case: 20 000 × ~680 bytes fits a 32 MiB ring.
 const BATCH: u32 = 20_000;
 
-static NOOP: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sipnotify-noop"));
+static NOOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sipnotify-noop"));
 
 fn frame_udp(dst_port: u16, payload: &[u8]) -> Vec<u8> {
     let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
@@ -48,7 +47,13 @@ fn notify_600() -> Vec<u8> {
 }
 
 /// Mean ns per repeat over `total` repeats run in `batch`-sized test runs.
-fn time(program: &Xdp, frame: &[u8], total: u32, batch: u32, ring: Option<&mut RingBuf<MapData>>) -> f64 {
+fn time(
+    program: &Xdp,
+    frame: &[u8],
+    total: u32,
+    batch: u32,
+    ring: Option<&mut RingBuf<MapData>>,
+) -> f64 {
     let mut ring = ring;
     let mut nanos = 0f64;
     let mut done = 0;
@@ -83,7 +88,11 @@ fn main() {
         return;
     }
     let mut noop = Ebpf::load(NOOP).expect("load the no-op");
-    let noop_prog: &mut Xdp = noop.program_mut("sipnotify_noop").unwrap().try_into().unwrap();
+    let noop_prog: &mut Xdp = noop
+        .program_mut("sipnotify_noop")
+        .unwrap()
+        .try_into()
+        .unwrap();
     noop_prog.load().unwrap();
 
     let mut real = bpf::load(&ProgramSettings {
@@ -105,7 +114,10 @@ fn main() {
         ("600-byte NOTIFY, copied", &notify, true),
     ];
     println!("BPF_PROG_TEST_RUN, ns per packet, median of {RUNS} runs x {REPEATS} repeats");
-    println!("{:<28} {:>10} {:>10} {:>10}", "frame", "no-op", "sipnotify", "delta");
+    println!(
+        "{:<28} {:>10} {:>10} {:>10}",
+        "frame", "no-op", "sipnotify", "delta"
+    );
     for (name, frame, copies) in cases {
         let mut base = Vec::new();
         let mut ours = Vec::new();
@@ -115,7 +127,10 @@ fn main() {
             ours.push(time(program, frame, REPEATS, batch, Some(&mut ring)));
         }
         let (base, ours) = (median(base), median(ours));
-        println!("{name:<28} {base:>10.1} {ours:>10.1} {:>+10.1}", ours - base);
+        println!(
+            "{name:<28} {base:>10.1} {ours:>10.1} {:>+10.1}",
+            ours - base
+        );
     }
     // The reader's side of the same path: how fast the agent's drain loop empties a ring
     // the program has filled.
@@ -140,6 +155,10 @@ fn main() {
         .unwrap()
         .iter()
         .sum();
-    let copied: u64 = stats.get(&(Counter::Copied as u32), 0).unwrap().iter().sum();
+    let copied: u64 = stats
+        .get(&(Counter::Copied as u32), 0)
+        .unwrap()
+        .iter()
+        .sum();
     println!("records copied: {copied}, lost to a full ring: {full}");
 }
