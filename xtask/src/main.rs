@@ -128,10 +128,13 @@ fn test(root: &Path) -> Result<()> {
         ],
     )?;
     // The eBPF crate, for its own target (its panic handler clashes with std on the host).
-    cargo(
+    run_in(
         root,
+        "rustup",
         &[
-            "+nightly",
+            "run",
+            "nightly",
+            "cargo",
             "clippy",
             "-p",
             "sipnotify-ebpf",
