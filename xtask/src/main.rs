@@ -151,8 +151,50 @@ fn test(root: &Path) -> Result<()> {
     )?;
     // The agent binary is what the end-to-end tests start in their namespaces.
     build_release(root)?;
-    cargo(root, &["test", "--all-features"])?;
-    setup::fuzz_smoke(root)
+    setup::fuzz_smoke(root)?;
+    let (passed, failed) = cargo_test(root)?;
+    // One closing line for CI, summed over every test binary.
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} tests failed");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and sums its `test result:` lines.
+fn cargo_test(root: &Path) -> Result<(u64, u64)> {
+    use std::io::{BufRead as _, BufReader};
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args(["test", "--all-features"])
+        .current_dir(root)
+        .env("SIPNOTIFY_REQUIRE_EBPF", "1")
+        .env("PATH", setup::path_with_cargo_bin())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run cargo test")?;
+    let stdout = child.stdout.take().context("cargo test has no stdout")?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("cannot read cargo test's output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, " passed");
+            failed += count_before(rest, " failed");
+        }
+    }
+    let status = child.wait().context("cannot wait for cargo test")?;
+    if !status.success() && failed == 0 {
+        bail!("`cargo test` failed with {status}");
+    }
+    Ok((passed, failed))
+}
+
+/// The number just before `label` in a `test result:` line.
+fn count_before(line: &str, label: &str) -> u64 {
+    line.find(label)
+        .and_then(|end| line[..end].rsplit([' ', '.']).next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn bench(root: &Path, filter: Option<&str>) -> Result<()> {
