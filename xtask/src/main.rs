@@ -257,3 +257,17 @@ fn workspace_root() -> Result<PathBuf> {
         .map(Path::to_path_buf)
         .context("xtask has no parent directory")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::count_before;
+
+    #[test]
+    fn sums_come_from_cargo_test_result_lines() {
+        let line =
+            "ok. 127 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out; finished in 2.40s";
+        assert_eq!(count_before(line, " passed"), 127);
+        assert_eq!(count_before(line, " failed"), 3);
+        assert_eq!(count_before("FAILED. 0 passed; 1 failed;", " passed"), 0);
+    }
+}
