@@ -6,52 +6,24 @@
 
 use super::{
     ParseError,
-    message::{find_byte, is_lws, is_token, trim_lws},
+    message::{find_any, find_byte, is_token, trim_lws},
 };
 
-/// `1*DIGIT` without sign or whitespace, with overflow checked (RFC 4475 §3.1.2.4).
-fn digits<T>(value: &[u8]) -> Option<T>
-where
-    T: CheckedDecimal,
-{
-    if value.is_empty() {
-        return None;
-    }
-    value.iter().try_fold(T::ZERO, |acc, &b| {
-        if b.is_ascii_digit() {
-            acc.push_digit(b - b'0')
-        } else {
-            None
-        }
-    })
-}
-
-/// The checked `acc * 10 + digit` step of [`digits`].
-trait CheckedDecimal: Sized {
-    const ZERO: Self;
-    fn push_digit(self, digit: u8) -> Option<Self>;
-}
-
-impl CheckedDecimal for u32 {
-    const ZERO: Self = 0;
-    #[inline]
-    fn push_digit(self, digit: u8) -> Option<Self> {
-        self.checked_mul(10)?.checked_add(u32::from(digit))
-    }
-}
-
-impl CheckedDecimal for usize {
-    const ZERO: Self = 0;
-    #[inline]
-    fn push_digit(self, digit: u8) -> Option<Self> {
-        self.checked_mul(10)?.checked_add(usize::from(digit))
-    }
-}
-
-/// The Content-Length value.
+/// The Content-Length value: `1*DIGIT` without sign or whitespace, overflow checked
+/// (RFC 4475 §3.1.2.3-4).
 #[inline]
 pub(crate) fn content_length(value: &[u8]) -> Result<usize, ParseError> {
-    digits::<usize>(value).ok_or(ParseError::BadContentLength)
+    if value.is_empty() {
+        return Err(ParseError::BadContentLength);
+    }
+    value.iter().try_fold(0usize, |acc, &b| {
+        if !b.is_ascii_digit() {
+            return Err(ParseError::BadContentLength);
+        }
+        acc.checked_mul(10)
+            .and_then(|n| n.checked_add(usize::from(b - b'0')))
+            .ok_or(ParseError::BadContentLength)
+    })
 }
 
 /// The body of a datagram whose header section ends at `body_start`: the Content-Length bytes
@@ -75,20 +47,32 @@ pub(crate) fn frame_body<'a>(
 
 /// CSeq: `1*DIGIT LWS Method`; the number fits in 32 bits and the method is NOTIFY.
 pub(crate) fn cseq(value: &[u8]) -> Result<u32, ParseError> {
-    let number_len = value
-        .iter()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(value.len());
-    let number = digits::<u32>(&value[..number_len]).ok_or(ParseError::BadCseq)?;
-    let rest = &value[number_len..];
+    let mut number = 0u32;
+    let mut digits = 0;
+    for &b in value {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        number = number
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u32::from(b - b'0')))
+            .ok_or(ParseError::BadCseq)?;
+        digits += 1;
+    }
+    let rest = &value[digits..];
     let method = trim_lws(rest);
-    if method.is_empty() || method.len() == rest.len() || !is_token(method) {
+    // Digits, then whitespace, then the method.
+    if digits == 0 || method.len() == rest.len() {
         return Err(ParseError::BadCseq);
     }
-    if method != b"NOTIFY" {
-        return Err(ParseError::CseqMethodMismatch);
+    if method == b"NOTIFY" {
+        return Ok(number);
     }
-    Ok(number)
+    Err(if is_token(method) {
+        ParseError::CseqMethodMismatch
+    } else {
+        ParseError::BadCseq
+    })
 }
 
 /// The event type of an Event value: the token before any `;` parameter, whitespace around it
@@ -97,7 +81,7 @@ pub(crate) fn event_type(value: &[u8]) -> Result<&[u8], ParseError> {
     if value.is_empty() {
         return Err(ParseError::MissingEvent);
     }
-    let before_params = match find_byte(b';', value) {
+    let before_params = match value.iter().position(|&b| b == b';') {
         Some(semi) => &value[..semi],
         None => value,
     };
@@ -150,20 +134,28 @@ fn split_outside_quotes(value: &[u8], separator: u8) -> SplitOutsideQuotes<'_> {
 /// The `branch` parameter of the first via-parm of a Via value (the topmost hop, RFC 3261
 /// §8.1.1.7), trimmed; `None` when absent or empty.
 pub(crate) fn via_branch(value: &[u8]) -> Option<&[u8]> {
-    // The usual Via has no quoted string: then `,` and `;` can be found with word-at-a-time
-    // searches instead of a quote-tracking byte loop.
-    if find_byte(b'"', value).is_none() {
-        let first_hop = &value[..find_byte(b',', value).unwrap_or(value.len())];
-        let mut rest = first_hop;
-        // The first `;` piece is sent-protocol and sent-by; parameters follow.
-        while let Some(semi) = find_byte(b';', rest) {
-            rest = &rest[semi + 1..];
-            let param = &rest[..find_byte(b';', rest).unwrap_or(rest.len())];
-            if let Some(branch) = branch_value(param) {
-                return branch;
+    // Walk the `;`-separated parameters of the first via-parm with one search per step for
+    // the bytes that matter (`;`, `,` ending the hop, `"` opening a quoted string); only a
+    // quoted string sends us to the quote-tracking byte loop.
+    let special = [b';', b',', b'"'];
+    let mut at = find_any(special, value)?;
+    loop {
+        match value[at] {
+            b';' => {
+                let param_start = at + 1;
+                let param_len = find_any(special, &value[param_start..]);
+                let param_end = param_len.map_or(value.len(), |len| param_start + len);
+                if let Some(branch) = branch_value(&value[param_start..param_end]) {
+                    return branch;
+                }
+                at = param_end;
+                if at == value.len() {
+                    return None;
+                }
             }
+            b',' => return None,
+            _ => break,
         }
-        return None;
     }
     let first_hop = split_outside_quotes(value, b',').next()?;
     split_outside_quotes(first_hop, b';')
@@ -184,7 +176,7 @@ fn branch_value(param: &[u8]) -> Option<Option<&[u8]>> {
         return None;
     }
     let value = trim_lws(value);
-    Some((!value.is_empty() && !value.iter().any(|&b| is_lws(b))).then_some(value))
+    Some((!value.is_empty()).then_some(value))
 }
 
 #[cfg(test)]

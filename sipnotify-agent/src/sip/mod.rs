@@ -18,7 +18,7 @@ pub use message::{Header, Headers, Message, StartLine, parse_message, parse_star
 pub use uri::{Dn, DnBytes, NameAddr, Scheme, UriError, User, dn_of, parse_name_addr, uri_user};
 
 use crate::event::{CaptureMeta, Notification};
-use message::{Known, classify, names_match};
+use message::{Known, names_match};
 
 /// What [`parse`] and [`Notify::to_notification`] are configured with.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -169,9 +169,17 @@ pub fn parse<'a>(payload: &'a [u8], options: &ParseOptions) -> Result<Notify<'a>
     if !rest.starts_with(b"NOTIFY ") {
         return Err(ParseError::NotNotify);
     }
-    let (line, header_start) =
-        message::line_at(payload, start).ok_or(ParseError::UnterminatedHeaders)?;
-    let request_uri = message::request_uri_and_version(&line[b"NOTIFY ".len()..])?;
+    // The header scanner finds the request line's end too, so its first block of masks
+    // serves the first headers as well.
+    let mut headers = Headers::new(payload, start);
+    let newline = headers
+        .find(start, false)
+        .ok_or(ParseError::UnterminatedHeaders)?;
+    let line = &payload[start + b"NOTIFY ".len()..newline];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let request_uri = message::request_uri_and_version(line)?;
+    let header_start = newline + 1;
+    headers.skip_to(header_start);
 
     let mut call_id = None;
     let mut to = None;
@@ -181,10 +189,9 @@ pub fn parse<'a>(payload: &'a [u8], options: &ParseOptions) -> Result<Notify<'a>
     let mut cseq = None;
     let mut content_length = None;
     let mut call_uuid = None;
-    let mut headers = Headers::new(payload, header_start);
-    for header in headers.by_ref() {
-        let Header { name, value } = header?;
-        match classify(name) {
+    while let Some(header) = headers.next_classified() {
+        let (known, Header { value, .. }) = header?;
+        match known {
             Known::CallId => single(&mut call_id, value)?,
             Known::To => single(&mut to, value)?,
             Known::From => single(&mut from, value)?,
@@ -196,7 +203,7 @@ pub fn parse<'a>(payload: &'a [u8], options: &ParseOptions) -> Result<Notify<'a>
             Known::Via => {
                 via.get_or_insert(value);
             }
-            Known::Other => {}
+            Known::Ignored | Known::Other => {}
         }
     }
     let body_start = headers

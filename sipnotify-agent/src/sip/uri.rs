@@ -5,7 +5,7 @@
 //! separators are deferred to [`Dn::bytes`] / [`Dn::to_string_lossy`], so parsing allocates
 //! nothing and decodes exactly once.
 
-use super::message::{find_byte, is_lws, trim_lws};
+use super::message::{find_any, find_byte, is_lws, trim_lws};
 
 /// Why a To/From value yields no user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
@@ -63,8 +63,20 @@ pub fn parse_name_addr(value: &[u8]) -> Result<NameAddr<'_>, UriError> {
     let quoted = value.first() == Some(&b'"');
     let after_display = if quoted { closing_quote(value)? + 1 } else { 0 };
     let rest = &value[after_display..];
-    match rest.iter().position(|&b| b == b'<' || b == b';') {
-        Some(lt) if rest[lt] == b'<' => {
+    // One scan finds `<` (name-addr) or the end of an addr-spec's URI; only a token display
+    // name (`Bob <sip:…>`) needs a second look past its whitespace.
+    let first = find_any([b'<', b';', b',', b'?', b' ', b'\t', b'\r', b'\n'], rest);
+    let angle = match first {
+        Some(i) if rest[i] == b'<' => Some(i),
+        Some(i) if is_lws(rest[i]) => rest[i..]
+            .iter()
+            .position(|&b| b == b'<' || b == b';')
+            .map(|j| i + j)
+            .filter(|&j| rest[j] == b'<'),
+        _ => None,
+    };
+    match angle {
+        Some(lt) => {
             if quoted && !trim_lws(&rest[..lt]).is_empty() {
                 return Err(UriError::Malformed);
             }
@@ -84,11 +96,8 @@ pub fn parse_name_addr(value: &[u8]) -> Result<NameAddr<'_>, UriError> {
         }
         // A quoted display name must be followed by `<uri>`.
         _ if quoted => Err(UriError::Malformed),
-        _ => {
-            let end = rest
-                .iter()
-                .position(|&b| matches!(b, b';' | b',' | b'?') || is_lws(b))
-                .unwrap_or(rest.len());
+        None => {
+            let end = first.unwrap_or(rest.len());
             if end == 0 {
                 return Err(UriError::Malformed);
             }
@@ -124,27 +133,39 @@ pub struct User<'a> {
 
 /// The user of a sip, sips or tel URI.
 pub fn uri_user(uri: &[u8]) -> Result<User<'_>, UriError> {
-    let colon = find_byte(b':', uri).ok_or(UriError::Malformed)?;
+    // Schemes and users are a few bytes long: plain loops beat any setup here.
+    let colon = uri
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(UriError::Malformed)?;
     let (scheme, rest) = (&uri[..colon], &uri[colon + 1..]);
-    let scheme = if scheme.eq_ignore_ascii_case(b"sip") {
-        Scheme::Sip
-    } else if scheme.eq_ignore_ascii_case(b"sips") {
-        Scheme::Sips
-    } else if scheme.eq_ignore_ascii_case(b"tel") {
-        Scheme::Tel
-    } else if scheme.is_empty() {
-        return Err(UriError::Malformed);
-    } else {
-        return Err(UriError::UnsupportedScheme);
+    let scheme = match scheme.len() {
+        3 if scheme.eq_ignore_ascii_case(b"sip") => Scheme::Sip,
+        4 if scheme.eq_ignore_ascii_case(b"sips") => Scheme::Sips,
+        3 if scheme.eq_ignore_ascii_case(b"tel") => Scheme::Tel,
+        0 => return Err(UriError::Malformed),
+        _ => return Err(UriError::UnsupportedScheme),
     };
     let raw = match scheme {
-        Scheme::Tel => &rest[..find_byte(b';', rest).unwrap_or(rest.len())],
+        Scheme::Tel => &rest[..rest.iter().position(|&b| b == b';').unwrap_or(rest.len())],
         Scheme::Sip | Scheme::Sips => {
             // `@` cannot appear unescaped outside the userinfo, so the first one ends it; the
             // host after it (an IPv6 reference with its colons included) is never looked at.
-            let at = find_byte(b'@', rest).ok_or(UriError::NoUser)?;
-            let userinfo = &rest[..at];
-            &userinfo[..find_byte(b':', userinfo).unwrap_or(userinfo.len())]
+            // The user ends at the first `:` (a password follows) before the `@`.
+            let mut user_end = None;
+            let mut at = None;
+            for (i, &b) in rest.iter().enumerate() {
+                match b {
+                    b'@' => {
+                        at = Some(i);
+                        break;
+                    }
+                    b':' if user_end.is_none() => user_end = Some(i),
+                    _ => {}
+                }
+            }
+            let at = at.ok_or(UriError::NoUser)?;
+            &rest[..user_end.unwrap_or(at)]
         }
     };
     if raw.is_empty() {
@@ -167,7 +188,8 @@ impl<'a> User<'a> {
         let raw = if tel {
             self.raw
         } else {
-            &self.raw[..find_byte(b';', self.raw).unwrap_or(self.raw.len())]
+            let params = self.raw.iter().position(|&b| b == b';');
+            &self.raw[..params.unwrap_or(self.raw.len())]
         };
         let empty = if tel {
             raw.iter().all(|&b| is_visual_separator(b))
@@ -210,7 +232,7 @@ impl<'a> Dn<'a> {
         if self.tel {
             self.raw.iter().any(|&b| is_visual_separator(b))
         } else {
-            find_byte(b'%', self.raw).is_some()
+            self.raw.contains(&b'%')
         }
     }
 
