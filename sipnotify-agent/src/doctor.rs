@@ -8,6 +8,8 @@
 //! bridge gets one HEAD request (never a POST: a probe must not reach the call logic); its
 //! certificate is verified and the verdict recorded while the handshake is allowed to
 //! complete, so one run reports both "does it answer" and "would the certificate verify".
+//! The probe is built from the sink's own pieces (`sink::tls` for the roots, verifier and
+//! certificate wording, `sink::http` for the client settings), so its verdict is `run`'s.
 //!
 //! Every check ends OK, WARN (works, but worth knowing) or FAIL (the agent will not work),
 //! and every WARN and FAIL carries a fix. Exit status: 0 unless a check failed.
@@ -16,7 +18,7 @@ use std::{
     fmt, fs, io,
     path::PathBuf,
     process::Command,
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -27,20 +29,15 @@ use aya::{
 };
 use clap::Args;
 use reqwest::StatusCode;
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-    client::{
-        WebPkiServerVerifier,
-        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    },
-    crypto::{CryptoProvider, WebPkiSupportedAlgorithms},
-    pki_types::{CertificateDer, ServerName, UnixTime},
-};
 
 use crate::{
     bpf::{self, KernelVersion, LoadError, MIN_KERNEL, ProgramSettings},
     cli::LogArgs,
-    sink::{DEFAULT_BRIDGE_URL, DeliveryArgs, SinkSettings, TlsSettings},
+    sink::{
+        DEFAULT_BRIDGE_URL, DeliveryArgs, SinkSettings, TlsSettings,
+        http::{self, error_chain},
+        tls,
+    },
 };
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
@@ -623,24 +620,34 @@ pub enum ProbeFailure {
     Other(String),
 }
 
-async fn probe_bridge(url: &reqwest::Url, tls: &TlsSettings, timeout: Duration) -> BridgeProbe {
+async fn probe_bridge(
+    url: &reqwest::Url,
+    settings: &TlsSettings,
+    timeout: Duration,
+) -> BridgeProbe {
     let started = Instant::now();
-    let verifier = Arc::new(RecordingVerifier::new(tls));
-    let client = client_config(Arc::clone(&verifier)).and_then(|config| {
-        reqwest::Client::builder()
-            .tls_backend_preconfigured(config)
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .user_agent(concat!(
-                "sipnotify-agent/",
-                env!("CARGO_PKG_VERSION"),
-                " doctor"
-            ))
-            .build()
-            .map_err(|e| error_chain(&e))
-    });
+    let provider = tls::provider();
+    // With --insecure the verdict is still worth knowing: verify against the system roots.
+    let extra_roots = match settings {
+        TlsSettings::Verify { extra_roots } => extra_roots.as_slice(),
+        TlsSettings::Insecure => &[],
+    };
+    // The sink's verifier, recording: the handshake completes either way, so the probe
+    // learns whether the bridge answers as well as whether its certificate would verify.
+    let verifier = tls::root_store(extra_roots)
+        .map(|roots| Arc::new(tls::Verifier::with_roots(&provider, roots).recording()));
+    let client = verifier
+        .as_ref()
+        .map_err(ToString::to_string)
+        .and_then(|verifier| {
+            let mut config =
+                tls::config_with_verifier(provider, verifier.clone()).map_err(|e| e.to_string())?;
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let user_agent = format!("{} doctor", http::USER_AGENT);
+            http::client_builder(config, timeout, &user_agent)
+                .build()
+                .map_err(|e| error_chain(&e))
+        });
     let reply = match client {
         Err(reason) => Err(ProbeFailure::Client(reason)),
         Ok(client) => match client.head(url.clone()).send().await {
@@ -650,21 +657,9 @@ async fn probe_bridge(url: &reqwest::Url, tls: &TlsSettings, timeout: Duration) 
     };
     BridgeProbe {
         reply,
-        verification: verifier.take(),
+        verification: verifier.ok().and_then(|verifier| verifier.take_verdict()),
         elapsed: started.elapsed(),
     }
-}
-
-fn client_config(verifier: Arc<RecordingVerifier>) -> Result<ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
 }
 
 fn classify_error(err: &reqwest::Error) -> ProbeFailure {
@@ -687,21 +682,6 @@ fn classify_error(err: &reqwest::Error) -> ProbeFailure {
         return ProbeFailure::Dns(chain);
     }
     ProbeFailure::Other(chain)
-}
-
-/// `error: cause: cause…` on one line, lowercase as the agent reports errors.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut current = error.source();
-    while let Some(e) = current {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        current = e.source();
-    }
-    text
 }
 
 /// Turns a probe into the `bridge` and `bridge tls` rows.
@@ -786,111 +766,11 @@ pub fn tls_check(verdict: &Result<(), rustls::Error>, insecure: bool) -> Check {
     }
 }
 
-/// A certificate problem in words.
+/// A certificate problem in words (the sink's wording, for a certificate error).
 pub fn describe_tls(err: &rustls::Error) -> String {
     match err {
-        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            "signed by an unknown certificate authority".to_owned()
-        }
-        rustls::Error::InvalidCertificate(cert) => {
-            let text = cert.to_string();
-            // rustls prints plain variants by name (`BadEncoding`): make them words.
-            if text.chars().all(char::is_alphanumeric) {
-                let mut words = String::new();
-                for (i, c) in text.chars().enumerate() {
-                    if c.is_uppercase() && i > 0 {
-                        words.push(' ');
-                    }
-                    words.extend(c.to_lowercase());
-                }
-                words
-            } else {
-                text
-            }
-        }
+        rustls::Error::InvalidCertificate(cert) => tls::describe(cert),
         other => other.to_string(),
-    }
-}
-
-/// Verifies the certificate as `run` would, records the verdict, and lets the handshake go
-/// on either way, so the probe also learns whether the bridge answers.
-#[derive(Debug)]
-struct RecordingVerifier {
-    /// `None` when no trusted root exists at all.
-    inner: Option<Arc<WebPkiServerVerifier>>,
-    algorithms: WebPkiSupportedAlgorithms,
-    verdict: Mutex<Option<Result<(), rustls::Error>>>,
-}
-
-impl RecordingVerifier {
-    fn new(tls: &TlsSettings) -> Self {
-        let provider: Arc<CryptoProvider> = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = RootCertStore::empty();
-        if let TlsSettings::Verify { extra_roots } = tls {
-            roots.add_parsable_certificates(extra_roots.iter().cloned());
-        }
-        // With --insecure the verdict is still worth knowing: verify against the system roots.
-        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-                .build()
-                .ok();
-        Self {
-            inner,
-            algorithms: provider.signature_verification_algorithms,
-            verdict: Mutex::new(None),
-        }
-    }
-
-    fn take(&self) -> Option<Result<(), rustls::Error>> {
-        self.verdict
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-    }
-}
-
-impl ServerCertVerifier for RecordingVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let verdict = match &self.inner {
-            Some(inner) => inner
-                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-                .map(drop),
-            None => Err(rustls::Error::InvalidCertificate(
-                CertificateError::UnknownIssuer,
-            )),
-        };
-        *self.verdict.lock().unwrap_or_else(PoisonError::into_inner) = Some(verdict);
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
     }
 }
 
@@ -935,6 +815,8 @@ pub fn render(checks: &[Check]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use rustls::CertificateError;
+
     use super::*;
 
     const STATUS: &str = "Name:\tsipnotify-agent\nCapInh:\t0000000000000000\nCapPrm:\t000001fffeffffff\nCapEff:\t000001fffeffffff\n";

@@ -4,14 +4,16 @@
 //! connection when the bridge offers h2), so requests in flight do not each pay a TLS
 //! handshake. Redirects are not followed: a redirected POST would become a GET and silently
 //! lose the body. Every reply body is read to the end so its connection goes back to the pool.
+//! `doctor` builds its HEAD probe's client with the same `client_builder`.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::{
-    Client, StatusCode, Url,
+    Client, ClientBuilder, StatusCode, Url,
     header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue},
 };
+use rustls::ClientConfig;
 
 use super::{
     BridgeSettings, SinkConfigError,
@@ -21,6 +23,9 @@ use super::{
 
 /// How much of a refusal's body goes into the log.
 const EXCERPT_CHARS: usize = 200;
+
+/// The `User-Agent` of the agent's requests.
+pub(crate) const USER_AGENT: &str = concat!("sipnotify-agent/", env!("CARGO_PKG_VERSION"));
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
@@ -119,18 +124,16 @@ impl HttpSink {
                 Ok::<_, SinkConfigError>(value)
             })
             .transpose()?;
-        let client = Client::builder()
-            .tls_backend_preconfigured(tls::client_config(&settings.tls)?)
-            .timeout(settings.request_timeout)
-            .connect_timeout(settings.request_timeout)
-            .pool_max_idle_per_host(max_in_flight)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .user_agent(concat!("sipnotify-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| client_error(error_chain(&e)))?;
+        let client = client_builder(
+            tls::client_config(&settings.tls)?,
+            settings.request_timeout,
+            USER_AGENT,
+        )
+        .pool_max_idle_per_host(max_in_flight)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| client_error(error_chain(&e)))?;
         Ok(Self {
             client,
             url: settings.url.clone(),
@@ -211,8 +214,25 @@ impl HttpSink {
     }
 }
 
+/// A client builder with what every request of the agent to the bridge needs: `tls`, `timeout`
+/// for the whole request and for connecting, no redirects, no proxy, and `user_agent`. The
+/// doctor's probe starts from it too, so it reaches the bridge the way `run` does.
+pub(crate) fn client_builder(
+    tls: ClientConfig,
+    timeout: Duration,
+    user_agent: &str,
+) -> ClientBuilder {
+    Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .user_agent(user_agent)
+}
+
 /// `error: cause: cause…`, the way the agent reports errors on one line.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut current = error.source();
     while let Some(e) = current {

@@ -10,10 +10,10 @@
 
 mod batch;
 mod driver;
-mod http;
+pub(crate) mod http;
 mod retry;
 mod stdout;
-mod tls;
+pub(crate) mod tls;
 
 use std::{
     fmt,

@@ -1,15 +1,24 @@
 //! The rustls client configuration for the bridge, and recognising certificate failures.
 //!
 //! Verification is on by default against the system roots plus `--ca-file`; `--insecure`
-//! swaps in a verifier that accepts any certificate (still checking handshake signatures, so
-//! the connection is encrypted, just not authenticated). A failed verification must reach the
+//! makes the verifier accept any certificate (still checking handshake signatures, so the
+//! connection is encrypted, just not authenticated). A failed verification must reach the
 //! operator as "pass --ca-file PEM or --insecure", so the error chain is searched for it.
+//!
+//! `doctor` builds its probe from the same pieces (`root_store`, a recording `Verifier`,
+//! `config_with_verifier`, `describe`), so it judges a certificate exactly as `run` would.
 
-use std::{error::Error as StdError, sync::Arc};
+use std::{
+    error::Error as StdError,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    client::{
+        WebPkiServerVerifier,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
     crypto::{CryptoProvider, WebPkiSupportedAlgorithms},
     pki_types::{CertificateDer, ServerName, UnixTime},
 };
@@ -28,78 +37,160 @@ pub(crate) fn client_config(settings: &TlsSettings) -> Result<ClientConfig, Sink
     let client_error = |e: rustls::Error| SinkConfigError::Client {
         reason: e.to_string(),
     };
-    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(client_error)?;
-    let mut config = match settings {
-        TlsSettings::Insecure => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified::new(&provider, false)))
-            .with_no_client_auth(),
+    let verifier = match settings {
+        TlsSettings::Insecure => Verifier::insecure(&provider),
         TlsSettings::Verify { extra_roots } => {
-            let mut roots = RootCertStore::empty();
-            for cert in extra_roots {
-                roots.add(cert.clone()).map_err(client_error)?;
-            }
-            // Unparsable system roots are skipped, as every TLS client does.
-            let native = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(native.certs);
+            let roots = root_store(extra_roots).map_err(client_error)?;
             if roots.is_empty() {
-                // Without any root nothing can be verified; fail each handshake with the
-                // same "untrusted" error (naming both remedies) instead of refusing to start,
-                // so the message is the one the operator will search for.
+                // Logged here rather than in `Verifier`: the doctor, which shares it, reports
+                // the outcome in its `bridge tls` row instead.
                 tracing::warn!(
                     "no system CA certificates found; the bridge certificate cannot be verified \
                      without --ca-file PEM (or --insecure)"
                 );
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(Unverified::new(&provider, true)))
-                    .with_no_client_auth()
-            } else {
-                builder.with_root_certificates(roots).with_no_client_auth()
             }
+            Verifier::with_roots(&provider, roots)
         }
     };
+    let mut config = config_with_verifier(provider, Arc::new(verifier)).map_err(client_error)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 
-/// A verifier that skips the certificate check (`--insecure`), or fails it with
-/// `UnknownIssuer` when there is no root at all. Handshake signatures are still verified.
-#[derive(Debug)]
-struct Unverified {
-    algorithms: WebPkiSupportedAlgorithms,
-    reject: bool,
+/// A client configuration (safe default protocol versions, no client certificate) that checks
+/// the server's certificate with `verifier`. ALPN is left empty for the caller to choose.
+pub(crate) fn config_with_verifier(
+    provider: Arc<CryptoProvider>,
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<ClientConfig, rustls::Error> {
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
 }
 
-impl Unverified {
-    fn new(provider: &CryptoProvider, reject: bool) -> Self {
+/// The trusted roots without `--insecure`: `extra_roots` (from `--ca-file`) plus the system's.
+/// An extra root that does not parse is an error; unparsable system roots are skipped, as
+/// every TLS client does.
+pub(crate) fn root_store(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<RootCertStore, rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    for cert in extra_roots {
+        roots.add(cert.clone())?;
+    }
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    Ok(roots)
+}
+
+/// The certificate verifier of every bridge connection, the agent's and the doctor's.
+///
+/// It judges the certificate by its `Trust`. Normally that verdict decides the handshake;
+/// a [`recording`](Self::recording) verifier (the doctor's) keeps the verdict instead and lets
+/// the handshake complete either way, so one probe learns both whether the bridge answers and
+/// whether its certificate would verify. Handshake signatures are always checked, so even an
+/// unverified connection is encrypted.
+#[derive(Debug)]
+pub(crate) struct Verifier {
+    trust: Trust,
+    algorithms: WebPkiSupportedAlgorithms,
+    /// `Some` when recording: the verdict of the last certificate, until taken.
+    verdict: Option<Mutex<Option<Result<(), rustls::Error>>>>,
+}
+
+/// What a certificate is checked against.
+#[derive(Debug)]
+enum Trust {
+    /// webpki, against the trusted roots.
+    Roots(Arc<WebPkiServerVerifier>),
+    /// There is no root at all: every certificate is untrusted (`UnknownIssuer`).
+    Nothing,
+    /// `--insecure`: every certificate is accepted.
+    Anything,
+}
+
+impl Verifier {
+    /// The verifier without `--insecure`: webpki against `roots`.
+    pub(crate) fn with_roots(provider: &Arc<CryptoProvider>, roots: RootCertStore) -> Self {
+        let trust = match WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(provider),
+        )
+        .build()
+        {
+            Ok(webpki) => Trust::Roots(webpki),
+            // Without CRLs the only failure is an empty store (`NoRootAnchors`). Without any
+            // root nothing can be verified; fail each handshake with the same "untrusted"
+            // error (naming both remedies) instead of refusing to start, so the message is
+            // the one the operator will search for.
+            Err(_) => Trust::Nothing,
+        };
+        Self::new(provider, trust)
+    }
+
+    /// The `--insecure` verifier: any certificate is accepted.
+    fn insecure(provider: &CryptoProvider) -> Self {
+        Self::new(provider, Trust::Anything)
+    }
+
+    fn new(provider: &CryptoProvider, trust: Trust) -> Self {
         Self {
+            trust,
             algorithms: provider.signature_verification_algorithms,
-            reject,
+            verdict: None,
         }
+    }
+
+    /// This verifier, recording its verdict (see [`Verifier::take_verdict`]) rather than
+    /// failing the handshake on it.
+    pub(crate) fn recording(self) -> Self {
+        Self {
+            verdict: Some(Mutex::new(None)),
+            ..self
+        }
+    }
+
+    /// The recorded verdict, if recording and a certificate has been checked since the last
+    /// call.
+    pub(crate) fn take_verdict(&self) -> Option<Result<(), rustls::Error>> {
+        self.verdict
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 }
 
-impl ServerCertVerifier for Unverified {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.reject {
-            Err(rustls::Error::InvalidCertificate(
+        let verdict = match &self.trust {
+            Trust::Roots(webpki) => webpki
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                .map(drop),
+            Trust::Nothing => Err(rustls::Error::InvalidCertificate(
                 CertificateError::UnknownIssuer,
-            ))
-        } else {
-            Ok(ServerCertVerified::assertion())
+            )),
+            Trust::Anything => Ok(()),
+        };
+        match &self.verdict {
+            Some(slot) => {
+                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(verdict);
+                Ok(ServerCertVerified::assertion())
+            }
+            None => verdict.map(|()| ServerCertVerified::assertion()),
         }
     }
 
+    // The same checks, with the same algorithms, as webpki's own verifier makes.
     fn verify_tls12_signature(
         &self,
         message: &[u8],
@@ -193,6 +284,30 @@ mod tests {
         );
         assert_eq!(describe(&CertificateError::BadEncoding), "bad encoding");
         assert_eq!(describe(&CertificateError::Expired), "expired");
+    }
+
+    #[test]
+    fn a_recording_verifier_keeps_the_verdict_and_lets_the_handshake_go_on() {
+        let provider = provider();
+        let cert = CertificateDer::from(vec![0u8; 4]);
+        let name = ServerName::try_from("bridge.example").unwrap();
+        let check = |verifier: &Verifier| {
+            verifier
+                .verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
+                .map(drop)
+        };
+        let untrusted = Err(rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer,
+        ));
+        // No root at all: untrusted, which fails the handshake unless recording.
+        let strict = Verifier::with_roots(&provider, RootCertStore::empty());
+        assert_eq!(check(&strict), untrusted);
+        assert_eq!(strict.take_verdict(), None);
+        let recording = Verifier::with_roots(&provider, RootCertStore::empty()).recording();
+        assert_eq!(check(&recording), Ok(()));
+        assert_eq!(recording.take_verdict(), Some(untrusted));
+        assert_eq!(recording.take_verdict(), None);
+        assert_eq!(check(&Verifier::insecure(&provider)), Ok(()));
     }
 
     #[test]
