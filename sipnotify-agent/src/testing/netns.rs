@@ -214,6 +214,11 @@ impl Agent {
         agent
     }
 
+    /// The agent's process id (`ip netns exec` replaces itself with the agent).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for a stderr line containing `needle`.
     pub fn wait_for_log(&mut self, needle: &str, timeout: std::time::Duration) {
         let deadline = std::time::Instant::now() + timeout;
