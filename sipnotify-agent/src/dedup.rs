@@ -11,7 +11,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::Arc,
+    hash::{BuildHasher as _, RandomState},
     time::{Duration, SystemTime},
 };
 
@@ -46,21 +46,29 @@ pub enum Verdict {
     Duplicate,
 }
 
-/// The identity of one SIP transaction as SIP Server re-sends it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct TransactionKey {
-    call_id: Box<str>,
-    cseq: u32,
-    branch: Option<Box<str>>,
-}
+/// The identity of one SIP transaction as SIP Server re-sends it: a 128-bit digest of
+/// (Call-ID, CSeq, top Via branch).
+///
+/// Storing the digest instead of the strings keeps an entry at a few dozen bytes (the table
+/// holds up to 65 536 of them) and costs no allocation per observation. The two halves come
+/// from SipHash with keys drawn at random per process, so a sender cannot craft Call-IDs that
+/// collide with another transaction's and suppress it; by chance, a collision among 65 536
+/// entries has a probability near 2⁻⁹⁶.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct TransactionKey(u64, u64);
 
-impl TransactionKey {
-    fn of(n: &Notification) -> Self {
-        Self {
-            call_id: n.call_id.as_str().into(),
-            cseq: n.cseq,
-            branch: n.via_branch.as_deref().map(Into::into),
-        }
+/// The two randomly keyed hash functions behind [`TransactionKey`].
+#[derive(Debug)]
+struct KeyHasher(RandomState, RandomState);
+
+impl KeyHasher {
+    fn new() -> Self {
+        Self(RandomState::new(), RandomState::new())
+    }
+
+    fn key(&self, n: &Notification) -> TransactionKey {
+        let identity = (n.call_id.as_str(), n.cseq, n.via_branch.as_deref());
+        TransactionKey(self.0.hash_one(identity), self.1.hash_one(identity))
     }
 }
 
@@ -76,10 +84,11 @@ struct Entry {
 #[derive(Debug)]
 pub struct Deduplicator {
     settings: DedupSettings,
-    entries: HashMap<Arc<TransactionKey>, Entry>,
+    hasher: KeyHasher,
+    entries: HashMap<TransactionKey, Entry>,
     /// Insertion order, which is time order up to small capture reordering; expiry and
     /// eviction pop from the front, so each observation costs O(1) amortized.
-    log: VecDeque<(SystemTime, u64, Arc<TransactionKey>)>,
+    log: VecDeque<(SystemTime, u64, TransactionKey)>,
     next_generation: u64,
     hits: u64,
     evictions: u64,
@@ -94,6 +103,7 @@ impl Deduplicator {
         };
         Self {
             settings,
+            hasher: KeyHasher::new(),
             entries: HashMap::new(),
             log: VecDeque::new(),
             next_generation: 0,
@@ -105,7 +115,7 @@ impl Deduplicator {
     /// Classifies `n`, captured at `now`, and remembers it when it is new.
     pub fn observe(&mut self, n: &Notification, now: SystemTime) -> Verdict {
         self.expire(now);
-        let key = TransactionKey::of(n);
+        let key = self.hasher.key(n);
         if let Some(entry) = self.entries.get(&key) {
             // A copy captured before the first one (reordering between CPUs) is a duplicate too.
             let age = now
@@ -126,9 +136,8 @@ impl Deduplicator {
         }
         let generation = self.next_generation;
         self.next_generation += 1;
-        let key = Arc::new(key);
         self.entries.insert(
-            Arc::clone(&key),
+            key,
             Entry {
                 first_seen: now,
                 generation,
@@ -190,10 +199,10 @@ impl Deduplicator {
         };
         let current = self
             .entries
-            .get(&*key)
+            .get(&key)
             .is_some_and(|entry| entry.generation == generation);
         if current {
-            self.entries.remove(&*key);
+            self.entries.remove(&key);
         }
         current
     }

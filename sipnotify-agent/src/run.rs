@@ -128,6 +128,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             }
         });
     }
+    tokio::spawn(telemetry::upkeep(recorder.clone(), stop_delivery.clone()));
     let attached = Arc::new(AtomicBool::new(true));
     if let Some(listener) = metrics_listener {
         let sources = Arc::new(telemetry::Sources {

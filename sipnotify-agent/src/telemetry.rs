@@ -60,6 +60,24 @@ pub fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
         .map_err(|e| TelemetryError::Recorder(e.to_string()))
 }
 
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds recorded samples into the exporter's buckets until `cancel` fires.
+///
+/// The exporter keeps every histogram sample until a render or an upkeep drains it; one
+/// latency sample per delivery would otherwise grow the agent's memory without bound on a host
+/// where nothing scrapes `/metrics` (measured: +25 MiB a minute at 20 k/s).
+pub async fn upkeep(handle: PrometheusHandle, cancel: CancellationToken) {
+    let mut ticker = tokio::time::interval(UPKEEP_EVERY);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ticker.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
 /// What the endpoint reads at scrape time.
 pub struct Sources {
     /// The recorder's renderer.

@@ -42,7 +42,9 @@ pub const TOKEN_ENV: &str = "SIPNOTIFY_BRIDGE_TOKEN";
 const DEFAULT_BATCH_MAX_EVENTS: usize = 500;
 const DEFAULT_BATCH_MAX_BYTES: usize = 1 << 20;
 const DEFAULT_MAX_IN_FLIGHT: usize = 64;
-const DEFAULT_QUEUE_CAPACITY: usize = 100_000;
+/// About 18 MiB at most (an owned notification is under 1 KiB); 200 s of a busy site's
+/// 100 NOTIFY/s while the bridge is down.
+const DEFAULT_QUEUE_CAPACITY: usize = 20_000;
 /// A body must hold at least one notification plus the array brackets.
 const MIN_BATCH_MAX_BYTES: usize = 256;
 
@@ -89,7 +91,7 @@ pub struct DeliveryArgs {
     pub batch_max_bytes: usize,
 
     /// Array mode: how long a batch waits for more notifications after its first one.
-    #[arg(long, value_name = "DURATION", default_value = "5ms", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = humantime::parse_duration)]
     pub batch_linger: Duration,
 
     /// The most requests awaiting the bridge's reply at once.
@@ -139,7 +141,7 @@ impl Default for DeliveryArgs {
             array_mode: false,
             batch_max_events: DEFAULT_BATCH_MAX_EVENTS,
             batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
-            batch_linger: Duration::from_millis(5),
+            batch_linger: Duration::from_millis(1),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             request_timeout: Duration::from_secs(5),
             max_age: Duration::from_secs(60),
