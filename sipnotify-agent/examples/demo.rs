@@ -20,8 +20,8 @@ use std::{
 };
 
 use sipnotify_agent::testing::{
-    BridgeOptions, TestBridge,
-    netns::{Agent, VethPair, metric},
+    BridgeOptions,
+    netns::{Agent, NamespacedBridge, VethPair, metric},
 };
 
 const CALLS: u32 = 12;
@@ -78,36 +78,16 @@ fn main() {
     println!("     SIP Server 10.200.0.1 (veth0)  <->  Asterisk host 10.200.0.2 (veth1)");
     let net = VethPair::new("demo");
 
-    let (runtime, bridge) = net.receiver.enter(|| {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let bridge = runtime
-            .block_on(TestBridge::start(BridgeOptions::default()))
-            .unwrap();
-        (runtime, bridge)
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("bridge-ca.pem");
-    bridge.write_ca_file(&ca).unwrap();
+    let stand_in = NamespacedBridge::start(&net.receiver, BridgeOptions::default(), "bridge");
+    let bridge = &stand_in.bridge;
     println!(
         "2. a local HTTPS bridge stand-in (self-signed): {}",
         bridge.url()
     );
 
-    let agent = Agent::start(
-        &agent_binary,
-        &net.receiver,
-        &[
-            "run",
-            "--iface",
-            "veth1",
-            "--port",
-            "5061",
-            "--bridge-url",
-            bridge.url(),
-            "--ca-file",
-            ca.to_str().unwrap(),
-        ],
-    );
+    let mut args = vec!["run", "--iface", "veth1", "--port", "5061"];
+    args.extend(stand_in.agent_args());
+    let agent = Agent::start(&agent_binary, &net.receiver, &args);
     println!("3. sipnotify-agent attached its XDP program to veth1 and is capturing UDP :5061");
 
     // Asterisk's socket: every datagram must still arrive, NOTIFY or not.
@@ -158,7 +138,7 @@ fn main() {
         }
     });
     let expected = u64::from(CALLS + CALLS.div_ceil(3));
-    let arrived = runtime.block_on(bridge.wait_for_acknowledged(expected, Duration::from_secs(10)));
+    let arrived = stand_in.wait_for(expected, Duration::from_secs(10));
     let elapsed = start.elapsed();
     let (_, metrics) = net.receiver.http_get("127.0.0.1:9464", "/metrics");
     agent.stop();

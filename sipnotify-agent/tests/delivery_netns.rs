@@ -12,58 +12,19 @@ use std::{
 };
 
 use pcap_file::pcap::PcapReader;
-use sipnotify_agent::testing::{BridgeOptions, TestBridge};
-use support::{NetNs, VethPair, call_id, call_uuid, genesys_notify, start_agent};
+use sipnotify_agent::testing::{BridgeOptions, TestBridge, netns::NamespacedBridge};
+use support::{VethPair, call_id, call_uuid, genesys_notify, start_agent};
 
-/// The bridge stand-in listening inside `ns` (its socket is created there), with its CA file.
-struct Bridge {
-    runtime: tokio::runtime::Runtime,
-    bridge: TestBridge,
-    _dir: tempfile::TempDir,
-    ca_file: String,
+/// The bridge stand-in in the receiver namespace, and the agent flags that reach it.
+fn bridge(net: &VethPair) -> NamespacedBridge {
+    NamespacedBridge::start(&net.receiver, BridgeOptions::default(), "test-bridge")
 }
 
-impl Bridge {
-    fn start(ns: &NetNs) -> Self {
-        // Threads inherit the namespace of the thread that creates them, so a runtime built
-        // inside the namespace keeps every socket the bridge opens there, including the
-        // listener it re-opens after an outage.
-        let (runtime, bridge) = ns.enter(|| {
-            let runtime = tokio::runtime::Runtime::new().unwrap();
-            let bridge = runtime
-                .block_on(TestBridge::start(BridgeOptions::default()))
-                .unwrap();
-            (runtime, bridge)
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("bridge-ca.pem");
-        bridge.write_ca_file(&ca).unwrap();
-        Self {
-            runtime,
-            bridge,
-            ca_file: ca.to_str().unwrap().to_owned(),
-            _dir: dir,
-        }
-    }
-
-    fn args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
-        let mut args = vec![
-            "run",
-            "--iface",
-            "veth1",
-            "--bridge-url",
-            self.bridge.url(),
-            "--ca-file",
-            &self.ca_file,
-        ];
-        args.extend_from_slice(extra);
-        args
-    }
-
-    fn wait_for(&self, count: u64, timeout: Duration) -> bool {
-        self.runtime
-            .block_on(self.bridge.wait_for_acknowledged(count, timeout))
-    }
+fn agent_args<'a>(bridge: &'a NamespacedBridge, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--iface", "veth1"];
+    args.extend(bridge.agent_args());
+    args.extend_from_slice(extra);
+    args
 }
 
 /// The UDP payloads of a pcap file's IPv4 UDP packets to port 5061.
@@ -93,8 +54,8 @@ fn the_retransmission_capture_yields_exactly_one_delivery() {
         return;
     }
     let net = VethPair::new("rtx");
-    let bridge = Bridge::start(&net.receiver);
-    let agent = start_agent(&net.receiver, &bridge.args(&[]));
+    let bridge = bridge(&net);
+    let agent = start_agent(&net.receiver, &agent_args(&bridge, &[]));
 
     // The whole call (INVITE, 100, 180, the NOTIFY nine times, CANCEL, 487, ACK) replayed
     // onto the wire; the retransmission gaps are compressed, all within the 32 s window.
@@ -172,8 +133,8 @@ fn ten_thousand_notifies_with_retransmissions_arrive_exactly_once() {
     }
     const COUNT: u32 = 10_000;
     let net = VethPair::new("10k");
-    let bridge = Bridge::start(&net.receiver);
-    let agent = start_agent(&net.receiver, &bridge.args(&[]));
+    let bridge = bridge(&net);
+    let agent = start_agent(&net.receiver, &agent_args(&bridge, &[]));
     send_stream(&net, 0..COUNT, 5_000);
     assert!(
         bridge.wait_for(u64::from(COUNT), Duration::from_secs(30)),
@@ -192,8 +153,8 @@ fn a_ten_second_bridge_outage_loses_nothing() {
     }
     const COUNT: u32 = 3_000;
     let net = VethPair::new("out");
-    let bridge = Bridge::start(&net.receiver);
-    let agent = start_agent(&net.receiver, &bridge.args(&["--retry-max", "1s"]));
+    let bridge = bridge(&net);
+    let agent = start_agent(&net.receiver, &agent_args(&bridge, &["--retry-max", "1s"]));
 
     // 15 s of traffic; the bridge refuses connections from second 3 to second 13.
     let outage = {

@@ -309,3 +309,69 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
+
+/// The HTTPS bridge stand-in listening inside a namespace, with its CA certificate written to
+/// a file for the agent's `--ca-file`.
+///
+/// Threads inherit the namespace of the thread that creates them, so the runtime is built
+/// inside the namespace: its workers, and every socket the bridge opens (including the
+/// listener it re-opens after a simulated outage), stay there.
+pub struct NamespacedBridge {
+    /// Serves the bridge.
+    pub runtime: tokio::runtime::Runtime,
+    /// The bridge.
+    pub bridge: super::TestBridge,
+    /// The CA certificate (PEM); removed on drop.
+    pub ca_file: String,
+}
+
+impl NamespacedBridge {
+    /// Starts the bridge in `ns`; its runtime's threads are named `thread_name`.
+    pub fn start(ns: &NetNs, options: super::BridgeOptions, thread_name: &str) -> Self {
+        let (runtime, bridge) = ns.enter(|| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name(thread_name)
+                .build()
+                .expect("a tokio runtime");
+            let bridge = runtime
+                .block_on(super::TestBridge::start(options))
+                .expect("start the bridge stand-in");
+            (runtime, bridge)
+        });
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ca = std::env::temp_dir().join(format!(
+            "sipnotify-bridge-ca-{}-{n}.pem",
+            std::process::id()
+        ));
+        bridge.write_ca_file(&ca).expect("write the CA file");
+        Self {
+            runtime,
+            bridge,
+            ca_file: ca.to_str().expect("a UTF-8 path").to_owned(),
+        }
+    }
+
+    /// The agent flags that point it at this bridge and trust its certificate.
+    pub fn agent_args(&self) -> [&str; 4] {
+        [
+            "--bridge-url",
+            self.bridge.url(),
+            "--ca-file",
+            &self.ca_file,
+        ]
+    }
+
+    /// Waits until `count` objects were acknowledged; false on timeout.
+    pub fn wait_for(&self, count: u64, timeout: std::time::Duration) -> bool {
+        self.runtime
+            .block_on(self.bridge.wait_for_acknowledged(count, timeout))
+    }
+}
+
+impl Drop for NamespacedBridge {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.ca_file);
+    }
+}
