@@ -234,6 +234,13 @@ pub struct UdpHeader {
     pub payload_len: u16,
 }
 
+/// Only the UDP destination port: the one field a packet for an unwatched port needs, read
+/// before the rest so RTP and other traffic pays for two bytes, not eight.
+#[inline(always)]
+pub fn udp_dst_port<F: Frame + ?Sized>(frame: &F, location: &UdpLocation) -> Option<u16> {
+    frame.load::<2>(location.udp_offset + 2).map(u16::from_be_bytes)
+}
+
 /// Reads the UDP header at `location`.
 #[inline(always)]
 pub fn udp_header<F: Frame + ?Sized>(frame: &F, location: &UdpLocation) -> Option<UdpHeader> {
@@ -315,6 +322,7 @@ mod tests {
             (4, 14, 34)
         );
         assert_eq!(location.payload_offset(), 42);
+        assert_eq!(udp_dst_port(frame.as_slice(), &location), Some(5061));
         assert_eq!(
             udp_header(frame.as_slice(), &location),
             Some(UdpHeader {

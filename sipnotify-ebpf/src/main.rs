@@ -125,12 +125,15 @@ fn inspect(ctx: &XdpContext) {
         Walk::Bail(Bail::BadIpHeader) => return count(Counter::BailBadIpHeader),
         Walk::Bail(Bail::ExtHeaderLimit) => return count(Counter::BailExtHeaderLimit),
     };
+    let Some(dst_port) = net::udp_dst_port(&packet, &location) else {
+        return count(Counter::BailShortHeader);
+    };
+    if !config_port_watched(dst_port) {
+        return;
+    }
     let Some(udp) = net::udp_header(&packet, &location) else {
         return count(Counter::BailShortHeader);
     };
-    if !config_port_watched(udp.dst_port) {
-        return;
-    }
     count(Counter::UdpWatched);
     if location.flags & sipnotify_common::FLAG_FIRST_FRAGMENT != 0 {
         count(Counter::FirstFragments);
