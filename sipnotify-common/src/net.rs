@@ -238,7 +238,9 @@ pub struct UdpHeader {
 /// before the rest so RTP and other traffic pays for two bytes, not eight.
 #[inline(always)]
 pub fn udp_dst_port<F: Frame + ?Sized>(frame: &F, location: &UdpLocation) -> Option<u16> {
-    frame.load::<2>(location.udp_offset + 2).map(u16::from_be_bytes)
+    frame
+        .load::<2>(location.udp_offset + 2)
+        .map(u16::from_be_bytes)
 }
 
 /// Reads the UDP header at `location`.
