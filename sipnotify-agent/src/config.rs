@@ -100,10 +100,16 @@ pub fn command() -> Command {
 
 /// Parses `args` (with argv[0]) under the precedence rules.
 pub fn parse(args: Vec<OsString>) -> Result<Parsed, clap::Error> {
-    // A first, lenient pass finds the subcommand, the config file and which values flags
-    // and the environment set; required flags may still come from the file.
-    let lenient = command().mut_subcommands(|sub| sub.mut_args(|arg| arg.required(false)));
-    let first = lenient.try_get_matches_from(&args)?;
+    // A first pass finds the subcommand, the config file and which values flags and the
+    // environment set. Required flags may still come from the file, so a missing one only
+    // makes it retry leniently; help and every other error are the strict command's.
+    let first = match command().try_get_matches_from(&args) {
+        Ok(matches) => matches,
+        Err(err) if err.kind() == clap::error::ErrorKind::MissingRequiredArgument => command()
+            .mut_subcommands(|sub| sub.mut_args(|arg| arg.required(false)))
+            .try_get_matches_from(&args)?,
+        Err(err) => return Err(err),
+    };
     let config_path = first.get_one::<PathBuf>("config").cloned().or_else(|| {
         Path::new(DEFAULT_CONFIG)
             .exists()
