@@ -7,27 +7,15 @@ mod support;
 
 use std::{
     path::Path,
-    process::{Command, Output},
+    process::Output,
 };
 
 use sipnotify_agent::testing::bridge::TestBridge;
 
 /// Runs `doctor ARGS…` with an empty config file and no SIPNOTIFY_* variables.
 fn doctor(args: &[&str]) -> Output {
-    let config = tempfile::NamedTempFile::new().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sipnotify-agent"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("SIPNOTIFY_") {
-            command.env_remove(key);
-        }
-    }
-    command
-        .arg("--config")
-        .arg(config.path())
-        .arg("doctor")
-        .args(args)
-        .output()
-        .unwrap()
+    let (mut command, _config) = support::isolated_agent();
+    command.arg("doctor").args(args).output().unwrap()
 }
 
 async fn doctor_async(args: Vec<String>) -> Output {

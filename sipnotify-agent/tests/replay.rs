@@ -4,10 +4,12 @@
 //!
 //! The corpus lives in `shared/corpus/pcaps`, beside the repository clone (here and in CI).
 
+mod support;
+
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Output,
     time::Duration,
 };
 
@@ -48,21 +50,8 @@ fn replay(file: &Path, extra: &[&str]) -> Output {
 
 /// Runs `replay FILE ARGS…` (no delivery flags added) with an empty config file.
 fn replay_with(file: &Path, args: &[&str]) -> Output {
-    let config = tempfile::NamedTempFile::new().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sipnotify-agent"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("SIPNOTIFY_") {
-            command.env_remove(key);
-        }
-    }
-    command
-        .arg("--config")
-        .arg(config.path())
-        .arg("replay")
-        .arg(file)
-        .args(args)
-        .output()
-        .unwrap()
+    let (mut command, _config) = support::isolated_agent();
+    command.arg("replay").arg(file).args(args).output().unwrap()
 }
 
 /// The JSON objects printed on stdout.
@@ -497,16 +486,8 @@ fn an_interrupt_while_the_bridge_is_down_ends_within_the_shutdown_timeout() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let config = tempfile::NamedTempFile::new().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sipnotify-agent"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("SIPNOTIFY_") {
-            command.env_remove(key);
-        }
-    }
+    let (mut command, _config) = support::isolated_agent();
     let child = command
-        .arg("--config")
-        .arg(config.path())
         .arg("replay")
         .arg(pcaps().join(RETRANSMISSIONS))
         .args(["--bridge-url", &format!("https://127.0.0.1:{port}/x")])

@@ -30,6 +30,21 @@ pub fn privileged(test: &str) -> bool {
 
 pub use sipnotify_agent::testing::netns::*;
 
+/// The agent binary with an empty config file and no `SIPNOTIFY_*` variables, so a test
+/// sees only the flags it passes (and not /etc/sipnotify or the caller's environment).
+/// Keep the returned file alive while the command runs.
+pub fn isolated_agent() -> (std::process::Command, tempfile::NamedTempFile) {
+    let config = tempfile::NamedTempFile::new().expect("a temporary config file");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sipnotify-agent"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SIPNOTIFY_") {
+            command.env_remove(key);
+        }
+    }
+    command.arg("--config").arg(config.path());
+    (command, config)
+}
+
 /// The agent under test in `ns`, started with `args`.
 pub fn start_agent(ns: &NetNs, args: &[&str]) -> Agent {
     Agent::start(env!("CARGO_BIN_EXE_sipnotify-agent"), ns, args)
