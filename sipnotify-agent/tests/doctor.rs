@@ -5,10 +5,7 @@
 
 mod support;
 
-use std::{
-    path::Path,
-    process::Output,
-};
+use std::{path::Path, process::Output};
 
 use sipnotify_agent::testing::bridge::TestBridge;
 
