@@ -16,9 +16,12 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 4;
 /// Every header the walk reads starts below this offset.
 pub const MAX_HEADER_OFFSET: usize = 1024;
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+/// Length of an Ethernet header without VLAN tags.
+pub const ETH_HLEN: usize = 14;
+/// EtherType of IPv4.
+pub const ETH_P_IPV4: u16 = 0x0800;
+/// EtherType of IPv6.
+pub const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_UDP: u8 = 17;

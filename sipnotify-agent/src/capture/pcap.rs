@@ -25,7 +25,7 @@ use pcap_file::{
 };
 use sipnotify_common::{
     EventHeader, FLAG_TRUNCATED, MAX_PAYLOAD, NOTIFY_PREFIX, SipConfig,
-    net::{self, Bail, Frame, Walk},
+    net::{self, Bail, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, Frame, Walk},
 };
 
 use super::Record;
@@ -37,9 +37,6 @@ pub const MAX_RECORD_BYTES: usize = 16 << 20;
 /// How much is read from the file at a time.
 const READ_CHUNK: usize = 256 << 10;
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
 /// Linux cooked capture v1: packet type, ARPHRD type, address length, 8 address bytes, protocol.
 const SLL_HLEN: usize = 16;
 /// Linux cooked capture v2: protocol, reserved, ifindex, ARPHRD type, packet type, address
