@@ -1,7 +1,7 @@
 //! Live capture throughput over a veth pair: frames carrying 600-byte NOTIFYs are sent as
-//! fast as AF_PACKET `sendmmsg` threads can (one per core by default, qdisc bypassed), captured by the real XDP
-//! program and drained from the ring buffer the way the agent does it (1 ms poll, no
-//! per-event wake-up). The frames are addressed to another MAC, so after XDP the receiving
+//! fast as AF_PACKET `sendmmsg` threads can (one per core by default, qdisc bypassed),
+//! captured by the real XDP program and drained from the ring buffer the way the agent does
+//! it (1 ms poll, no per-event wake-up). The frames are addressed to another MAC, so after XDP the receiving
 //! stack discards them at once: what is measured is the capture path, not UDP delivery.
 //! Reports the sender's own rate without XDP, then for each attach mode the sent and
 //! captured rates over 5 s and the ring-buffer losses. Needs root.
