@@ -10,6 +10,17 @@ use support::{NetNs, VethPair, start_agent};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_sipnotify-agent");
 
+/// The agent on the test's veth, without a metrics port that could collide with another.
+const RUN_ON_VETH1: &[&str] = &[
+    "run",
+    "--iface",
+    "veth1",
+    "--stdout",
+    "--no-bridge",
+    "--metrics-listen",
+    "off",
+];
+
 fn stderr_line(output: &Output) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr);
     stderr
@@ -51,19 +62,7 @@ fn an_interface_with_an_xdp_program_is_refused() {
         &net.receiver,
         &["run", "--iface", "veth1", "--stdout", "--no-bridge"],
     );
-    let second = run_in(
-        &net.receiver,
-        &[],
-        &[
-            "run",
-            "--iface",
-            "veth1",
-            "--stdout",
-            "--no-bridge",
-            "--metrics-listen",
-            "off",
-        ],
-    );
+    let second = run_in(&net.receiver, &[], RUN_ON_VETH1);
     assert_eq!(second.status.code(), Some(1), "{second:?}");
     assert_eq!(
         stderr_line(&second),
@@ -89,15 +88,7 @@ fn loading_without_privileges_says_which_capabilities_are_missing() {
             "--clear-groups",
             "--inh-caps=-all",
         ],
-        &[
-            "run",
-            "--iface",
-            "veth1",
-            "--stdout",
-            "--no-bridge",
-            "--metrics-listen",
-            "off",
-        ],
+        RUN_ON_VETH1,
     );
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert_eq!(

@@ -1067,28 +1067,19 @@ mod tests {
     #[test]
     fn find_byte_agrees_with_position() {
         let haystack: Vec<u8> = (0u8..=255).chain(0u8..40).collect();
-        for needle in [0u8, 1, 0x0a, 0x80, 0xff, 0x7f, 39] {
-            for start in 0..20 {
-                for end in start..haystack.len().min(start + 70) {
-                    let slice = &haystack[start..end];
-                    assert_eq!(
-                        find_byte_swar(needle, slice),
-                        slice.iter().position(|&b| b == needle),
-                        "swar {needle} {start}..{end}"
-                    );
-                }
-            }
-        }
-        let haystack: Vec<u8> = (0u8..=255).chain(0u8..40).collect();
-        for needle in [0u8, 1, 0x0a, 0x80, 0xff, 0x7f, 39] {
-            for start in 0..20 {
-                for end in start..haystack.len().min(start + 70) {
-                    let slice = &haystack[start..end];
-                    assert_eq!(
-                        find_byte(needle, slice),
-                        slice.iter().position(|&b| b == needle),
-                        "{needle} {start}..{end}"
-                    );
+        type Search = fn(u8, &[u8]) -> Option<usize>;
+        let searchers: [(&str, Search); 2] = [("swar", find_byte_swar), ("dispatch", find_byte)];
+        for (name, search) in searchers {
+            for needle in [0u8, 1, 0x0a, 0x80, 0xff, 0x7f, 39] {
+                for start in 0..20 {
+                    for end in start..haystack.len().min(start + 70) {
+                        let slice = &haystack[start..end];
+                        assert_eq!(
+                            search(needle, slice),
+                            slice.iter().position(|&b| b == needle),
+                            "{name} {needle} {start}..{end}"
+                        );
+                    }
                 }
             }
         }
