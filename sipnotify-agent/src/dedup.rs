@@ -66,9 +66,35 @@ impl KeyHasher {
         Self(RandomState::new(), RandomState::new())
     }
 
-    fn key(&self, n: &Notification) -> TransactionKey {
-        let identity = (n.call_id.as_str(), n.cseq, n.via_branch.as_deref());
+    fn key(&self, transaction: Transaction<'_>) -> TransactionKey {
+        let identity = (
+            transaction.call_id,
+            transaction.cseq,
+            transaction.via_branch,
+        );
         TransactionKey(self.0.hash_one(identity), self.1.hash_one(identity))
+    }
+}
+
+/// What identifies a transaction, borrowed: the pipeline builds it from the parsed bytes, so
+/// a retransmission is recognised before anything is copied or allocated for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transaction<'a> {
+    /// The Call-ID.
+    pub call_id: &'a [u8],
+    /// The CSeq number.
+    pub cseq: u32,
+    /// The top Via's branch parameter.
+    pub via_branch: Option<&'a [u8]>,
+}
+
+impl<'a> From<&'a Notification> for Transaction<'a> {
+    fn from(n: &'a Notification) -> Self {
+        Self {
+            call_id: n.call_id.as_bytes(),
+            cseq: n.cseq,
+            via_branch: n.via_branch.as_deref().map(str::as_bytes),
+        }
     }
 }
 
@@ -114,8 +140,17 @@ impl Deduplicator {
 
     /// Classifies `n`, captured at `now`, and remembers it when it is new.
     pub fn observe(&mut self, n: &Notification, now: SystemTime) -> Verdict {
+        self.observe_transaction(n.into(), now)
+    }
+
+    /// Classifies the transaction `transaction`, captured at `now`, and remembers it when new.
+    pub fn observe_transaction(
+        &mut self,
+        transaction: Transaction<'_>,
+        now: SystemTime,
+    ) -> Verdict {
         self.expire(now);
-        let key = self.hasher.key(n);
+        let key = self.hasher.key(transaction);
         if let Some(entry) = self.entries.get(&key) {
             // A copy captured before the first one (reordering between CPUs) is a duplicate too.
             let age = now

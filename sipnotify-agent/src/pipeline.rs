@@ -14,7 +14,7 @@ use metrics::Counter;
 
 use crate::{
     capture::{Record, RecordError},
-    dedup::{DedupSettings, Deduplicator, Verdict},
+    dedup::{DedupSettings, Deduplicator, Transaction, Verdict},
     event::Notification,
     queue::NotificationQueue,
     sip::{self, ParseError, ParseOptions},
@@ -186,17 +186,25 @@ impl Pipeline {
                 return Outcome::Rejected(err);
             }
         };
-        let notification: Notification =
-            notify.to_notification(&self.options, record.meta(captured_at, iface.cloned()));
+        // De-duplicate on the parsed bytes first: a retransmission costs no copy at all.
+        let transaction = Transaction {
+            call_id: notify.call_id,
+            cseq: notify.cseq,
+            via_branch: notify.via_branch,
+        };
         let verdict = match self.dedup.lock() {
-            Ok(mut dedup) => dedup.observe(&notification, captured_at),
+            Ok(mut dedup) => dedup.observe_transaction(transaction, captured_at),
             // A panic elsewhere while holding the lock cannot leave the table inconsistent
             // in a way that matters more than losing de-dup; keep delivering.
-            Err(poisoned) => poisoned.into_inner().observe(&notification, captured_at),
+            Err(poisoned) => poisoned
+                .into_inner()
+                .observe_transaction(transaction, captured_at),
         };
         if verdict == Verdict::Duplicate {
             return Outcome::Duplicate;
         }
+        let notification: Notification =
+            notify.to_notification(&self.options, record.meta(captured_at, iface.cloned()));
         self.metrics.accepted.increment(1);
         if self.log_sip {
             tracing::info!(
