@@ -15,6 +15,7 @@ pub mod error;
 pub mod event;
 pub mod pipeline;
 pub mod queue;
+pub mod reassembly;
 pub mod replay;
 pub mod run;
 pub mod sink;

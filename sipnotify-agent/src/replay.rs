@@ -8,6 +8,11 @@
 //! never dropped for age here (captures are old by nature), and reading waits while the queue
 //! is full instead of letting it drop the oldest: a replay must deliver everything it reads.
 //!
+//! IP fragments and TCP segments go through [`crate::reassembly`] (the same stage the live
+//! capture uses), so a NOTIFY fragmented over IPv4 or IPv6, or written to a TCP connection
+//! in pieces, is parsed whole; at the end of the file what still waits for a piece is given up
+//! and counted.
+//!
 //! A capture that breaks part-way still delivers what came before the break, then fails with
 //! the file and byte offset (exit 1). With the bridge down, delivery retries until it answers;
 //! SIGINT/SIGTERM stop reading and leave `--shutdown-timeout` to deliver what is queued.
@@ -32,10 +37,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    capture::pcap::{CaptureError, CaptureReader, Filter, Inspection, LinkType},
+    capture::{
+        Record,
+        pcap::{self, CaptureError, CaptureReader, Filter, Inspection, LinkType},
+    },
     cli::{self, LogArgs},
     pipeline::{Outcome, Pipeline, PipelineArgs},
     queue::NotificationQueue,
+    reassembly::{Reassembly, ReassemblySettings, ReassemblyStats},
     sink::{Delivery, DeliveryArgs, DeliveryReport, SinkSettings},
 };
 
@@ -149,9 +158,9 @@ pub struct ReplayStats {
     pub notifies: u64,
     /// NOTIFY records whose payload was cut short (snaplen, or beyond MAX_PAYLOAD).
     pub truncated: u64,
-    /// NOTIFY records from the first fragment of a fragmented datagram.
+    /// First fragments of fragmented NOTIFYs (reassembled before parsing).
     pub first_fragments: u64,
-    /// Non-first fragments, skipped.
+    /// Non-first IP fragments (reassembled).
     pub later_fragments: u64,
     /// Frames whose header walk gave up.
     pub bad_headers: u64,
@@ -163,6 +172,8 @@ pub struct ReplayStats {
     pub duplicates: u64,
     /// Records the parser or record decoder refused, by reason.
     pub rejects: BTreeMap<&'static str, u64>,
+    /// IP fragment and TCP reassembly.
+    pub reassembly: ReassemblyStats,
 }
 
 impl ReplayStats {
@@ -226,12 +237,24 @@ impl fmt::Display for ReplaySummary {
                 d.rejected, d.expired, d.undelivered
             )?;
         }
-        if s.truncated + s.first_fragments + s.later_fragments > 0 {
+        if s.truncated > 0 {
+            write!(f, "\n  incomplete: {} truncated NOTIFYs", s.truncated)?;
+        }
+        let r = &s.reassembly;
+        if r.fragmented_notifies + r.tcp.notifies > 0 {
             write!(
                 f,
-                "\n  incomplete: {} truncated NOTIFYs, {} first fragments, {} later fragments skipped",
-                s.truncated, s.first_fragments, s.later_fragments
+                "\n  reassembled: {} NOTIFYs from IP fragments, {} NOTIFYs over TCP",
+                r.fragmented_notifies, r.tcp.notifies
             )?;
+        }
+        let losses: Vec<String> = r
+            .losses()
+            .filter(|(_, n)| *n > 0)
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        if !losses.is_empty() {
+            write!(f, "\n  given up in reassembly: {}", losses.join(", "))?;
         }
         if s.bad_headers > 0 {
             write!(
@@ -323,6 +346,7 @@ pub async fn replay_to<W: AsyncWrite + Unpin + Send + 'static>(
     let signals = tokio::spawn(cancel_on_signal(interrupt.clone()));
     let job = ReadJob {
         filter: Filter::new(&args.ports),
+        ports: args.ports.clone(),
         pipeline,
         speed: args.speed,
         stop: interrupt.clone(),
@@ -464,6 +488,8 @@ fn progress_bar(size: u64) -> Option<indicatif::ProgressBar> {
 /// The reading side, run on a blocking thread: file I/O and real-time sleeps.
 struct ReadJob {
     filter: Filter,
+    /// The watched ports, for reassembly.
+    ports: Vec<u16>,
     pipeline: Pipeline,
     speed: Speed,
     stop: CancellationToken,
@@ -479,6 +505,8 @@ impl ReadJob {
         let mut unsupported_warned = false;
         // Real-time pacing: the first packet's capture time against the wall clock.
         let mut origin: Option<(Duration, Instant)> = None;
+        let mut last_timestamp = Duration::ZERO;
+        let mut reassembly = Reassembly::new(ReassemblySettings::default(), &self.ports);
         let error = loop {
             if self.stop.is_cancelled() || self.delivery_ended.load(Ordering::Acquire) {
                 break None;
@@ -489,31 +517,41 @@ impl ReadJob {
                 Err(err) => break Some(err),
             };
             stats.packets += 1;
+            last_timestamp = packet.timestamp;
             if self.speed == Speed::Realtime {
                 let (first, started) = *origin.get_or_insert((packet.timestamp, Instant::now()));
                 let due = started + packet.timestamp.saturating_sub(first);
                 self.sleep_until(due);
             }
+            // Fragments and TCP segments go to reassembly, which hands on the NOTIFYs they
+            // complete; everything else is decided here as the program decides it.
+            let mut reassemble = false;
             match self
                 .filter
                 .inspect(packet.link, packet.data, packet.timestamp)
             {
+                Inspection::Notify(record) if record.header.flags & FLAG_FIRST_FRAGMENT != 0 => {
+                    stats.udp_watched += 1;
+                    stats.first_fragments += 1;
+                    reassemble = true;
+                }
                 Inspection::Notify(record) => {
                     stats.udp_watched += 1;
                     stats.notifies += 1;
                     if record.header.flags & FLAG_TRUNCATED != 0 {
                         stats.truncated += 1;
                     }
-                    if record.header.flags & FLAG_FIRST_FRAGMENT != 0 {
-                        stats.first_fragments += 1;
-                    }
-                    self.wait_for_room();
-                    let captured_at = SystemTime::UNIX_EPOCH + packet.timestamp;
-                    stats.count_outcome(self.pipeline.handle(&record, captured_at, None));
+                    self.deliver(&mut stats, &record);
                 }
-                Inspection::NotNotify | Inspection::EmptyPayload => stats.udp_watched += 1,
-                Inspection::NotUdp | Inspection::OtherPort => {}
-                Inspection::LaterFragment => stats.later_fragments += 1,
+                Inspection::NotNotify | Inspection::EmptyPayload => {
+                    stats.udp_watched += 1;
+                    reassemble = true;
+                }
+                Inspection::NotUdp | Inspection::OtherPort => reassemble = true,
+                Inspection::LaterFragment => {
+                    stats.later_fragments += 1;
+                    reassemble = true;
+                }
                 Inspection::Bail(Bail::ShortHeader | Bail::BadIpHeader | Bail::ExtHeaderLimit) => {
                     stats.bad_headers += 1;
                 }
@@ -528,6 +566,14 @@ impl ReadJob {
                     *stats.unsupported_links.entry(code).or_default() += 1;
                 }
             }
+            if reassemble {
+                if let Some(l3) = pcap::layer3(packet.link, packet.data) {
+                    reassembly.push_ip(packet.timestamp, l3, &mut |record| {
+                        stats.notifies += 1;
+                        self.deliver(&mut stats, record);
+                    });
+                }
+            }
             if let Some(bar) = &self.progress {
                 if stats.packets % 1024 == 0 {
                     bar.set_position(reader.position());
@@ -535,10 +581,26 @@ impl ReadJob {
                 }
             }
         };
+        if error.is_none() {
+            // The capture is over: what is still waiting for a missing piece never comes.
+            reassembly.finish(last_timestamp, &mut |record| {
+                stats.notifies += 1;
+                self.deliver(&mut stats, record);
+            });
+        }
+        stats.reassembly = reassembly.stats();
+        reassembly.export_metrics();
         if let Some(bar) = &self.progress {
             bar.finish_and_clear();
         }
         (stats, error)
+    }
+
+    /// Hands one record to the pipeline, stamped with its capture time.
+    fn deliver(&self, stats: &mut ReplayStats, record: &Record<'_>) {
+        self.wait_for_room();
+        let captured_at = SystemTime::UNIX_EPOCH + Duration::from_nanos(record.header.timestamp_ns);
+        stats.count_outcome(self.pipeline.handle(record, captured_at, None));
     }
 
     /// Sleeps until `due`, in slices so a stop request is seen.
@@ -638,6 +700,8 @@ mod tests {
             later_fragments: 2,
             ..ReplayStats::default()
         };
+        stats.reassembly.fragments.incomplete = 2;
+        stats.reassembly.tcp.notifies = 3;
         stats.count_outcome(Outcome::Queued);
         stats.count_outcome(Outcome::Duplicate);
         stats.count_outcome(Outcome::Rejected(crate::sip::ParseError::NotNotify));
@@ -659,7 +723,14 @@ mod tests {
         );
         assert!(text.contains("rejected by reason: not_notify 1"), "{text}");
         assert!(text.contains("1 truncated NOTIFYs"), "{text}");
-        assert!(text.contains("2 later fragments skipped"), "{text}");
+        assert!(
+            text.contains("0 NOTIFYs from IP fragments, 3 NOTIFYs over TCP"),
+            "{text}"
+        );
+        assert!(
+            text.contains("given up in reassembly: fragment_incomplete 2"),
+            "{text}"
+        );
         assert!(
             text.contains("3 frames of unsupported link type 0 skipped"),
             "{text}"

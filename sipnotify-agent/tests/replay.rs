@@ -513,3 +513,96 @@ fn an_interrupt_while_the_bridge_is_down_ends_within_the_shutdown_timeout() {
         "{text}"
     );
 }
+
+/// `notify` grown past any Ethernet MTU by a padding header.
+fn big_notify(call: u32, dn: &str) -> Vec<u8> {
+    let small = String::from_utf8(notify(call, dn, &format!("z9hG4bK-{call}"))).unwrap();
+    let pad = format!("X-Pad: {}\r\nContent-Length: 0", "p".repeat(3000));
+    small.replace("Content-Length: 0", &pad).into_bytes()
+}
+
+/// A NOTIFY fragmented over IPv4 (fragments out of order, one repeated) and one over IPv6, a
+/// fragmented NOTIFY to an unwatched port, one missing a fragment, and two NOTIFYs written to
+/// a TCP connection in pieces (out of order, one retransmitted with an overlap): each
+/// watched, complete NOTIFY is delivered exactly once and the incomplete one is counted.
+#[test]
+fn fragmented_and_tcp_notifies_are_reassembled_and_delivered_once() {
+    use sipnotify_agent::reassembly::frames::{
+        ethernet, ipv4, ipv4_fragments, ipv6_fragments, tcp, udp,
+    };
+    let t = |ms: u64| Duration::from_millis(1_700_000_000_000 + ms);
+    let mut frames = Vec::new();
+    let v4 = ipv4_fragments(
+        77,
+        17,
+        &udp(5060, 5061, &big_notify(11, "1011")),
+        &[1480, 2960],
+    );
+    for i in [2, 0, 0, 1] {
+        frames.push(ethernet(&v4[i]));
+    }
+    let v6 = ipv6_fragments(
+        78,
+        17,
+        &udp(5060, 5061, &big_notify(12, "1012")),
+        &[1232, 2464],
+    );
+    for i in [1, 2, 0] {
+        frames.push(ethernet(&v6[i]));
+    }
+    let other = ipv4_fragments(79, 17, &udp(5060, 5062, &big_notify(19, "1019")), &[1480]);
+    frames.extend(other.iter().map(|p| ethernet(p)));
+    let lost = ipv4_fragments(
+        80,
+        17,
+        &udp(5060, 5061, &big_notify(20, "1020")),
+        &[1480, 2960],
+    );
+    frames.extend([&lost[0], &lost[2]].map(|p| ethernet(p)));
+
+    let stream = [notify(13, "1013", "z9hG4bK-13"), big_notify(14, "1014")].concat();
+    let isn = 4_000_000_000u32;
+    let seg = |from: usize, to: usize| {
+        let seq = isn.wrapping_add(1).wrapping_add(from as u32);
+        ethernet(&ipv4(
+            6,
+            &tcp(40_000, 5061, seq, false, false, &stream[from..to]),
+        ))
+    };
+    frames.push(ethernet(&ipv4(
+        6,
+        &tcp(40_000, 5061, isn, true, false, &[]),
+    )));
+    for (from, to) in [
+        (0, 100),
+        (300, 1400),
+        (50, 350),
+        (1400, 2900),
+        (2900, stream.len()),
+    ] {
+        frames.push(seg(from, to));
+    }
+    let frames: Vec<(Duration, Vec<u8>)> = frames
+        .into_iter()
+        .enumerate()
+        .map(|(i, frame)| (t(i as u64), frame))
+        .collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pieces.pcap");
+    write_pcap(&path, DataLink::ETHERNET, &frames);
+    let output = replay(&path, &[]);
+    let log = stderr(&output);
+    assert!(output.status.success(), "{log}");
+    let mut delivered = dns_and_calls(&objects(&output));
+    delivered.sort();
+    let expected: Vec<(String, String)> = [11, 12, 13, 14]
+        .map(|n| (format!("10{n}"), format!("call-{n}@192.168.210.81")))
+        .into();
+    assert_eq!(delivered, expected, "{log}");
+    assert!(
+        log.contains("reassembled: 2 NOTIFYs from IP fragments, 2 NOTIFYs over TCP"),
+        "{log}"
+    );
+    assert!(log.contains("fragment_incomplete 1"), "{log}");
+}

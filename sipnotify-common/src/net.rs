@@ -22,13 +22,24 @@ pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IPV4: u16 = 0x0800;
 /// EtherType of IPv6.
 pub const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const IPPROTO_UDP: u8 = 17;
-const IPV6_HOPOPTS: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
-const IPV6_DSTOPTS: u8 = 60;
+/// EtherType of an 802.1Q VLAN tag.
+pub const ETH_P_8021Q: u16 = 0x8100;
+/// EtherType of an 802.1ad (QinQ) service tag.
+pub const ETH_P_8021AD: u16 = 0x88a8;
+/// IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const IPPROTO_UDP: u8 = 17;
+/// IPv6 hop-by-hop options header.
+pub const IPV6_HOPOPTS: u8 = 0;
+/// IPv6 routing header.
+pub const IPV6_ROUTING: u8 = 43;
+/// IPv6 fragment header.
+pub const IPV6_FRAGMENT: u8 = 44;
+/// IPv6 authentication header.
+pub const IPV6_AH: u8 = 51;
+/// IPv6 destination options header.
+pub const IPV6_DSTOPTS: u8 = 60;
 const IPV6_HLEN: usize = 40;
 const UDP_HLEN: usize = 8;
 

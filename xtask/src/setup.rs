@@ -137,7 +137,8 @@ fn ensure_packages() -> Result<()> {
     run("apt-get", &args, &[])
 }
 
-/// Runs the parser's fuzz target for a few seconds when cargo-fuzz is available.
+/// Runs each fuzz target (the SIP parser, the reassemblers) for a few seconds when cargo-fuzz
+/// is available.
 pub(crate) fn fuzz_smoke(root: &Path) -> Result<()> {
     let fuzz = root.join("fuzz");
     if !fuzz.join("Cargo.toml").exists() {
@@ -146,26 +147,28 @@ pub(crate) fn fuzz_smoke(root: &Path) -> Result<()> {
     if output("cargo", &["fuzz", "--version"]).is_err() {
         run("cargo", &["install", "cargo-fuzz", "--locked"], &[])?;
     }
-    let status = Command::new("rustup")
-        .args([
-            "run",
-            "nightly",
-            "cargo",
-            "fuzz",
-            "run",
-            "parse",
-            "--",
-            "-max_total_time=20",
-        ])
-        .current_dir(root)
-        .env("PATH", path_with_cargo_bin())
-        // The parser needs no XDP object; skipping it saves a BPF build under sanitizers.
-        .env_remove("SIPNOTIFY_REQUIRE_EBPF")
-        .env("SIPNOTIFY_SKIP_EBPF", "1")
-        .status()
-        .context("cannot run cargo fuzz")?;
-    if !status.success() {
-        bail!("the fuzz smoke run failed with {status}");
+    for target in ["parse", "reassembly"] {
+        let status = Command::new("rustup")
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "fuzz",
+                "run",
+                target,
+                "--",
+                "-max_total_time=20",
+            ])
+            .current_dir(root)
+            .env("PATH", path_with_cargo_bin())
+            // The targets need no XDP object; skipping it saves a BPF build under sanitizers.
+            .env_remove("SIPNOTIFY_REQUIRE_EBPF")
+            .env("SIPNOTIFY_SKIP_EBPF", "1")
+            .status()
+            .context("cannot run cargo fuzz")?;
+        if !status.success() {
+            bail!("the fuzz smoke run of `{target}` failed with {status}");
+        }
     }
     Ok(())
 }

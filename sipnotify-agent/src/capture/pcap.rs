@@ -734,6 +734,26 @@ impl Filter {
     }
 }
 
+/// The layer-3 bytes of a captured frame (from its IPv4 or IPv6 header), past the link header
+/// and up to [`net::MAX_VLAN_TAGS`] VLAN tags; `None` for anything else. Reassembly reads
+/// fragments and TCP segments from here.
+pub fn layer3(link: LinkType, data: &[u8]) -> Option<&[u8]> {
+    let frame = LinkFrame::new(link, data).ok()?;
+    let mut offset = ETH_HLEN - 2;
+    let mut ethertype = u16::from_be_bytes(frame.load::<2>(offset)?);
+    for _ in 0..net::MAX_VLAN_TAGS {
+        if ethertype != net::ETH_P_8021Q && ethertype != net::ETH_P_8021AD {
+            break;
+        }
+        offset += 4;
+        ethertype = u16::from_be_bytes(frame.load::<2>(offset)?);
+    }
+    if ethertype != ETH_P_IPV4 && ethertype != ETH_P_IPV6 {
+        return None;
+    }
+    Some(frame.tail(offset + 2))
+}
+
 /// A frame as the header walk expects it: an Ethernet frame as captured, or the layer-3
 /// bytes of another link type behind a synthesised Ethernet header carrying its protocol.
 struct LinkFrame<'a> {

@@ -1,0 +1,247 @@
+//! Reassembly of what reaches the agent in pieces: IP fragments ([`fragment`]) and SIP
+//! messages carried over TCP ([`tcp`]), joined by [`Reassembly`] into the records the
+//! pipeline takes.
+//!
+//! Both reassemblers are plain, synchronous state machines driven by the caller's clock
+//! (capture time in `replay`, monotonic time live), bounded in memory, and they count every
+//! piece they give up by reason. Neither panics on hostile input: the fuzz target
+//! `fuzz/fuzz_targets/reassembly.rs` holds them to that.
+
+pub mod fragment;
+#[cfg(feature = "test-bridge")]
+pub mod frames;
+pub mod tcp;
+
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+
+use sipnotify_common::{
+    EventHeader, NOTIFY_PREFIX, SipConfig,
+    net::{IPPROTO_TCP, IPPROTO_UDP},
+};
+
+use crate::capture::Record;
+use fragment::{FragmentReassembler, FragmentSettings, FragmentStats, IpPacket};
+use tcp::{FlowKey, TcpReassembler, TcpSettings, TcpStats};
+
+/// One counted outcome: a metric label and its value.
+pub type Count = (&'static str, u64);
+
+/// Settings of both reassemblers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReassemblySettings {
+    /// IP fragments.
+    pub fragments: FragmentSettings,
+    /// SIP over TCP.
+    pub tcp: TcpSettings,
+}
+
+/// What reassembly did, for the summary and the metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReassemblyStats {
+    /// Fragment outcomes.
+    pub fragments: FragmentStats,
+    /// TCP outcomes.
+    pub tcp: TcpStats,
+    /// Reassembled UDP datagrams that carried a NOTIFY to a watched port.
+    pub fragmented_notifies: u64,
+    /// IP packets or TCP headers that could not be read, by reason.
+    pub unreadable: BTreeMap<&'static str, u64>,
+}
+
+impl ReassemblyStats {
+    /// Everything given up, by reason (metric labels), zeros included.
+    pub fn losses(&self) -> impl Iterator<Item = Count> + '_ {
+        self.fragments
+            .losses()
+            .into_iter()
+            .chain(self.tcp.losses())
+            .chain(self.unreadable.iter().map(|(r, n)| (*r, *n)))
+    }
+}
+
+/// Turns IP fragments and TCP segments into NOTIFY records.
+pub struct Reassembly {
+    ports: Box<SipConfig>,
+    fragments: FragmentReassembler,
+    tcp: TcpReassembler,
+    fragmented_notifies: u64,
+    unreadable: BTreeMap<&'static str, u64>,
+}
+
+impl Reassembly {
+    /// Reassembles for the watched `ports` (TCP and UDP destination ports).
+    pub fn new(settings: ReassemblySettings, ports: &[u16]) -> Self {
+        let mut config = Box::new(SipConfig::empty());
+        for &port in ports {
+            config.watch(port);
+        }
+        Self {
+            ports: config,
+            fragments: FragmentReassembler::new(settings.fragments),
+            tcp: TcpReassembler::new(settings.tcp),
+            fragmented_notifies: 0,
+            unreadable: BTreeMap::new(),
+        }
+    }
+
+    /// Feeds one IP packet (`l3` starts at its IP header), received at `now`: a fragment of
+    /// any datagram, or a TCP segment (segments to unwatched ports are ignored; whole UDP
+    /// datagrams are the capture decision's, not this stage's). Every NOTIFY this completes
+    /// goes to `deliver`.
+    pub fn push_ip(&mut self, now: Duration, l3: &[u8], deliver: &mut impl FnMut(&Record<'_>)) {
+        match fragment::parse_ip(l3) {
+            Ok(IpPacket::Fragment(piece)) => {
+                if let Some(datagram) = self.fragments.push(now, piece) {
+                    let key = datagram.key;
+                    self.upper_layer(
+                        now,
+                        key.src,
+                        key.dst,
+                        key.protocol,
+                        &datagram.payload,
+                        deliver,
+                    );
+                }
+            }
+            Ok(IpPacket::Whole {
+                src,
+                dst,
+                protocol: IPPROTO_TCP,
+                payload,
+            }) => self.upper_layer(now, src, dst, IPPROTO_TCP, payload, deliver),
+            Ok(IpPacket::Whole { .. }) => {}
+            Err(err) => *self.unreadable.entry(err.reason()).or_default() += 1,
+        }
+    }
+
+    /// Closes what timed out (fragments and idle flows) at `now`.
+    pub fn expire(&mut self, now: Duration, deliver: &mut impl FnMut(&Record<'_>)) {
+        self.fragments.expire(now);
+        self.tcp.expire(now, &mut |key, message| {
+            deliver(&tcp_record(now, key, message))
+        });
+    }
+
+    /// Gives up every open gap and flow (the capture ended at `now`), handing on the NOTIFYs
+    /// that complete, and counts the incomplete datagrams.
+    pub fn finish(&mut self, now: Duration, deliver: &mut impl FnMut(&Record<'_>)) {
+        self.tcp
+            .finish(&mut |key, message| deliver(&tcp_record(now, key, message)));
+        self.fragments.expire(Duration::MAX);
+    }
+
+    /// The outcomes so far.
+    pub fn stats(&self) -> ReassemblyStats {
+        ReassemblyStats {
+            fragments: self.fragments.stats().clone(),
+            tcp: self.tcp.stats().clone(),
+            fragmented_notifies: self.fragmented_notifies,
+            unreadable: self.unreadable.clone(),
+        }
+    }
+
+    /// Memory held by both reassemblers.
+    pub fn memory(&self) -> usize {
+        self.fragments.memory() + self.tcp.memory()
+    }
+
+    /// Publishes the counters as metrics (`sipnotify_reassembly_lost_total{reason}` and the
+    /// totals of what was put together).
+    pub fn export_metrics(&self) {
+        let stats = self.stats();
+        for (reason, n) in stats.losses() {
+            metrics::counter!("sipnotify_reassembly_lost_total", "reason" => reason).absolute(n);
+        }
+        metrics::counter!("sipnotify_reassembled_total", "kind" => "ip_fragments")
+            .absolute(stats.fragments.reassembled);
+        metrics::counter!("sipnotify_reassembled_total", "kind" => "tcp_notify")
+            .absolute(stats.tcp.notifies);
+        metrics::gauge!("sipnotify_reassembly_memory_bytes").set(self.memory() as f64);
+    }
+
+    fn upper_layer(
+        &mut self,
+        now: Duration,
+        src: IpAddr,
+        dst: IpAddr,
+        protocol: u8,
+        l4: &[u8],
+        deliver: &mut impl FnMut(&Record<'_>),
+    ) {
+        match protocol {
+            IPPROTO_UDP => {
+                let Some(header) = l4.get(..8) else {
+                    *self.unreadable.entry("udp_short_header").or_default() += 1;
+                    return;
+                };
+                let dst_port = u16::from_be_bytes([header[2], header[3]]);
+                let claimed = usize::from(u16::from_be_bytes([header[4], header[5]]));
+                let payload = &l4[8..claimed.clamp(8, l4.len())];
+                if !self.ports.is_watched(dst_port) || !payload.starts_with(NOTIFY_PREFIX) {
+                    return;
+                }
+                self.fragmented_notifies += 1;
+                let mut header = record_header(now, src, dst, payload.len());
+                header.src_port = u16::from_be_bytes([l4[0], l4[1]]);
+                header.dst_port = dst_port;
+                deliver(&Record { header, payload });
+            }
+            IPPROTO_TCP => {
+                let segment = match tcp::parse_segment(src, dst, l4) {
+                    Ok(segment) => segment,
+                    Err(err) => {
+                        *self.unreadable.entry(err.reason()).or_default() += 1;
+                        return;
+                    }
+                };
+                if !self.ports.is_watched(segment.key.dst.port()) {
+                    return;
+                }
+                self.tcp.push(now, segment, &mut |key, message| {
+                    deliver(&tcp_record(now, key, message));
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+fn tcp_record<'a>(now: Duration, key: &FlowKey, message: &'a [u8]) -> Record<'a> {
+    let mut header = record_header(now, key.src.ip(), key.dst.ip(), message.len());
+    header.src_port = key.src.port();
+    header.dst_port = key.dst.port();
+    Record {
+        header,
+        payload: message,
+    }
+}
+
+/// The record header of a reassembled payload (ports filled in by the caller).
+fn record_header(now: Duration, src: IpAddr, dst: IpAddr, len: usize) -> EventHeader {
+    let (ip_version, src_addr, dst_addr) = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+            a[..4].copy_from_slice(&s.octets());
+            b[..4].copy_from_slice(&d.octets());
+            (4, a, b)
+        }
+        (s, d) => (6, v6_octets(s), v6_octets(d)),
+    };
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    EventHeader {
+        timestamp_ns: u64::try_from(now.as_nanos()).unwrap_or(u64::MAX),
+        payload_len: len,
+        captured_len: len,
+        ip_version,
+        src_addr,
+        dst_addr,
+        ..EventHeader::default()
+    }
+}
+
+fn v6_octets(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
