@@ -31,7 +31,7 @@ use std::{
 };
 
 use clap::Args;
-use sipnotify_common::{FLAG_FIRST_FRAGMENT, FLAG_TRUNCATED, net::Bail};
+use sipnotify_common::{Counter, CounterSet, FLAG_FIRST_FRAGMENT, decide::Skip};
 use tokio::{io::AsyncWrite, signal::unix::SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -152,18 +152,11 @@ impl ReplayError {
 pub struct ReplayStats {
     /// Frames read from the file.
     pub packets: u64,
-    /// UDP datagrams (or first fragments) to a watched port.
-    pub udp_watched: u64,
-    /// Of those, payloads starting with `NOTIFY `: the records the program would copy.
+    /// NOTIFY records handed to the parser: whole datagrams, and reassembled ones.
     pub notifies: u64,
-    /// NOTIFY records whose payload was cut short (snaplen, or beyond MAX_PAYLOAD).
-    pub truncated: u64,
-    /// First fragments of fragmented NOTIFYs (reassembled before parsing).
-    pub first_fragments: u64,
-    /// Non-first IP fragments (reassembled).
-    pub later_fragments: u64,
-    /// Frames whose header walk gave up.
-    pub bad_headers: u64,
+    /// What the XDP program's counters would say about these frames (the same decision,
+    /// counted the same way): NOTIFYs matched, truncated, fragments, TLS records, …
+    pub capture: CounterSet,
     /// Frames of a link type that is not decoded, by link type number.
     pub unsupported_links: BTreeMap<u32, u64>,
     /// Queued for delivery.
@@ -237,8 +230,13 @@ impl fmt::Display for ReplaySummary {
                 d.rejected, d.expired, d.undelivered
             )?;
         }
-        if s.truncated > 0 {
-            write!(f, "\n  incomplete: {} truncated NOTIFYs", s.truncated)?;
+        let c = &s.capture;
+        if c.get(Counter::Truncated) > 0 {
+            write!(
+                f,
+                "\n  incomplete: {} truncated NOTIFYs",
+                c.get(Counter::Truncated)
+            )?;
         }
         let r = &s.reassembly;
         if r.fragmented_notifies + r.tcp.notifies > 0 {
@@ -256,11 +254,20 @@ impl fmt::Display for ReplaySummary {
         if !losses.is_empty() {
             write!(f, "\n  given up in reassembly: {}", losses.join(", "))?;
         }
-        if s.bad_headers > 0 {
+        let bad_headers = c.get(Counter::BailShortHeader)
+            + c.get(Counter::BailBadIpHeader)
+            + c.get(Counter::BailExtHeaderLimit);
+        if bad_headers > 0 {
             write!(
                 f,
-                "\n  {} frames with unreadable headers skipped",
-                s.bad_headers
+                "\n  {bad_headers} frames with unreadable headers skipped"
+            )?;
+        }
+        let tls = c.get(Counter::TlsRecord) + c.get(Counter::DtlsRecord);
+        if tls > 0 {
+            write!(
+                f,
+                "\n  {tls} packets to a watched port start like TLS or DTLS records: sipnotify can only read plaintext SIP"
             )?;
         }
         for (code, n) in &s.unsupported_links {
@@ -500,7 +507,7 @@ struct ReadJob {
 impl ReadJob {
     /// Reads to the end, a stop request, or a broken record; returns the counts and the
     /// error that ended reading early, if any.
-    fn run(self, mut reader: CaptureReader<File>) -> (ReplayStats, Option<CaptureError>) {
+    fn run(mut self, mut reader: CaptureReader<File>) -> (ReplayStats, Option<CaptureError>) {
         let mut stats = ReplayStats::default();
         let mut unsupported_warned = false;
         // Real-time pacing: the first packet's capture time against the wall clock.
@@ -530,31 +537,16 @@ impl ReadJob {
                 .filter
                 .inspect(packet.link, packet.data, packet.timestamp)
             {
+                // Counted by the filter, as the program counts them.
                 Inspection::Notify(record) if record.header.flags & FLAG_FIRST_FRAGMENT != 0 => {
-                    stats.udp_watched += 1;
-                    stats.first_fragments += 1;
                     reassemble = true;
                 }
                 Inspection::Notify(record) => {
-                    stats.udp_watched += 1;
                     stats.notifies += 1;
-                    if record.header.flags & FLAG_TRUNCATED != 0 {
-                        stats.truncated += 1;
-                    }
                     self.deliver(&mut stats, &record);
                 }
-                Inspection::NotNotify | Inspection::EmptyPayload => {
-                    stats.udp_watched += 1;
-                    reassemble = true;
-                }
-                Inspection::NotUdp | Inspection::OtherPort => reassemble = true,
-                Inspection::LaterFragment => {
-                    stats.later_fragments += 1;
-                    reassemble = true;
-                }
-                Inspection::Bail(Bail::ShortHeader | Bail::BadIpHeader | Bail::ExtHeaderLimit) => {
-                    stats.bad_headers += 1;
-                }
+                Inspection::Skip(Skip::Bail(_)) => {}
+                Inspection::Skip(_) => reassemble = true,
                 Inspection::UnsupportedLink(code) => {
                     if !unsupported_warned {
                         unsupported_warned = true;
@@ -589,6 +581,7 @@ impl ReadJob {
             });
         }
         stats.reassembly = reassembly.stats();
+        stats.capture = *self.filter.counts();
         reassembly.export_metrics();
         if let Some(bar) = &self.progress {
             bar.finish_and_clear();
@@ -694,12 +687,18 @@ mod tests {
     fn the_summary_names_every_loss() {
         let mut stats = ReplayStats {
             packets: 17,
-            udp_watched: 10,
             notifies: 9,
-            truncated: 1,
-            later_fragments: 2,
             ..ReplayStats::default()
         };
+        for (counter, n) in [
+            (Counter::UdpWatched, 10),
+            (Counter::NotifyMatched, 9),
+            (Counter::Truncated, 1),
+            (Counter::LaterFragments, 2),
+            (Counter::TlsRecord, 4),
+        ] {
+            stats.capture.values[counter as usize] = n;
+        }
         stats.reassembly.fragments.incomplete = 2;
         stats.reassembly.tcp.notifies = 3;
         stats.count_outcome(Outcome::Queued);
@@ -723,6 +722,10 @@ mod tests {
         );
         assert!(text.contains("rejected by reason: not_notify 1"), "{text}");
         assert!(text.contains("1 truncated NOTIFYs"), "{text}");
+        assert!(
+            text.contains("4 packets to a watched port start like TLS"),
+            "{text}"
+        );
         assert!(
             text.contains("0 NOTIFYs from IP fragments, 3 NOTIFYs over TCP"),
             "{text}"

@@ -107,7 +107,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             ..
         } = bpf::attach(iface, args.xdp_mode, &settings)?;
         guards.push(guard);
-        kernel_stats.push((iface.clone(), stats));
+        kernel_stats.push((iface.clone(), telemetry::CaptureCounters::Xdp(stats)));
         if let Some(logger) = logger {
             readers.spawn(live::forward_program_log(logger, stop_reading.clone()));
         }

@@ -19,12 +19,42 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sipnotify_common::Counter;
+use sipnotify_common::{Counter, CounterSet};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::{bpf::KernelStats, queue::NotificationQueue, sink::BridgeHealth};
+use crate::{
+    bpf::KernelStats, capture::af_packet::AfPacketStats, queue::NotificationQueue,
+    sink::BridgeHealth,
+};
+
+/// Where an interface's capture counters are read: the XDP program's per-CPU map, or the
+/// AF_PACKET reader's atomics (the same decision, the same counter names).
+pub enum CaptureCounters {
+    /// The XDP program's `SIP_STATS`.
+    Xdp(KernelStats),
+    /// The AF_PACKET reader's counts, ring drops included.
+    AfPacket(Arc<AfPacketStats>),
+}
+
+impl CaptureCounters {
+    /// The current totals.
+    pub fn read(&self) -> Result<CounterSet, aya::maps::MapError> {
+        match self {
+            Self::Xdp(stats) => stats.read(),
+            Self::AfPacket(stats) => Ok(stats.read()),
+        }
+    }
+
+    /// `xdp` or `af-packet`, for the metrics label.
+    pub fn source(&self) -> &'static str {
+        match self {
+            Self::Xdp(_) => "xdp",
+            Self::AfPacket(_) => "af-packet",
+        }
+    }
+}
 
 /// Latency buckets (seconds) for capture-to-acknowledgement: the goal is a p99 of 5 ms.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -82,8 +112,8 @@ pub async fn upkeep(handle: PrometheusHandle, cancel: CancellationToken) {
 pub struct Sources {
     /// The recorder's renderer.
     pub handle: PrometheusHandle,
-    /// Kernel counters per interface.
-    pub kernel: Vec<(Arc<str>, KernelStats)>,
+    /// Capture counters per interface.
+    pub kernel: Vec<(Arc<str>, CaptureCounters)>,
     /// The delivery queue.
     pub queue: NotificationQueue,
     /// Set once every program is attached.
@@ -101,10 +131,18 @@ impl Sources {
                         metrics::counter!(
                             "sipnotify_kernel_packets_total",
                             "iface" => iface.to_string(),
+                            "capture" => stats.source(),
                             "outcome" => counter.name()
                         )
-                        .absolute(values[counter as usize]);
+                        .absolute(values.get(counter));
                     }
+                    // The capture ring's losses belong with every other drop.
+                    metrics::counter!(
+                        "sipnotify_dropped_total",
+                        "reason" => "capture_ring_full",
+                        "iface" => iface.to_string()
+                    )
+                    .absolute(values.get(Counter::RingbufFull));
                 }
                 Err(err) => warn!(%iface, error = %err, "cannot read the kernel counters"),
             }

@@ -191,9 +191,9 @@ fn ipv4_notify_to_a_watched_port_is_copied() {
         h.counters(),
         [
             (PacketsSeen, 1),
+            (Copied, 1),
             (UdpWatched, 1),
-            (NotifyMatched, 1),
-            (Copied, 1)
+            (NotifyMatched, 1)
         ]
     );
 }
@@ -385,9 +385,9 @@ fn a_frame_shorter_than_its_udp_length_is_copied_and_flagged_truncated() {
         h.counters(),
         [
             (PacketsSeen, 1),
+            (Copied, 1),
             (UdpWatched, 1),
             (NotifyMatched, 1),
-            (Copied, 1),
             (Truncated, 1)
         ]
     );

@@ -2,14 +2,16 @@
 //!
 //! Everything that crosses the kernel/userspace boundary is defined here once: the ring-buffer
 //! record header, the configuration the agent writes before attaching, the counter indices and
-//! the map names. The header walk in [`net`] is shared too, so the offline `replay` command
-//! reads packets exactly the way the XDP program does.
+//! the map names. The header walk in [`net`] and the capture decision in [`decide`] are
+//! shared too, so the XDP program, the AF_PACKET reader and the offline `replay` command
+//! pick packets and count them in exactly the same way.
 //!
 //! Every type is `#[repr(C)]` with explicit padding and a compile-time size check, so a change
 //! of layout fails the build on both sides instead of corrupting records at run time.
 #![no_std]
 #![deny(missing_docs)]
 
+pub mod decide;
 pub mod net;
 
 use core::mem::{align_of, size_of};
@@ -138,72 +140,137 @@ impl SipConfig {
     }
 }
 
-/// Indices into [`STATS_MAP`]. Every way a packet leaves the program is counted once.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    /// Every frame the program saw.
-    PacketsSeen = 0,
-    /// UDP datagrams (or first fragments) addressed to a watched port.
-    UdpWatched = 1,
-    /// Of those, payloads starting with `NOTIFY `.
-    NotifyMatched = 2,
-    /// Records written to the ring buffer.
-    Copied = 3,
-    /// Records lost because the ring buffer was full.
-    RingbufFull = 4,
-    /// Records whose payload was cut at [`MAX_PAYLOAD`] or by a short frame.
-    Truncated = 5,
-    /// First fragments of fragmented datagrams (flagged, still inspected).
-    FirstFragments = 6,
-    /// Later fragments (no UDP header; passed uninspected).
-    LaterFragments = 7,
-    /// Header walk gave up: a header extends past the end of the frame.
-    BailShortHeader = 8,
-    /// Header walk gave up: an IPv4 header with IHL < 5 or a version mismatch.
-    BailBadIpHeader = 9,
-    /// Header walk gave up: more IPv6 extension headers than the walk follows.
-    BailExtHeaderLimit = 10,
-    /// The payload could not be loaded from the frame (`bpf_xdp_load_bytes` failed).
-    LoadFailed = 11,
+/// Declares [`Counter`] from one list, so the enum, its index order, [`Counter::ALL`], the
+/// metric names and the kinds cannot drift apart: each line is `Variant, "name", Kind`.
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $variant:ident, $name:literal, $kind:ident;)*) => {
+        /// Indices into [`STATS_MAP`]. Every packet the program sees adds one to
+        /// [`Counter::PacketsSeen`] and to exactly one [`CounterKind::Outcome`] counter, so
+        /// `packets_seen` equals the sum of the outcomes; [`CounterKind::Tally`] counters
+        /// annotate packets on their way (a NOTIFY is matched, then copied).
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl Counter {
+            /// Number of counters; the size of [`STATS_MAP`].
+            pub const COUNT: u32 = [$(Counter::$variant,)*].len() as u32;
+
+            /// All counters in index order.
+            pub const ALL: [Counter; Self::COUNT as usize] = [$(Counter::$variant,)*];
+
+            /// The metric-friendly name of the counter.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)*
+                }
+            }
+
+            /// Whether the counter is the total, an outcome or a tally.
+            pub const fn kind(self) -> CounterKind {
+                match self {
+                    $(Counter::$variant => CounterKind::$kind,)*
+                }
+            }
+        }
+    };
 }
 
-impl Counter {
-    /// Number of counters; the size of [`STATS_MAP`].
-    pub const COUNT: u32 = 12;
+/// What a [`Counter`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterKind {
+    /// Every packet seen.
+    Total,
+    /// One way a packet leaves the capture decision: each packet has exactly one.
+    Outcome,
+    /// A note on a packet's way (it also has an outcome).
+    Tally,
+}
 
-    /// All counters in index order.
-    pub const ALL: [Counter; Self::COUNT as usize] = [
-        Counter::PacketsSeen,
-        Counter::UdpWatched,
-        Counter::NotifyMatched,
-        Counter::Copied,
-        Counter::RingbufFull,
-        Counter::Truncated,
-        Counter::FirstFragments,
-        Counter::LaterFragments,
-        Counter::BailShortHeader,
-        Counter::BailBadIpHeader,
-        Counter::BailExtHeaderLimit,
-        Counter::LoadFailed,
-    ];
+counters! {
+    /// Every frame the program saw.
+    PacketsSeen, "packets_seen", Total;
+    /// Outcome: not IP, or IP carrying neither UDP nor TCP.
+    NotUdpOrTcp, "not_udp_or_tcp", Outcome;
+    /// Outcome: later fragments of a fragmented datagram (no transport header; passed).
+    LaterFragments, "later_fragments", Outcome;
+    /// Outcome: the header walk gave up because a header extends past the end of the frame.
+    BailShortHeader, "bail_short_header", Outcome;
+    /// Outcome: an IPv4 header with IHL < 5, a version mismatch, or a TCP data offset < 5.
+    BailBadIpHeader, "bail_bad_ip_header", Outcome;
+    /// Outcome: more IPv6 extension headers than the walk follows.
+    BailExtHeaderLimit, "bail_ext_header_limit", Outcome;
+    /// Outcome: UDP or TCP to a port that is not watched.
+    PortNotWatched, "port_not_watched", Outcome;
+    /// Outcome: UDP or TCP to a watched port without payload (a UDP length of 8, a bare ACK).
+    EmptyPayload, "empty_payload", Outcome;
+    /// Outcome: to a watched port, the payload starts like a TLS record (`0x16 0x03`): the
+    /// SIP Server talks TLS, which cannot be read.
+    TlsRecord, "tls_record", Outcome;
+    /// Outcome: UDP to a watched port whose payload starts like a DTLS record (`0x16 0xfe`).
+    DtlsRecord, "dtls_record", Outcome;
+    /// Outcome: UDP to a watched port whose payload is not a NOTIFY (after at most
+    /// [`decide::MAX_LEADING_CRLF`] keep-alive CRLFs).
+    NotNotify, "not_notify", Outcome;
+    /// Outcome: a TCP segment with payload to a watched port (not captured).
+    TcpSegment, "tcp_segment", Outcome;
+    /// Outcome: the per-CPU scratch buffer could not be looked up.
+    ScratchFailed, "scratch_failed", Outcome;
+    /// Outcome: the payload could not be loaded from the frame (`bpf_xdp_load_bytes` failed).
+    LoadFailed, "load_failed", Outcome;
+    /// Outcome: records written to the ring buffer (or handed on, in userspace).
+    Copied, "copied", Outcome;
+    /// Outcome: records lost because the ring buffer was full.
+    RingbufFull, "ringbuf_full", Outcome;
+    /// Tally: UDP datagrams (or first fragments) addressed to a watched port.
+    UdpWatched, "udp_watched", Tally;
+    /// Tally: of those, payloads starting with `NOTIFY ` (after keep-alive CRLFs).
+    NotifyMatched, "notify_matched", Tally;
+    /// Tally: records whose payload was cut at [`MAX_PAYLOAD`] or by a short frame.
+    Truncated, "truncated", Tally;
+    /// Tally: first fragments of fragmented datagrams to a watched port (still inspected).
+    FirstFragments, "first_fragments", Tally;
+}
 
-    /// The metric-friendly name of the counter.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::PacketsSeen => "packets_seen",
-            Counter::UdpWatched => "udp_watched",
-            Counter::NotifyMatched => "notify_matched",
-            Counter::Copied => "copied",
-            Counter::RingbufFull => "ringbuf_full",
-            Counter::Truncated => "truncated",
-            Counter::FirstFragments => "first_fragments",
-            Counter::LaterFragments => "later_fragments",
-            Counter::BailShortHeader => "bail_short_header",
-            Counter::BailBadIpHeader => "bail_bad_ip_header",
-            Counter::BailExtHeaderLimit => "bail_ext_header_limit",
-            Counter::LoadFailed => "load_failed",
+/// Counter values in [`Counter`] index order: what userspace sources (the pcap replay, the
+/// AF_PACKET reader) keep, and what the kernel's per-CPU counters sum to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterSet {
+    /// One value per counter, indexed by `Counter as usize`.
+    pub values: [u64; Counter::COUNT as usize],
+}
+
+impl Default for CounterSet {
+    fn default() -> Self {
+        Self {
+            values: [0; Counter::COUNT as usize],
         }
+    }
+}
+
+impl CounterSet {
+    /// Adds one to `counter`.
+    #[inline]
+    pub fn add(&mut self, counter: Counter) {
+        self.values[counter as usize] += 1;
+    }
+
+    /// The value of `counter`.
+    #[inline]
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.values[counter as usize]
+    }
+
+    /// The sum of every [`CounterKind::Outcome`] counter: equal to `packets_seen` when each
+    /// packet was counted once.
+    pub fn outcomes(&self) -> u64 {
+        Counter::ALL
+            .iter()
+            .filter(|c| c.kind() == CounterKind::Outcome)
+            .map(|&c| self.get(c))
+            .sum()
     }
 }
 
@@ -233,9 +300,13 @@ mod tests {
     }
 
     #[test]
-    fn counter_indices_match_all() {
+    fn counter_indices_match_all_and_names_are_unique() {
         for (i, counter) in Counter::ALL.iter().enumerate() {
             assert_eq!(*counter as usize, i, "{}", counter.name());
+            for other in &Counter::ALL[..i] {
+                assert_ne!(other.name(), counter.name());
+            }
         }
+        assert_eq!(Counter::ALL[0].kind(), CounterKind::Total);
     }
 }

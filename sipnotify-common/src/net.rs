@@ -1,7 +1,7 @@
-//! The header walk shared by the XDP program and the pcap replay.
+//! The header walk shared by the XDP program, the AF_PACKET reader and the pcap replay.
 //!
-//! It finds the UDP header of a frame through Ethernet, up to two VLAN tags, IPv4 (with
-//! options) or IPv6 (with a bounded number of extension headers). It is written against the
+//! It finds the UDP or TCP header of a frame through Ethernet, up to two VLAN tags, IPv4
+//! (with options) or IPv6 (with a bounded number of extension headers). It is written against the
 //! [`Frame`] trait so the same code runs on a kernel packet (bounds-checked pointer reads the
 //! verifier accepts) and on a byte slice in userspace, where `cargo test` reaches it.
 //!
@@ -69,43 +69,57 @@ pub enum Bail {
     ExtHeaderLimit,
 }
 
-/// Where the UDP datagram of a frame is, and what the walk learned on the way.
+/// The transport protocol the walk found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UdpLocation {
+pub enum Transport {
+    /// UDP: SIP datagrams, the only ones captured.
+    Udp,
+    /// TCP: counted (a TLS handshake on a watched port is worth a warning), not captured.
+    Tcp,
+}
+
+/// Where the transport header of a frame is, and what the walk learned on the way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
     /// 4 or 6.
     pub ip_version: u8,
+    /// UDP or TCP.
+    pub transport: Transport,
     /// Offset of the IP header.
     pub l3_offset: usize,
-    /// Offset of the UDP header.
-    pub udp_offset: usize,
+    /// Offset of the UDP or TCP header.
+    pub l4_offset: usize,
+    /// Where the IP datagram ends according to its length field (IPv4 total length, IPv6
+    /// payload length), which tells a TCP payload from Ethernet padding.
+    pub ip_end: usize,
     /// `FLAG_VLAN`, `FLAG_QINQ` and `FLAG_FIRST_FRAGMENT` bits (see the crate root).
     pub flags: u16,
     /// TCI of the outermost VLAN tag, zero when untagged.
     pub vlan_tci: u16,
 }
 
-impl UdpLocation {
-    /// Offset of the UDP payload.
+impl Location {
+    /// Offset of the UDP payload (meaningful for UDP only).
     #[inline(always)]
     pub fn payload_offset(&self) -> usize {
-        self.udp_offset + UDP_HLEN
+        self.l4_offset + UDP_HLEN
     }
 }
 
 /// The result of walking one frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Walk {
-    /// A UDP header (of a whole datagram or of a first fragment) is present.
-    Udp(UdpLocation),
-    /// Not IP, or IP carrying something other than UDP.
-    NotUdp,
+    /// A UDP or TCP header (of a whole datagram or of a first fragment) is present.
+    Found(Location),
+    /// Not IP, or IP carrying neither UDP nor TCP.
+    NotUdpOrTcp,
     /// A non-first fragment: it has no UDP header.
     LaterFragment,
     /// The walk gave up.
     Bail(Bail),
 }
 
-/// Walks the Ethernet frame `frame` to its UDP header.
+/// Walks the Ethernet frame `frame` to its UDP or TCP header.
 #[inline(always)]
 pub fn walk<F: Frame + ?Sized>(frame: &F) -> Walk {
     let Some(eth) = frame.load::<ETH_HLEN>(0) else {
@@ -135,31 +149,50 @@ pub fn walk<F: Frame + ?Sized>(frame: &F) -> Walk {
     }
 
     let l3_offset = offset;
-    let located = |ip_version, udp_offset, flags| {
-        Walk::Udp(UdpLocation {
+    let found = |ip_version, l4: L4| {
+        Walk::Found(Location {
             ip_version,
+            transport: l4.transport,
             l3_offset,
-            udp_offset,
-            flags,
+            l4_offset: l4.offset,
+            ip_end: l4.ip_end,
+            flags: flags | l4.flags,
             vlan_tci,
         })
     };
     match ethertype {
         ETH_P_IPV4 => match walk_ipv4(frame, l3_offset) {
-            Ok((udp_offset, fragment_flags)) => located(4, udp_offset, flags | fragment_flags),
+            Ok(l4) => found(4, l4),
             Err(walk) => walk,
         },
         ETH_P_IPV6 => match walk_ipv6(frame, l3_offset) {
-            Ok((udp_offset, fragment_flags)) => located(6, udp_offset, flags | fragment_flags),
+            Ok(l4) => found(6, l4),
             Err(walk) => walk,
         },
-        _ => Walk::NotUdp,
+        _ => Walk::NotUdpOrTcp,
     }
 }
 
-/// Returns the UDP header offset and fragment flags, or the walk's verdict.
+/// What an IP walk found.
+struct L4 {
+    transport: Transport,
+    offset: usize,
+    ip_end: usize,
+    flags: u16,
+}
+
 #[inline(always)]
-fn walk_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<(usize, u16), Walk> {
+fn transport(protocol: u8) -> Option<Transport> {
+    match protocol {
+        IPPROTO_UDP => Some(Transport::Udp),
+        IPPROTO_TCP => Some(Transport::Tcp),
+        _ => None,
+    }
+}
+
+/// Returns the transport header, or the walk's verdict.
+#[inline(always)]
+fn walk_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<L4, Walk> {
     let Some(ip) = frame.load::<20>(l3) else {
         return Err(Walk::Bail(Bail::ShortHeader));
     };
@@ -173,21 +206,25 @@ fn walk_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<(usize, u16), Wa
     if fragment_offset != 0 {
         return Err(Walk::LaterFragment);
     }
-    if ip[9] != IPPROTO_UDP {
-        return Err(Walk::NotUdp);
-    }
-    let udp = l3 + ihl * 4;
+    let Some(transport) = transport(ip[9]) else {
+        return Err(Walk::NotUdpOrTcp);
+    };
     let flags = if more_fragments {
         crate::FLAG_FIRST_FRAGMENT
     } else {
         0
     };
-    Ok((udp, flags))
+    Ok(L4 {
+        transport,
+        offset: l3 + ihl * 4,
+        ip_end: l3 + usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+        flags,
+    })
 }
 
-/// Returns the UDP header offset and fragment flags, or the walk's verdict.
+/// Returns the transport header, or the walk's verdict.
 #[inline(always)]
-fn walk_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<(usize, u16), Walk> {
+fn walk_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<L4, Walk> {
     let Some(ip) = frame.load::<8>(l3) else {
         return Err(Walk::Bail(Bail::ShortHeader));
     };
@@ -196,10 +233,20 @@ fn walk_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<(usize, u16), Wa
     }
     let mut next_header = ip[6];
     let mut offset = l3 + IPV6_HLEN;
+    let ip_end = offset + usize::from(u16::from_be_bytes([ip[4], ip[5]]));
     let mut flags = 0u16;
+    let found = |transport, offset, flags| {
+        Ok(L4 {
+            transport,
+            offset,
+            ip_end,
+            flags,
+        })
+    };
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next_header {
-            IPPROTO_UDP => return Ok((offset, flags)),
+            IPPROTO_UDP => return found(Transport::Udp, offset, flags),
+            IPPROTO_TCP => return found(Transport::Tcp, offset, flags),
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
                 let Some(ext) = frame.load::<2>(offset) else {
                     return Err(Walk::Bail(Bail::ShortHeader));
@@ -224,16 +271,15 @@ fn walk_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<(usize, u16), Wa
                 next_header = ext[0];
                 offset += 8;
             }
-            _ => return Err(Walk::NotUdp),
+            _ => return Err(Walk::NotUdpOrTcp),
         }
         if offset >= MAX_HEADER_OFFSET {
             return Err(Walk::Bail(Bail::ExtHeaderLimit));
         }
     }
-    if next_header == IPPROTO_UDP {
-        Ok((offset, flags))
-    } else {
-        Err(Walk::Bail(Bail::ExtHeaderLimit))
+    match transport(next_header) {
+        Some(transport) => found(transport, offset, flags),
+        None => Err(Walk::Bail(Bail::ExtHeaderLimit)),
     }
 }
 
@@ -248,19 +294,20 @@ pub struct UdpHeader {
     pub payload_len: u16,
 }
 
-/// Only the UDP destination port: the one field a packet for an unwatched port needs, read
-/// before the rest so RTP and other traffic pays for two bytes, not eight.
+/// Only the destination port (UDP or TCP, same place): the one field a packet for an
+/// unwatched port needs, read before the rest so RTP and other traffic pays for two bytes,
+/// not eight.
 #[inline(always)]
-pub fn udp_dst_port<F: Frame + ?Sized>(frame: &F, location: &UdpLocation) -> Option<u16> {
+pub fn dst_port<F: Frame + ?Sized>(frame: &F, location: &Location) -> Option<u16> {
     frame
-        .load::<2>(location.udp_offset + 2)
+        .load::<2>(location.l4_offset + 2)
         .map(u16::from_be_bytes)
 }
 
 /// Reads the UDP header at `location`.
 #[inline(always)]
-pub fn udp_header<F: Frame + ?Sized>(frame: &F, location: &UdpLocation) -> Option<UdpHeader> {
-    let udp = frame.load::<UDP_HLEN>(location.udp_offset)?;
+pub fn udp_header<F: Frame + ?Sized>(frame: &F, location: &Location) -> Option<UdpHeader> {
+    let udp = frame.load::<UDP_HLEN>(location.l4_offset)?;
     Some(UdpHeader {
         src_port: u16::from_be_bytes([udp[0], udp[1]]),
         dst_port: u16::from_be_bytes([udp[2], udp[3]]),
@@ -272,7 +319,7 @@ pub fn udp_header<F: Frame + ?Sized>(frame: &F, location: &UdpLocation) -> Optio
 #[inline(always)]
 pub fn addresses<F: Frame + ?Sized>(
     frame: &F,
-    location: &UdpLocation,
+    location: &Location,
 ) -> Option<([u8; 16], [u8; 16])> {
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
@@ -318,9 +365,9 @@ mod tests {
         IpHeaders::Ipv6(header, extensions)
     }
 
-    fn located(frame: &[u8]) -> UdpLocation {
+    fn located(frame: &[u8]) -> Location {
         match walk(frame) {
-            Walk::Udp(location) => location,
+            Walk::Found(location) => location,
             other => panic!("expected UDP, got {other:?}"),
         }
     }
@@ -334,11 +381,11 @@ mod tests {
         );
         let location = located(&frame);
         assert_eq!(
-            (location.ip_version, location.l3_offset, location.udp_offset),
+            (location.ip_version, location.l3_offset, location.l4_offset),
             (4, 14, 34)
         );
         assert_eq!(location.payload_offset(), 42);
-        assert_eq!(udp_dst_port(frame.as_slice(), &location), Some(5061));
+        assert_eq!(dst_port(frame.as_slice(), &location), Some(5061));
         assert_eq!(
             udp_header(frame.as_slice(), &location),
             Some(UdpHeader {
@@ -364,7 +411,7 @@ mod tests {
                 .ip(IpHeaders::Ipv4(ip, Default::default()))
                 .udp(1, 5061),
         );
-        assert_eq!(located(&frame).udp_offset, 14 + 32);
+        assert_eq!(located(&frame).l4_offset, 14 + 32);
     }
 
     #[test]
@@ -407,7 +454,7 @@ mod tests {
         );
         let location = located(&frame);
         assert_eq!(
-            (location.ip_version, location.udp_offset),
+            (location.ip_version, location.l4_offset),
             (6, 14 + 40 + 16 + 8)
         );
         let (src, dst) = addresses(frame.as_slice(), &location).unwrap();
@@ -440,7 +487,7 @@ mod tests {
     fn fragments_are_told_apart() {
         let first = ipv6_fragment(0, true);
         assert_eq!(located(&first).flags, FLAG_FIRST_FRAGMENT);
-        assert_eq!(located(&first).udp_offset, 14 + 40 + 8);
+        assert_eq!(located(&first).l4_offset, 14 + 40 + 8);
         // Offset 0 without M is an atomic fragment (RFC 6946): a whole datagram.
         assert_eq!(located(&ipv6_fragment(0, false)).flags, 0);
         assert_eq!(
@@ -479,7 +526,7 @@ mod tests {
         assert_eq!(walk(bad_ihl.as_slice()), Walk::Bail(Bail::BadIpHeader));
         let mut arp = frame.clone();
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
-        assert_eq!(walk(arp.as_slice()), Walk::NotUdp);
+        assert_eq!(walk(arp.as_slice()), Walk::NotUdpOrTcp);
     }
 
     #[test]
@@ -497,6 +544,6 @@ mod tests {
         // Four are within the bound.
         let mut four = frame.clone();
         four[14 + 40 + 3 * 8] = IPPROTO_UDP;
-        assert_eq!(located(&four).udp_offset, 14 + 40 + 32);
+        assert_eq!(located(&four).l4_offset, 14 + 40 + 32);
     }
 }

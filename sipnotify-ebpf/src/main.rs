@@ -31,7 +31,7 @@ use aya_log_ebpf::warn;
 use sipnotify_common::{
     Counter, DEFAULT_RING_BYTES, EVENT_HEADER_LEN, EventBuffer, EventHeader, FLAG_TRUNCATED,
     MAX_PAYLOAD, NOTIFY_PREFIX, SipConfig,
-    net::{self, Bail, Frame, Walk},
+    net::{self, Bail, Frame, Transport, Walk},
 };
 
 #[map]
@@ -118,14 +118,14 @@ fn inspect(ctx: &XdpContext) {
         end: ctx.data_end(),
     };
     let location = match net::walk(&packet) {
-        Walk::Udp(location) => location,
-        Walk::NotUdp => return,
+        Walk::Found(location) if location.transport == Transport::Udp => location,
+        Walk::Found(_) | Walk::NotUdpOrTcp => return,
         Walk::LaterFragment => return count(Counter::LaterFragments),
         Walk::Bail(Bail::ShortHeader) => return count(Counter::BailShortHeader),
         Walk::Bail(Bail::BadIpHeader) => return count(Counter::BailBadIpHeader),
         Walk::Bail(Bail::ExtHeaderLimit) => return count(Counter::BailExtHeaderLimit),
     };
-    let Some(dst_port) = net::udp_dst_port(&packet, &location) else {
+    let Some(dst_port) = net::dst_port(&packet, &location) else {
         return count(Counter::BailShortHeader);
     };
     if !config_port_watched(dst_port) {
@@ -150,7 +150,7 @@ fn inspect(ctx: &XdpContext) {
 fn copy(
     ctx: &XdpContext,
     packet: &Packet,
-    location: &net::UdpLocation,
+    location: &net::Location,
     udp: &net::UdpHeader,
     wakeup_bytes: u64,
 ) {

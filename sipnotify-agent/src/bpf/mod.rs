@@ -15,7 +15,7 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 use sipnotify_common::{
-    CONFIG_GLOBAL, Counter, EVENTS_MAP, MAX_PORTS, PROGRAM_NAME, STATS_MAP, SipConfig,
+    CONFIG_GLOBAL, Counter, CounterSet, EVENTS_MAP, MAX_PORTS, PROGRAM_NAME, STATS_MAP, SipConfig,
 };
 use tracing::{debug, info};
 
@@ -184,12 +184,12 @@ pub struct KernelStats {
 }
 
 impl KernelStats {
-    /// Every counter summed over CPUs, in [`Counter::ALL`] order.
-    pub fn read(&self) -> Result<[u64; Counter::COUNT as usize], aya::maps::MapError> {
-        let mut totals = [0u64; Counter::COUNT as usize];
+    /// Every counter summed over CPUs.
+    pub fn read(&self) -> Result<CounterSet, aya::maps::MapError> {
+        let mut totals = CounterSet::default();
         for counter in Counter::ALL {
             let values = self.map.get(&(counter as u32), 0)?;
-            totals[counter as usize] = values.iter().sum();
+            totals.values[counter as usize] = values.iter().sum();
         }
         Ok(totals)
     }

@@ -1,11 +1,16 @@
-//! Captured NOTIFY records, from the live XDP ring buffer or from a pcap file.
+//! Captured NOTIFY records, from the live XDP ring buffer, an AF_PACKET ring or a pcap file.
 //!
-//! Both sources produce a [`Record`]: the shared [`EventHeader`] plus the UDP payload. The
+//! Every source produces a [`Record`]: the shared [`EventHeader`] plus the UDP payload. The
 //! kernel's records are decoded here with length checks first, since a record that does not
-//! match the ABI must be counted and skipped, never read past its end.
+//! match the ABI must be counted and skipped, never read past its end. The userspace sources
+//! (AF_PACKET, pcap) hand whole frames to [`inspect`], which runs the XDP program's own
+//! decision (`sipnotify_common::decide`) and counts it the same way.
 
+pub mod af_packet;
+pub mod cbpf;
 pub mod live;
 pub mod pcap;
+pub mod source;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -13,7 +18,11 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use sipnotify_common::{EVENT_HEADER_LEN, EventHeader};
+use sipnotify_common::{
+    Counter, CounterSet, EVENT_HEADER_LEN, EventHeader, SipConfig,
+    decide::{self, Decision, Skip},
+    net::Frame,
+};
 
 use crate::event::CaptureMeta;
 
@@ -109,6 +118,97 @@ fn ip(version: u8, bytes: [u8; 16]) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
     } else {
         IpAddr::V6(Ipv6Addr::from(bytes))
+    }
+}
+
+/// The most bytes [`SplicedFrame`] puts in front of the captured ones: an Ethernet header with
+/// one VLAN tag.
+const MAX_HEAD: usize = 18;
+
+/// A frame as the header walk expects it: a few synthesised bytes (an Ethernet header for a
+/// capture without one, or one with the VLAN tag the NIC stripped put back) followed by the
+/// captured bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct SplicedFrame<'a> {
+    head: [u8; MAX_HEAD],
+    head_len: usize,
+    body: &'a [u8],
+}
+
+impl<'a> SplicedFrame<'a> {
+    /// The captured bytes as they are.
+    pub fn whole(body: &'a [u8]) -> Self {
+        Self {
+            head: [0; MAX_HEAD],
+            head_len: 0,
+            body,
+        }
+    }
+
+    /// `head` (at most 18 bytes; longer is cut) in front of `body`.
+    pub fn spliced(head: &[u8], body: &'a [u8]) -> Self {
+        let head_len = head.len().min(MAX_HEAD);
+        let mut frame = Self {
+            head: [0; MAX_HEAD],
+            head_len,
+            body,
+        };
+        frame.head[..head_len].copy_from_slice(&head[..head_len]);
+        frame
+    }
+
+    /// The bytes from `offset` (in frame coordinates) to the end of the frame.
+    pub fn tail(&self, offset: usize) -> &'a [u8] {
+        offset
+            .checked_sub(self.head_len)
+            .and_then(|at| self.body.get(at..))
+            .unwrap_or_default()
+    }
+}
+
+impl Frame for SplicedFrame<'_> {
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if let Some(at) = offset.checked_sub(self.head_len) {
+            return self.body.load::<N>(at);
+        }
+        // Starts inside the synthesised head; may run on into the body.
+        let mut out = [0u8; N];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let at = offset.checked_add(i)?;
+            *slot = match at.checked_sub(self.head_len) {
+                None => self.head[at],
+                Some(body_at) => *self.body.get(body_at)?,
+            };
+        }
+        Some(out)
+    }
+}
+
+/// Runs the capture decision on one frame and counts it in `counts` as the XDP program counts
+/// in its map: `packets_seen`, the tallies, and one outcome (`copied` for a record).
+pub fn inspect<'a>(
+    frame: &SplicedFrame<'a>,
+    ports: &SipConfig,
+    counts: &mut CounterSet,
+    timestamp_ns: u64,
+    ifindex: u32,
+) -> Result<Record<'a>, Skip> {
+    counts.add(Counter::PacketsSeen);
+    match decide::decide(frame, ports, &mut |c| counts.add(c)) {
+        Decision::Skip(skip) => {
+            counts.add(skip.counter());
+            Err(skip)
+        }
+        Decision::Capture(capture) => {
+            let present = frame.tail(capture.payload_offset());
+            let len = capture.captured_len(present.len());
+            let header = capture.header(len, timestamp_ns, ifindex, &mut |c| counts.add(c));
+            counts.add(Counter::Copied);
+            Ok(Record {
+                header,
+                payload: &present[..len],
+            })
+        }
     }
 }
 

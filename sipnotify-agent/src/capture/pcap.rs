@@ -8,8 +8,8 @@
 //! `-s` has), and pcapng timestamps are scaled by the interface's `if_tsresol` here (it reads
 //! every timestamp as nanoseconds, while the default unit is the microsecond).
 //!
-//! Filtering ([`Filter`]) runs `sipnotify_common::net`'s header walk, the code the kernel
-//! program runs, and the same port bitmap ([`SipConfig`]). For link types without an Ethernet
+//! Filtering ([`Filter`]) runs `sipnotify_common::decide`, the decision the kernel program
+//! runs, with the same port bitmap ([`SipConfig`]), and counts it the same way. For link types without an Ethernet
 //! header (Linux cooked capture, raw IP) a 14-byte Ethernet header carrying the protocol is
 //! put in front of the layer-3 bytes, so the walk sees what it would see on the wire.
 
@@ -24,11 +24,13 @@ use pcap_file::{
     },
 };
 use sipnotify_common::{
-    EventHeader, FLAG_TRUNCATED, MAX_PAYLOAD, NOTIFY_PREFIX, SipConfig,
-    net::{self, Bail, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, Frame, Walk},
+    Counter, CounterSet, SipConfig,
+    decide::Skip,
+    net::{self, Bail, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, Frame as _},
 };
 
-use super::Record;
+use super::{Record, SplicedFrame};
+use crate::capture;
 
 /// The longest record (pcap packet or pcapng block) accepted; a longer one means a corrupt
 /// length field. libpcap caps packets at 256 KiB and Wireshark pcapng blocks at 16 MiB.
@@ -640,26 +642,18 @@ fn describe(err: &PcapError) -> String {
 pub enum Inspection<'a> {
     /// A NOTIFY to a watched port: what the program would put in the ring buffer.
     Notify(Record<'a>),
-    /// Not IP, or IP carrying something other than UDP.
-    NotUdp,
-    /// UDP to a port that is not watched.
-    OtherPort,
-    /// UDP to a watched port whose payload does not start with `NOTIFY `.
-    NotNotify,
-    /// Starts with `NOTIFY ` but the UDP length field leaves no payload.
-    EmptyPayload,
-    /// A non-first IP fragment (no UDP header; the program skips these too).
-    LaterFragment,
-    /// The header walk gave up.
-    Bail(Bail),
-    /// A link type this reader does not decode.
+    /// Passed without a record, for the reason the program would count.
+    Skip(Skip),
+    /// A link type this reader does not decode (not shown to the decision, not counted).
     UnsupportedLink(u32),
 }
 
-/// The kernel program's filter, for frames read from a file.
+/// The kernel program's decision, for frames read from a file.
 pub struct Filter {
     /// The very bitmap the program is loaded with.
     config: Box<SipConfig>,
+    /// What the program's counters would say after these frames.
+    counts: CounterSet,
 }
 
 impl Filter {
@@ -669,68 +663,41 @@ impl Filter {
         for &port in ports {
             config.watch(port);
         }
-        Self { config }
+        Self {
+            config,
+            counts: CounterSet::default(),
+        }
     }
 
-    /// Runs the program's checks on one captured frame; `timestamp` goes into the record
-    /// header (nanoseconds since the epoch, where the program writes monotonic time).
+    /// The program's counters for the frames inspected so far.
+    pub fn counts(&self) -> &CounterSet {
+        &self.counts
+    }
+
+    /// Runs the program's decision on one captured frame and counts it; `timestamp` goes
+    /// into the record header (nanoseconds since the epoch, where the program writes
+    /// monotonic time).
     pub fn inspect<'a>(
-        &self,
+        &mut self,
         link: LinkType,
         data: &'a [u8],
         timestamp: Duration,
     ) -> Inspection<'a> {
-        let frame = match LinkFrame::new(link, data) {
+        let frame = match link_frame(link, data) {
             Ok(frame) => frame,
-            Err(inspection) => return inspection,
+            Err(LinkError::Unsupported(code)) => return Inspection::UnsupportedLink(code),
+            Err(LinkError::Skip(skip)) => {
+                // The program would have seen this frame too: count it like one.
+                self.counts.add(Counter::PacketsSeen);
+                self.counts.add(skip.counter());
+                return Inspection::Skip(skip);
+            }
         };
-        let location = match net::walk(&frame) {
-            Walk::Udp(location) => location,
-            Walk::NotUdp => return Inspection::NotUdp,
-            Walk::LaterFragment => return Inspection::LaterFragment,
-            Walk::Bail(bail) => return Inspection::Bail(bail),
-        };
-        let Some(udp) = net::udp_header(&frame, &location) else {
-            return Inspection::Bail(Bail::ShortHeader);
-        };
-        if !self.config.is_watched(udp.dst_port) {
-            return Inspection::OtherPort;
+        let timestamp_ns = u64::try_from(timestamp.as_nanos()).unwrap_or(u64::MAX);
+        match capture::inspect(&frame, &self.config, &mut self.counts, timestamp_ns, 0) {
+            Ok(record) => Inspection::Notify(record),
+            Err(skip) => Inspection::Skip(skip),
         }
-        let payload_offset = location.payload_offset();
-        if frame.load::<7>(payload_offset) != Some(*NOTIFY_PREFIX) {
-            return Inspection::NotNotify;
-        }
-        // As the program: copy what the frame holds, at most what UDP claims and MAX_PAYLOAD.
-        let present = frame.tail(payload_offset);
-        let claimed = usize::from(udp.payload_len);
-        let len = present.len().min(claimed).min(MAX_PAYLOAD);
-        if len == 0 {
-            return Inspection::EmptyPayload;
-        }
-        let Some((src_addr, dst_addr)) = net::addresses(&frame, &location) else {
-            return Inspection::Bail(Bail::ShortHeader);
-        };
-        let mut flags = location.flags;
-        if len < claimed {
-            flags |= FLAG_TRUNCATED;
-        }
-        let header = EventHeader {
-            timestamp_ns: u64::try_from(timestamp.as_nanos()).unwrap_or(u64::MAX),
-            payload_len: u32::from(udp.payload_len),
-            captured_len: len as u32,
-            flags,
-            ip_version: location.ip_version,
-            src_addr,
-            dst_addr,
-            src_port: udp.src_port,
-            dst_port: udp.dst_port,
-            vlan_tci: location.vlan_tci,
-            ..EventHeader::default()
-        };
-        Inspection::Notify(Record {
-            header,
-            payload: &present[..len],
-        })
     }
 }
 
@@ -738,7 +705,7 @@ impl Filter {
 /// and up to [`net::MAX_VLAN_TAGS`] VLAN tags; `None` for anything else. Reassembly reads
 /// fragments and TCP segments from here.
 pub fn layer3(link: LinkType, data: &[u8]) -> Option<&[u8]> {
-    let frame = LinkFrame::new(link, data).ok()?;
+    let frame = link_frame(link, data).ok()?;
     let mut offset = ETH_HLEN - 2;
     let mut ethertype = u16::from_be_bytes(frame.load::<2>(offset)?);
     for _ in 0..net::MAX_VLAN_TAGS {
@@ -754,78 +721,42 @@ pub fn layer3(link: LinkType, data: &[u8]) -> Option<&[u8]> {
     Some(frame.tail(offset + 2))
 }
 
+/// Why a link-layer header could not be turned into a frame for the walk.
+enum LinkError {
+    /// A link type this reader does not decode.
+    Unsupported(u32),
+    /// The frame is too short, or not IP: the decision's own verdict.
+    Skip(Skip),
+}
+
 /// A frame as the header walk expects it: an Ethernet frame as captured, or the layer-3
 /// bytes of another link type behind a synthesised Ethernet header carrying its protocol.
-struct LinkFrame<'a> {
-    head: [u8; ETH_HLEN],
-    /// 0 for Ethernet (no synthesised header), else `ETH_HLEN`.
-    head_len: usize,
-    body: &'a [u8],
-}
-
-impl<'a> LinkFrame<'a> {
-    fn new(link: LinkType, data: &'a [u8]) -> Result<Self, Inspection<'static>> {
-        let behind = |ethertype: u16, body: &'a [u8]| {
-            let mut head = [0u8; ETH_HLEN];
-            head[12..].copy_from_slice(&ethertype.to_be_bytes());
-            Self {
-                head,
-                head_len: ETH_HLEN,
-                body,
-            }
-        };
-        let short = Inspection::Bail(Bail::ShortHeader);
-        match link {
-            LinkType::Ethernet => Ok(Self {
-                head: [0; ETH_HLEN],
-                head_len: 0,
-                body: data,
-            }),
-            LinkType::LinuxSll => {
-                let (sll, body) = data.split_at_checked(SLL_HLEN).ok_or(short)?;
-                Ok(behind(u16::from_be_bytes([sll[14], sll[15]]), body))
-            }
-            LinkType::LinuxSll2 => {
-                let (sll2, body) = data.split_at_checked(SLL2_HLEN).ok_or(short)?;
-                Ok(behind(u16::from_be_bytes([sll2[0], sll2[1]]), body))
-            }
-            LinkType::RawIp => match data.first().map(|b| b >> 4) {
-                Some(4) => Ok(behind(ETH_P_IPV4, data)),
-                Some(6) => Ok(behind(ETH_P_IPV6, data)),
-                Some(_) => Err(Inspection::NotUdp),
-                None => Err(short),
-            },
-            LinkType::Ipv4 => Ok(behind(ETH_P_IPV4, data)),
-            LinkType::Ipv6 => Ok(behind(ETH_P_IPV6, data)),
-            LinkType::Other(code) => Err(Inspection::UnsupportedLink(code)),
+fn link_frame(link: LinkType, data: &[u8]) -> Result<SplicedFrame<'_>, LinkError> {
+    let behind = |ethertype: u16, body| {
+        let mut head = [0u8; ETH_HLEN];
+        head[12..].copy_from_slice(&ethertype.to_be_bytes());
+        SplicedFrame::spliced(&head, body)
+    };
+    let short = LinkError::Skip(Skip::Bail(Bail::ShortHeader));
+    match link {
+        LinkType::Ethernet => Ok(SplicedFrame::whole(data)),
+        LinkType::LinuxSll => {
+            let (sll, body) = data.split_at_checked(SLL_HLEN).ok_or(short)?;
+            Ok(behind(u16::from_be_bytes([sll[14], sll[15]]), body))
         }
-    }
-
-    /// The bytes from `offset` (in walk coordinates) to the end of the frame.
-    fn tail(&self, offset: usize) -> &'a [u8] {
-        offset
-            .checked_sub(self.head_len)
-            .and_then(|at| self.body.get(at..))
-            .unwrap_or_default()
-    }
-}
-
-impl Frame for LinkFrame<'_> {
-    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        if let Some(at) = offset.checked_sub(self.head_len) {
-            return self.body.load::<N>(at);
+        LinkType::LinuxSll2 => {
+            let (sll2, body) = data.split_at_checked(SLL2_HLEN).ok_or(short)?;
+            Ok(behind(u16::from_be_bytes([sll2[0], sll2[1]]), body))
         }
-        // Starts inside the synthesised header (the walk reads it whole, never across it,
-        // but a straddling read is answered correctly all the same).
-        let mut out = [0u8; N];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let at = offset.checked_add(i)?;
-            *slot = match at.checked_sub(self.head_len) {
-                None => self.head[at],
-                Some(body_at) => *self.body.get(body_at)?,
-            };
-        }
-        Some(out)
+        LinkType::RawIp => match data.first().map(|b| b >> 4) {
+            Some(4) => Ok(behind(ETH_P_IPV4, data)),
+            Some(6) => Ok(behind(ETH_P_IPV6, data)),
+            Some(_) => Err(LinkError::Skip(Skip::NotUdpOrTcp)),
+            None => Err(short),
+        },
+        LinkType::Ipv4 => Ok(behind(ETH_P_IPV4, data)),
+        LinkType::Ipv6 => Ok(behind(ETH_P_IPV6, data)),
+        LinkType::Other(code) => Err(LinkError::Unsupported(code)),
     }
 }
 
@@ -842,7 +773,7 @@ mod tests {
             blocks::{enhanced_packet::EnhancedPacketBlock, simple_packet::SimplePacketBlock},
         },
     };
-    use sipnotify_common::{FLAG_FIRST_FRAGMENT, FLAG_VLAN};
+    use sipnotify_common::{FLAG_FIRST_FRAGMENT, FLAG_TRUNCATED, FLAG_VLAN, net::Frame as _};
 
     use super::*;
 
@@ -917,7 +848,7 @@ mod tests {
 
     #[test]
     fn every_link_type_yields_the_same_record() {
-        let filter = Filter::new(&[5061]);
+        let mut filter = Filter::new(&[5061]);
         let v4 = ipv4_udp(5061, NOTIFY);
         let frames = [
             (LinkType::Ethernet, ethernet(&v4, ETH_P_IPV4)),
@@ -944,7 +875,7 @@ mod tests {
 
     #[test]
     fn ipv6_behind_every_header() {
-        let filter = Filter::new(&[5061]);
+        let mut filter = Filter::new(&[5061]);
         let v6 = ipv6_udp(5061, NOTIFY);
         for (link, data) in [
             (LinkType::Ethernet, ethernet(&v6, ETH_P_IPV6)),
@@ -966,7 +897,7 @@ mod tests {
         let mut tagged = vec![0x00, 0x07, 0x08, 0x00];
         tagged.extend_from_slice(&ipv4_udp(5061, NOTIFY));
         let frame = sll2(&tagged, 0x8100);
-        let filter = Filter::new(&[5061]);
+        let mut filter = Filter::new(&[5061]);
         let record = notify(filter.inspect(LinkType::LinuxSll2, &frame, Duration::ZERO));
         assert_eq!(record.header.flags, FLAG_VLAN);
         assert_eq!(record.header.vlan_tci, 7);
@@ -974,7 +905,7 @@ mod tests {
 
     #[test]
     fn the_kernel_filter_is_applied() {
-        let filter = Filter::new(&[5061, 5070]);
+        let mut filter = Filter::new(&[5061, 5070]);
         let frame = |port, payload: &[u8]| ethernet(&ipv4_udp(port, payload), ETH_P_IPV4);
         let at = Duration::ZERO;
         assert!(matches!(
@@ -983,7 +914,7 @@ mod tests {
         ));
         assert_eq!(
             filter.inspect(LinkType::Ethernet, &frame(5060, NOTIFY), at),
-            Inspection::OtherPort
+            Inspection::Skip(Skip::PortNotWatched)
         );
         assert_eq!(
             filter.inspect(
@@ -991,7 +922,7 @@ mod tests {
                 &frame(5061, b"INVITE sip:a@b SIP/2.0"),
                 at
             ),
-            Inspection::NotNotify
+            Inspection::Skip(Skip::NotNotify)
         );
         // Method names are case-sensitive, as in the program.
         assert_eq!(
@@ -1000,28 +931,28 @@ mod tests {
                 &frame(5061, b"notify sip:a@b SIP/2.0"),
                 at
             ),
-            Inspection::NotNotify
+            Inspection::Skip(Skip::NotNotify)
         );
         let arp = ethernet(&[0; 28], 0x0806);
         assert_eq!(
             filter.inspect(LinkType::Ethernet, &arp, at),
-            Inspection::NotUdp
+            Inspection::Skip(Skip::NotUdpOrTcp)
         );
         assert_eq!(
             filter.inspect(LinkType::RawIp, &[0x50; 20], at),
-            Inspection::NotUdp
+            Inspection::Skip(Skip::NotUdpOrTcp)
         );
         assert_eq!(
             filter.inspect(LinkType::LinuxSll, &[0; 10], at),
-            Inspection::Bail(Bail::ShortHeader)
+            Inspection::Skip(Skip::Bail(Bail::ShortHeader))
         );
         assert_eq!(
             filter.inspect(LinkType::LinuxSll2, &[0; 19], at),
-            Inspection::Bail(Bail::ShortHeader)
+            Inspection::Skip(Skip::Bail(Bail::ShortHeader))
         );
         assert_eq!(
             filter.inspect(LinkType::RawIp, &[], at),
-            Inspection::Bail(Bail::ShortHeader)
+            Inspection::Skip(Skip::Bail(Bail::ShortHeader))
         );
         assert_eq!(
             filter.inspect(LinkType::Other(0), &frame(5061, NOTIFY), at),
@@ -1031,7 +962,7 @@ mod tests {
 
     #[test]
     fn short_captures_are_flagged_truncated_and_fragments_sorted() {
-        let filter = Filter::new(&[5061]);
+        let mut filter = Filter::new(&[5061]);
         let full = ethernet(&ipv4_udp(5061, NOTIFY), ETH_P_IPV4);
         // A snaplen cut 5 bytes into the payload's tail.
         let cut = &full[..full.len() - 5];
@@ -1056,13 +987,15 @@ mod tests {
         later[14 + 7] = 1; // offset 8
         assert_eq!(
             filter.inspect(LinkType::Ethernet, &later, Duration::ZERO),
-            Inspection::LaterFragment
+            Inspection::Skip(Skip::LaterFragment)
         );
     }
 
     #[test]
     fn straddling_loads_read_both_parts() {
-        let frame = LinkFrame::new(LinkType::Ipv4, &[0x45, 1, 2, 3]).unwrap();
+        let Ok(frame) = link_frame(LinkType::Ipv4, &[0x45, 1, 2, 3]) else {
+            panic!("raw ipv4 is a supported link type");
+        };
         assert_eq!(frame.load::<4>(12), Some([0x08, 0x00, 0x45, 1]));
         assert_eq!(frame.load::<4>(14), Some([0x45, 1, 2, 3]));
         assert_eq!(frame.load::<4>(15), None);
