@@ -30,7 +30,10 @@ pub struct Cli {
 #[command(next_help_heading = "Logging")]
 pub struct LogArgs {
     /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    ///
+    /// `auto` writes `journal` lines when stderr is the systemd journal and `text` otherwise.
+    /// Text is coloured only on a terminal, and never when NO_COLOR is set.
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
 
     /// Log each notification's DN, Call-ID and CallUUID at info level (personal data: off by
@@ -42,10 +45,15 @@ pub struct LogArgs {
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
-    /// Human-readable lines.
+    /// `journal` under systemd, `text` elsewhere.
     #[default]
+    Auto,
+    /// Human-readable lines with timestamps.
     Text,
-    /// One JSON object per line (for journald/Loki pipelines).
+    /// Lines without timestamps, each prefixed with its syslog priority (`<4>`), which
+    /// journald stores as the entry's priority.
+    Journal,
+    /// One JSON object per line (for Loki/Elasticsearch pipelines).
     Json,
 }
 

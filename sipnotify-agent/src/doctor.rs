@@ -69,9 +69,18 @@ pub struct DoctorArgs {
     #[arg(long, value_name = "URL", default_value = DEFAULT_BRIDGE_URL)]
     pub bridge_url: String,
 
-    /// Also trust the CA certificate(s) in this PEM file for the bridge's certificate.
+    /// Trust the certificates in this PEM file (the bridge's CA, or its own certificate), as
+    /// `run --ca-file` does.
     #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
     pub ca_file: Option<PathBuf>,
+
+    /// Trust the bridge certificate with this SHA-256 fingerprint, as `run --pin-sha256` does.
+    #[arg(
+        long = "pin-sha256",
+        value_name = "FINGERPRINT",
+        conflicts_with = "insecure"
+    )]
+    pub pin_sha256: Vec<String>,
 
     /// The agent will run with --insecure: an untrusted certificate is then a warning.
     #[arg(long)]
@@ -568,6 +577,7 @@ async fn bridge_checks(args: &DoctorArgs) -> Vec<Check> {
     let flags = DeliveryArgs {
         bridge_url: args.bridge_url.clone(),
         ca_file: args.ca_file.clone(),
+        pin_sha256: args.pin_sha256.clone(),
         insecure: args.insecure,
         ..DeliveryArgs::default()
     };
@@ -600,7 +610,7 @@ pub struct BridgeProbe {
     /// The reply's status, or why there was none.
     pub reply: Result<StatusCode, ProbeFailure>,
     /// The certificate verdict, when a TLS handshake got that far.
-    pub verification: Option<Result<(), rustls::Error>>,
+    pub verification: Option<tls::Verdict>,
     /// How long the request took.
     pub elapsed: Duration,
 }
@@ -628,14 +638,14 @@ async fn probe_bridge(
     let started = Instant::now();
     let provider = tls::provider();
     // With --insecure the verdict is still worth knowing: verify against the system roots.
-    let extra_roots = match settings {
-        TlsSettings::Verify { extra_roots } => extra_roots.as_slice(),
-        TlsSettings::Insecure => &[],
+    let (extra_roots, pins) = match settings {
+        TlsSettings::Verify { extra_roots, pins } => (extra_roots.as_slice(), pins.as_slice()),
+        TlsSettings::Insecure => (&[][..], &[][..]),
     };
     // The sink's verifier, recording: the handshake completes either way, so the probe
     // learns whether the bridge answers as well as whether its certificate would verify.
-    let verifier = tls::root_store(extra_roots)
-        .map(|roots| Arc::new(tls::Verifier::with_roots(&provider, roots).recording()));
+    let verifier = tls::Verifier::verifying(&provider, extra_roots, pins)
+        .map(|verifier| Arc::new(verifier.recording()));
     let client = verifier
         .as_ref()
         .map_err(ToString::to_string)
@@ -744,26 +754,52 @@ pub fn classify_bridge(
     checks
 }
 
-/// The certificate verdict as a row.
-pub fn tls_check(verdict: &Result<(), rustls::Error>, insecure: bool) -> Check {
+/// The certificate verdict as a row: which kind of trust applied, or why there is none.
+pub fn tls_check(verdict: &tls::Verdict, insecure: bool) -> Check {
     const NAME: &str = "bridge tls";
-    match (verdict, insecure) {
-        (Ok(()), false) => Check::ok(NAME, "certificate verified"),
-        (Ok(()), true) => Check::ok(NAME, "certificate verified; --insecure is not needed"),
-        (Err(err), true) => Check::warn(
-            NAME,
-            format!(
-                "not verified (--insecure): it would fail verification: {}",
-                describe_tls(err)
-            ),
-            "pass --ca-file PEM with the CA certificate that signed it instead of --insecure",
-        ),
-        (Err(err), false) => Check::fail(
-            NAME,
-            format!("untrusted: {}", describe_tls(err)),
-            "pass --ca-file PEM with the CA certificate that signed it, or --insecure to skip verification",
-        ),
-    }
+    let fingerprint = &verdict.fingerprint;
+    let trusted = match &verdict.result {
+        Ok(tls::TrustedBy::Chain) => {
+            "certificate verified: signed by a trusted CA (from --ca-file or the system)"
+        }
+        Ok(tls::TrustedBy::OwnCertificate) => {
+            "certificate verified: it is the bridge's own certificate from --ca-file, trusted as it is (self-signed; name and dates checked)"
+        }
+        Ok(tls::TrustedBy::Pin) => {
+            "certificate verified: its fingerprint matches --pin-sha256 (name and dates checked)"
+        }
+        Ok(tls::TrustedBy::Unchecked) => "certificate not checked",
+        Err(err) => {
+            let remedy = match err {
+                rustls::Error::InvalidCertificate(cert) => tls::remedy(cert),
+                _ => {
+                    "pass --ca-file PEM with the bridge's own certificate or the CA certificate that signed it, or --insecure to skip verification"
+                }
+            };
+            return if insecure {
+                Check::warn(
+                    NAME,
+                    format!(
+                        "not verified (--insecure): it would fail verification: {} (sha-256 {fingerprint})",
+                        describe_tls(err)
+                    ),
+                    format!("instead of --insecure: {remedy}"),
+                )
+            } else {
+                Check::fail(
+                    NAME,
+                    format!("untrusted: {} (sha-256 {fingerprint})", describe_tls(err)),
+                    remedy,
+                )
+            };
+        }
+    };
+    let suffix = if insecure {
+        "; --insecure is not needed"
+    } else {
+        ""
+    };
+    Check::ok(NAME, format!("{trusted}{suffix}"))
 }
 
 /// A certificate problem in words (the sink's wording, for a certificate error).
@@ -818,6 +854,7 @@ mod tests {
     use rustls::CertificateError;
 
     use super::*;
+    use crate::sink::TrustedBy;
 
     const STATUS: &str = "Name:\tsipnotify-agent\nCapInh:\t0000000000000000\nCapPrm:\t000001fffeffffff\nCapEff:\t000001fffeffffff\n";
 
@@ -977,14 +1014,19 @@ mod tests {
 
     fn probe(
         reply: Result<StatusCode, ProbeFailure>,
-        verification: Option<Result<(), rustls::Error>>,
+        verification: Option<Result<TrustedBy, rustls::Error>>,
     ) -> BridgeProbe {
         BridgeProbe {
             reply,
-            verification,
+            verification: verification.map(|result| tls::Verdict {
+                result,
+                fingerprint: FINGERPRINT.parse().unwrap(),
+            }),
             elapsed: Duration::from_millis(3),
         }
     }
+
+    const FINGERPRINT: &str = "00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
 
     #[test]
     fn bridge_answers_and_certificates_are_classified() {
@@ -1014,7 +1056,9 @@ mod tests {
         assert_eq!(rows[1].status, Status::Fail);
         assert_eq!(
             rows[1].detail,
-            "untrusted: signed by an unknown certificate authority"
+            format!(
+                "untrusted: signed by an unknown certificate authority (sha-256 {FINGERPRINT})"
+            )
         );
         let fix = rows[1].fix.clone().unwrap_or_default();
         assert!(
@@ -1029,14 +1073,37 @@ mod tests {
             &probe(Ok(StatusCode::NOT_FOUND), Some(untrusted)),
         );
         assert_eq!(insecure[1].status, Status::Warn);
-        let verified = classify_bridge(url, false, t, &probe(Ok(StatusCode::OK), Some(Ok(()))));
-        assert_eq!(verified[1], Check::ok("bridge tls", "certificate verified"));
+        let chain = Some(Ok(TrustedBy::Chain));
+        let verified = classify_bridge(url, false, t, &probe(Ok(StatusCode::OK), chain.clone()));
+        assert_eq!(verified[1].status, Status::Ok);
+        assert!(
+            verified[1].detail.contains("signed by a trusted CA"),
+            "{}",
+            verified[1].detail
+        );
+        // Each kind of trust is named.
+        let own = Some(Ok(TrustedBy::OwnCertificate));
+        let own = classify_bridge(url, false, t, &probe(Ok(StatusCode::OK), own));
+        assert!(
+            own[1]
+                .detail
+                .contains("the bridge's own certificate from --ca-file"),
+            "{}",
+            own[1].detail
+        );
+        let pinned = Some(Ok(TrustedBy::Pin));
+        let pinned = classify_bridge(url, false, t, &probe(Ok(StatusCode::OK), pinned));
+        assert!(
+            pinned[1].detail.contains("--pin-sha256"),
+            "{}",
+            pinned[1].detail
+        );
 
         let down = classify_bridge(
             url,
             false,
             t,
-            &probe(Ok(StatusCode::SERVICE_UNAVAILABLE), Some(Ok(()))),
+            &probe(Ok(StatusCode::SERVICE_UNAVAILABLE), chain),
         );
         assert_eq!(down[0].status, Status::Warn);
         let slow = classify_bridge(url, false, t, &probe(Err(ProbeFailure::Timeout), None));

@@ -13,6 +13,7 @@ pub mod dedup;
 pub mod doctor;
 pub mod error;
 pub mod event;
+pub mod logging;
 pub mod pipeline;
 pub mod queue;
 pub mod reassembly;

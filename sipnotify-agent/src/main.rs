@@ -5,8 +5,8 @@
 use std::process::ExitCode;
 
 use sipnotify_agent::{
-    cli::{Command, LogArgs, LogFormat},
-    config,
+    cli::{Command, LogArgs},
+    config, logging,
 };
 
 fn main() -> ExitCode {
@@ -74,12 +74,5 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(log: &LogArgs) {
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter =
-        EnvFilter::try_from_env("SIPNOTIFY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match log.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    logging::init(log.log_format);
 }

@@ -7,7 +7,10 @@ mod support;
 
 use std::{path::Path, process::Output};
 
-use sipnotify_agent::testing::bridge::TestBridge;
+use sipnotify_agent::testing::{
+    bridge::{BridgeOptions, TestBridge},
+    certs::{openssl_one_liner, openssl_or_skip},
+};
 
 /// Runs `doctor ARGS…` with an empty config file and no SIPNOTIFY_* variables.
 fn doctor(args: &[&str]) -> Output {
@@ -122,9 +125,10 @@ async fn the_bridge_certificate_is_judged() {
     assert!(answer.detail.contains("answers (HTTP "), "{answer:?}");
     let tls = row(&output, "bridge tls");
     assert_eq!(tls.status, "FAIL");
-    assert_eq!(
-        tls.detail,
-        "untrusted: signed by an unknown certificate authority"
+    assert!(
+        tls.detail
+            .starts_with("untrusted: signed by an unknown certificate authority (sha-256 "),
+        "{tls:?}"
     );
     let fix = tls.fix.unwrap_or_default();
     assert!(
@@ -145,10 +149,8 @@ async fn the_bridge_certificate_is_judged() {
     ])
     .await;
     let tls = row(&output, "bridge tls");
-    assert_eq!(
-        (tls.status.as_str(), tls.detail.as_str()),
-        ("OK", "certificate verified")
-    );
+    assert_eq!(tls.status, "OK", "{tls:?}");
+    assert!(tls.detail.contains("signed by a trusted CA"), "{tls:?}");
 
     // --insecure: works, with a warning saying what --ca-file would fix.
     let output = doctor_async(vec!["--bridge-url".into(), url, "--insecure".into()]).await;
@@ -174,6 +176,63 @@ async fn the_bridge_certificate_is_judged() {
             .starts_with("start the bridge")
     );
     assert_eq!(output.status.code(), Some(1));
+}
+
+/// The field report's setup: the bridge serves the openssl one-liner's self-signed
+/// certificate and the operator passes that very file as --ca-file, or pins its fingerprint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_says_which_kind_of_trust_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let test = "doctor_says_which_kind_of_trust_applies";
+    let made = openssl_one_liner(dir.path(), "bridge", "bridge", "IP:127.0.0.1");
+    let Some(made) = openssl_or_skip(test, made) else {
+        return;
+    };
+    let bridge = TestBridge::start(BridgeOptions {
+        identity: Some(made.identity.clone()),
+        ..BridgeOptions::default()
+    })
+    .await
+    .unwrap();
+    let url = bridge.url().to_owned();
+
+    let output = doctor_async(vec![
+        "--bridge-url".into(),
+        url.clone(),
+        "--ca-file".into(),
+        path(&made.ca_file),
+    ])
+    .await;
+    let tls = row(&output, "bridge tls");
+    assert_eq!(tls.status, "OK", "{tls:?}");
+    assert!(
+        tls.detail
+            .contains("the bridge's own certificate from --ca-file"),
+        "{tls:?}"
+    );
+
+    // Untrusted, the row shows the fingerprint to pin; pinned, it says so.
+    let output = doctor_async(vec!["--bridge-url".into(), url.clone()]).await;
+    let tls = row(&output, "bridge tls");
+    assert_eq!(tls.status, "FAIL", "{tls:?}");
+    let fingerprint = tls
+        .detail
+        .split("(sha-256 ")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("no fingerprint in {tls:?}"))
+        .to_owned();
+    assert!(tls.fix.unwrap_or_default().contains("--pin-sha256"));
+    let output = doctor_async(vec![
+        "--bridge-url".into(),
+        url,
+        "--pin-sha256".into(),
+        fingerprint,
+    ])
+    .await;
+    let tls = row(&output, "bridge tls");
+    assert_eq!(tls.status, "OK", "{tls:?}");
+    assert!(tls.detail.contains("matches --pin-sha256"), "{tls:?}");
 }
 
 fn path(p: &Path) -> String {

@@ -1,5 +1,6 @@
 //! Delivery against the local HTTPS bridge stand-in: what the bridge actually received, how
-//! often, with which headers, through failures, outages and certificate trouble.
+//! often, with which headers, through failures, outages and certificate trouble (with
+//! certificates made the way operators make them), and the check before capture.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -11,8 +12,17 @@ use std::{
 use sipnotify_agent::{
     event::{CaptureMeta, Notification},
     queue::NotificationQueue,
-    sink::{Delivery, DeliveryArgs, DeliveryReport, SinkSettings, deliver},
-    testing::{BridgeOptions, Reply, TestBridge},
+    sink::{
+        BridgeCheck, BridgeConfigError, Delivery, DeliveryArgs, DeliveryFailed, DeliveryReport,
+        Fingerprint, SinkSettings, deliver,
+    },
+    testing::{
+        BridgeOptions, Reply, TestBridge,
+        certs::{
+            MadeCertificate, ServerIdentity, mkcert_style, openssl_one_liner, openssl_or_skip,
+            private_ca,
+        },
+    },
 };
 use tokio_util::sync::CancellationToken;
 
@@ -292,6 +302,67 @@ async fn a_certificate_for_another_name_is_untrusted_too() {
     eprintln!("{message}");
 }
 
+/// The check before capture, through the delivery client: a wrong path or an untrusted
+/// certificate is a configuration error; a bridge that is not there is not.
+#[tokio::test]
+async fn the_bridge_check_tells_configuration_errors_from_an_absent_bridge() {
+    let f = fixture(BridgeOptions::default()).await;
+    let check = |args: DeliveryArgs| async move {
+        Delivery::new(settings(&args)).unwrap().check_bridge().await
+    };
+    let delivery = Delivery::new(settings(&f.args())).unwrap();
+    let answered = delivery.check_bridge().await;
+    assert!(
+        matches!(answered, Ok(Some(BridgeCheck::Answered { status })) if status == 200),
+        "{answered:?}"
+    );
+    assert!(delivery.health().has_answered());
+    assert!(f.bridge.received().is_empty(), "the check posts nothing");
+
+    let wrong_path = DeliveryArgs {
+        bridge_url: f.bridge.url().replace("/genesys-call-notify", "/notify"),
+        ..f.args()
+    };
+    let error = check(wrong_path).await.unwrap_err();
+    assert!(
+        matches!(error, BridgeConfigError::NotFound { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("404"), "{error}");
+
+    let untrusted = DeliveryArgs {
+        ca_file: None,
+        ..f.args()
+    };
+    let error = check(untrusted).await.unwrap_err().to_string();
+    assert!(
+        error.contains("not trusted")
+            && error.contains("--ca-file")
+            && error.contains("--insecure"),
+        "{error}"
+    );
+
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let down = DeliveryArgs {
+        bridge_url: format!("https://127.0.0.1:{port}/genesys-call-notify"),
+        ..f.args()
+    };
+    let unreachable = check(down).await;
+    assert!(
+        matches!(unreachable, Ok(Some(BridgeCheck::Unreachable { .. }))),
+        "{unreachable:?}"
+    );
+    let stdout_only = DeliveryArgs {
+        stdout: true,
+        no_bridge: true,
+        ..f.args()
+    };
+    assert_eq!(check(stdout_only).await, Ok(None));
+}
+
 #[tokio::test]
 async fn ca_file_and_insecure_both_connect() {
     let f = fixture(BridgeOptions::default()).await;
@@ -509,4 +580,157 @@ async fn a_paused_bridge_delays_but_loses_nothing() {
             .wait_for_acknowledged(5, Duration::from_secs(1))
             .await
     );
+}
+
+// Bridge certificates made the way people make them, over real TLS connections: the openssl
+// one-liner's self-signed certificate given as --ca-file (`CA:TRUE`, which webpki alone
+// refuses), mkcert's local CA or its leaf, a private CA with an intermediate, a --pin-sha256;
+// and the wrong certificate or one for another name, which fail naming the remedies.
+
+async fn bridge_serving(identity: &ServerIdentity) -> TestBridge {
+    TestBridge::start(BridgeOptions {
+        identity: Some(identity.clone()),
+        ..BridgeOptions::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn tls_args(bridge: &TestBridge, ca_file: Option<PathBuf>, pins: &[String]) -> DeliveryArgs {
+    DeliveryArgs {
+        bridge_url: bridge.url().to_owned(),
+        ca_file,
+        pin_sha256: pins.to_vec(),
+        retry_initial: Duration::from_millis(10),
+        retry_max: Duration::from_millis(100),
+        ..DeliveryArgs::default()
+    }
+}
+
+/// Delivers one notification with `args`.
+async fn deliver_one(args: &DeliveryArgs) -> Result<DeliveryReport, DeliveryFailed> {
+    let settings = settings(args);
+    let queue = NotificationQueue::new(10);
+    queue.push(notification(1));
+    queue.close();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        deliver(queue, settings, CancellationToken::new()),
+    )
+    .await
+    .expect("delivery ends")
+}
+
+/// Delivers one notification and asserts the bridge acknowledged it exactly once.
+async fn assert_delivers(bridge: &TestBridge, args: &DeliveryArgs) {
+    let report = deliver_one(args).await.unwrap();
+    assert_eq!((report.delivered, report.undelivered), (1, 0), "{report:?}");
+    assert_eq!(bridge.received().len(), 1);
+}
+
+fn openssl(dir: &tempfile::TempDir, test: &str, name: &str, san: &str) -> Option<MadeCertificate> {
+    openssl_or_skip(test, openssl_one_liner(dir.path(), name, "bridge", san))
+}
+
+#[tokio::test]
+async fn the_openssl_one_liner_certificate_as_ca_file_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let test = "the_openssl_one_liner_certificate_as_ca_file_delivers";
+    let Some(made) = openssl(&dir, test, "bridge", "IP:127.0.0.1") else {
+        return;
+    };
+    let bridge = bridge_serving(&made.identity).await;
+    assert_delivers(&bridge, &tls_args(&bridge, Some(made.ca_file), &[])).await;
+}
+
+#[tokio::test]
+async fn mkcert_root_or_its_leaf_as_ca_file_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (made, leaf) = mkcert_style(dir.path(), &["127.0.0.1", "localhost"]);
+    let bridge = bridge_serving(&made.identity).await;
+    assert_delivers(&bridge, &tls_args(&bridge, Some(made.ca_file), &[])).await;
+    let bridge = bridge_serving(&made.identity).await;
+    assert_delivers(&bridge, &tls_args(&bridge, Some(leaf), &[])).await;
+}
+
+#[tokio::test]
+async fn a_private_ca_with_an_intermediate_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = private_ca(dir.path(), &["127.0.0.1"]);
+    let bridge = bridge_serving(&made.identity).await;
+    assert_delivers(&bridge, &tls_args(&bridge, Some(made.ca_file), &[])).await;
+}
+
+#[tokio::test]
+async fn a_pinned_fingerprint_delivers_without_a_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let test = "a_pinned_fingerprint_delivers_without_a_ca_file";
+    let Some(made) = openssl(&dir, test, "bridge", "IP:127.0.0.1") else {
+        return;
+    };
+    // As the operator gets it: `openssl x509 -noout -fingerprint -sha256 -in bridge.crt`.
+    let output = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(&made.ca_file)
+        .output()
+        .unwrap();
+    let line = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    assert!(line.parse::<Fingerprint>().is_ok(), "{line}");
+    let bridge = bridge_serving(&made.identity).await;
+    assert_delivers(&bridge, &tls_args(&bridge, None, &[line])).await;
+}
+
+#[tokio::test]
+async fn the_wrong_certificate_fails_naming_both_remedies() {
+    let dir = tempfile::tempdir().unwrap();
+    let test = "the_wrong_certificate_fails_naming_both_remedies";
+    let Some(served) = openssl(&dir, test, "served", "IP:127.0.0.1") else {
+        return;
+    };
+    let Some(other) = openssl(&dir, test, "other", "IP:127.0.0.1") else {
+        return;
+    };
+    let bridge = bridge_serving(&served.identity).await;
+    let failed = deliver_one(&tls_args(&bridge, Some(other.ca_file), &[]))
+        .await
+        .unwrap_err();
+    let message = failed.to_string();
+    eprintln!("{message}");
+    assert!(
+        message.contains("a self-signed (CA:TRUE) certificate that is not the one in --ca-file"),
+        "{message}"
+    );
+    assert!(
+        message.contains("--ca-file PEM with the bridge's own certificate")
+            && message.contains("--insecure"),
+        "{message}"
+    );
+    assert!(bridge.received().is_empty());
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_name_fails_naming_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let test = "a_certificate_for_another_name_fails_naming_the_host";
+    let Some(made) = openssl(&dir, test, "bridge", "IP:127.0.0.2") else {
+        return;
+    };
+    let bridge = bridge_serving(&made.identity).await;
+    let failed = deliver_one(&tls_args(&bridge, Some(made.ca_file), &[]))
+        .await
+        .unwrap_err();
+    let message = failed.to_string();
+    eprintln!("{message}");
+    assert!(
+        message.contains("not valid for name \"127.0.0.1\""),
+        "{message}"
+    );
+    assert!(message.contains("127.0.0.2"), "{message}");
+    assert!(
+        message.contains("--bridge-url")
+            && message.contains("--ca-file")
+            && message.contains("--insecure"),
+        "{message}"
+    );
+    assert!(bridge.received().is_empty());
 }

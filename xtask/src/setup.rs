@@ -17,8 +17,13 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// Debian packages the tests and demo use: `ip` for namespaces, `tcpdump` for the baseline
-/// comparison with the field report's script.
-const PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("tcpdump", "tcpdump")];
+/// comparison with the field report's script, `openssl` for bridge certificates made the way
+/// operators make them.
+const PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("tcpdump", "tcpdump"),
+    ("openssl", "openssl"),
+];
 
 /// Runs every setup step that is not already satisfied.
 pub(crate) fn ensure(root: &Path) -> Result<()> {

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     BodyMode, BridgeHealth, JsonLines, SinkConfigError, SinkSettings, TlsSettings,
     batch::{self, Batch, Batcher},
-    http::{BatchOutcome, HttpSink, SendError},
+    http::{BatchOutcome, BridgeCheck, BridgeConfigError, HttpSink, SendError},
     retry::Backoff,
 };
 use crate::{
@@ -66,15 +66,14 @@ pub enum DeliveryError {
     #[error(transparent)]
     Config(#[from] SinkConfigError),
     /// The bridge's certificate is not trusted and the bridge has never answered.
-    #[error(
-        "the tls certificate of the bridge at {url} is not trusted ({reason}): pass --ca-file PEM \
-         with the CA certificate that signed it, or --insecure to skip verification"
-    )]
+    #[error("the tls certificate of the bridge at {url} is not trusted ({reason}): {remedy}")]
     UntrustedCertificate {
         /// The bridge URL.
         url: String,
         /// What the verifier said.
         reason: String,
+        /// What the operator can do about it.
+        remedy: &'static str,
     },
 }
 
@@ -122,6 +121,20 @@ impl Delivery {
             http,
             health: BridgeHealth::default(),
         })
+    }
+
+    /// Checks the bridge before capture, through the delivery client (see `HttpSink::check`):
+    /// `Ok(None)` without a bridge; `Err` for a definite configuration error (an untrusted
+    /// certificate, no endpoint at the URL), on which nothing should be captured.
+    pub async fn check_bridge(&self) -> Result<Option<BridgeCheck>, BridgeConfigError> {
+        let Some(http) = &self.http else {
+            return Ok(None);
+        };
+        let check = http.check().await?;
+        if let BridgeCheck::Answered { .. } = check {
+            self.health.mark_answered();
+        }
+        Ok(Some(check))
     }
 
     /// Whether the bridge has answered at least once; shared with the running delivery.
@@ -382,11 +395,12 @@ async fn send_batch(shared: Arc<Shared>, mut batch: Batch, _permit: OwnedSemapho
                 if let SendError::Status { .. } = error {
                     shared.health.mark_answered();
                 }
-                if let SendError::UntrustedCertificate { reason } = &error {
+                if let SendError::UntrustedCertificate { reason, remedy } = &error {
                     if !shared.health.has_answered() {
                         shared.fail(DeliveryError::UntrustedCertificate {
                             url: shared.http.url().to_string(),
                             reason: reason.clone(),
+                            remedy,
                         });
                         // Still in flight: counted as undelivered.
                         return;
@@ -394,16 +408,11 @@ async fn send_batch(shared: Arc<Shared>, mut batch: Batch, _permit: OwnedSemapho
                 }
                 let delay = retry_after.unwrap_or_else(|| backoff.next_delay());
                 if let Some(suppressed) = shared.failures.allow() {
-                    let remedy = if matches!(error, SendError::UntrustedCertificate { .. }) {
-                        "pass --ca-file PEM or --insecure"
-                    } else {
-                        ""
-                    };
+                    // The error's text carries the remedy of a certificate problem.
                     tracing::warn!(
                         %error,
                         retry_in = %humantime::format_duration(delay),
                         suppressed,
-                        remedy,
                         "bridge delivery failed; retrying"
                     );
                 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::{
-    Client, ClientBuilder, StatusCode, Url,
+    Client, ClientBuilder, Method, StatusCode, Url,
     header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue},
 };
 use rustls::ClientConfig;
@@ -45,10 +45,12 @@ pub enum SendError {
         timeout: Duration,
     },
     /// The bridge's certificate failed verification.
-    #[error("the bridge's tls certificate is not trusted ({reason})")]
+    #[error("the bridge's tls certificate is not trusted ({reason}): {remedy}")]
     UntrustedCertificate {
         /// What the verifier said.
         reason: String,
+        /// What the operator can do about it.
+        remedy: &'static str,
     },
     /// The connection could not be made (refused, reset, TLS handshake, DNS).
     #[error("cannot connect to the bridge: {reason}")]
@@ -85,6 +87,49 @@ pub enum BatchOutcome {
         status: StatusCode,
         /// The start of the reply body, for the log.
         body_excerpt: String,
+    },
+}
+
+/// What the check before capture found, when it is not a configuration error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BridgeCheck {
+    /// The bridge answered (any status but 404 and 410).
+    Answered {
+        /// Its status to the OPTIONS request.
+        status: StatusCode,
+    },
+    /// No answer now (refused, timed out, reset): the bridge may be down, which capture
+    /// outlives.
+    Unreachable {
+        /// Why, for the warning.
+        error: SendError,
+    },
+}
+
+/// A definite configuration error found by the check before capture: every notification
+/// would be refused or never sent, so the agent must not start capturing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BridgeConfigError {
+    /// The certificate fails verification.
+    #[error("the tls certificate of the bridge at {url} is not trusted ({reason}): {remedy}")]
+    UntrustedCertificate {
+        /// The bridge URL.
+        url: String,
+        /// What the verifier said.
+        reason: String,
+        /// What the operator can do about it.
+        remedy: &'static str,
+    },
+    /// Nothing lives at the URL's path.
+    #[error(
+        "the bridge at {url} answers {status}: there is no such endpoint; check the path in \
+         --bridge-url (the bridge's route, e.g. /genesys-call-notify)"
+    )]
+    NotFound {
+        /// The bridge URL.
+        url: String,
+        /// 404 or 410.
+        status: StatusCode,
     },
 }
 
@@ -189,10 +234,56 @@ impl HttpSink {
         }
     }
 
+    /// Asks the bridge, without sending a notification, whether the URL works: one OPTIONS
+    /// request through the delivery client (same TLS verification, same HTTP settings).
+    ///
+    /// OPTIONS rather than HEAD: Express (the bridge of the field report) answers OPTIONS on
+    /// any route it has with 200 and `Allow: POST`, other frameworks answer 405 on a POST-only
+    /// route, and all of them 404 only when nothing lives at the path; HEAD is a 404 on an
+    /// Express POST route.
+    pub(crate) async fn check(&self) -> Result<BridgeCheck, BridgeConfigError> {
+        let mut request = self.client.request(Method::OPTIONS, self.url.clone());
+        if let Some(authorization) = &self.authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => {
+                return match self.failed(&error) {
+                    BatchOutcome::Errored {
+                        error: SendError::UntrustedCertificate { reason, remedy },
+                        ..
+                    } => Err(BridgeConfigError::UntrustedCertificate {
+                        url: self.url.to_string(),
+                        reason,
+                        remedy,
+                    }),
+                    BatchOutcome::Errored { error, .. } => Ok(BridgeCheck::Unreachable { error }),
+                    // `failed` only makes errors.
+                    _ => Ok(BridgeCheck::Unreachable {
+                        error: SendError::Other {
+                            reason: error_chain(&error),
+                        },
+                    }),
+                };
+            }
+        };
+        let status = response.status();
+        let _ = response.bytes().await;
+        if matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE) {
+            return Err(BridgeConfigError::NotFound {
+                url: self.url.to_string(),
+                status,
+            });
+        }
+        Ok(BridgeCheck::Answered { status })
+    }
+
     fn failed(&self, error: &reqwest::Error) -> BatchOutcome {
         let error = if let Some(cert) = tls::certificate_error(error) {
             SendError::UntrustedCertificate {
                 reason: tls::describe(&cert),
+                remedy: tls::remedy(&cert),
             }
         } else if error.is_timeout() {
             SendError::Timeout {

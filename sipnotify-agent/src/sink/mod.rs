@@ -29,8 +29,9 @@ use reqwest::Url;
 use rustls::pki_types::{CertificateDer, pem::PemObject as _};
 
 pub use driver::{Delivery, DeliveryError, DeliveryFailed, DeliveryReport, deliver};
-pub use http::{BatchOutcome, SendError};
+pub use http::{BatchOutcome, BridgeCheck, BridgeConfigError, SendError};
 pub use stdout::JsonLines;
+pub use tls::{Fingerprint, TrustedBy, Verdict};
 
 use crate::event::JsonOptions;
 
@@ -60,9 +61,21 @@ pub struct DeliveryArgs {
     #[arg(long, conflicts_with = "ca_file")]
     pub insecure: bool,
 
-    /// Also trust the CA certificate(s) in this PEM file for the bridge's TLS certificate.
+    /// Trust the certificates in this PEM file: the CA that signed the bridge's certificate,
+    /// or the bridge's own (self-signed) certificate, which is then trusted as it is whatever
+    /// its CA flag says. The host name and dates are checked either way.
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
+
+    /// Trust the bridge certificate with this SHA-256 fingerprint (as `openssl x509 -noout
+    /// -fingerprint -sha256 -in CERT` prints it; repeat for several). The host name and dates
+    /// are still checked.
+    #[arg(
+        long = "pin-sha256",
+        value_name = "FINGERPRINT",
+        conflicts_with = "insecure"
+    )]
+    pub pin_sha256: Vec<String>,
 
     /// Send `Authorization: Bearer <token>` with the token read from this file; the token can
     /// also come from the SIPNOTIFY_BRIDGE_TOKEN environment variable.
@@ -135,6 +148,7 @@ impl Default for DeliveryArgs {
             bridge_url: DEFAULT_BRIDGE_URL.to_owned(),
             insecure: false,
             ca_file: None,
+            pin_sha256: Vec::new(),
             bridge_token_file: None,
             stdout: false,
             no_bridge: false,
@@ -170,6 +184,15 @@ pub enum SinkConfigError {
     InsecureWithCaFile {
         /// The CA file given.
         path: PathBuf,
+    },
+    /// `--insecure` and `--pin-sha256` contradict each other.
+    #[error("--insecure and --pin-sha256 contradict each other: drop --insecure")]
+    InsecureWithPin,
+    /// A `--pin-sha256` value is not a fingerprint.
+    #[error("invalid --pin-sha256: {reason}")]
+    Pin {
+        /// Why.
+        reason: String,
     },
     /// The CA file cannot be read or holds no certificate.
     #[error("cannot use --ca-file `{}`: {reason}", path.display())]
@@ -237,10 +260,13 @@ pub enum SinkConfigError {
 /// How the bridge's certificate is checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TlsSettings {
-    /// Verify against the system roots plus these extra roots (from `--ca-file`).
+    /// Verify against the system roots plus the certificates of `--ca-file`, which are also
+    /// trusted as they are when the bridge presents one of them, and the pins.
     Verify {
-        /// Extra trusted roots.
+        /// The certificates of `--ca-file`.
         extra_roots: Vec<CertificateDer<'static>>,
+        /// `--pin-sha256`.
+        pins: Vec<Fingerprint>,
     },
     /// Accept any certificate (`--insecure`).
     Insecure,
@@ -460,14 +486,25 @@ fn parse_bridge_url(raw: &str) -> Result<Url, SinkConfigError> {
 }
 
 fn tls_settings(args: &DeliveryArgs) -> Result<TlsSettings, SinkConfigError> {
+    let pins = args
+        .pin_sha256
+        .iter()
+        .map(|text| {
+            text.parse()
+                .map_err(|reason| SinkConfigError::Pin { reason })
+        })
+        .collect::<Result<Vec<Fingerprint>, _>>()?;
     match (&args.ca_file, args.insecure) {
         (Some(path), true) => Err(SinkConfigError::InsecureWithCaFile { path: path.clone() }),
+        (None, true) if !pins.is_empty() => Err(SinkConfigError::InsecureWithPin),
         (None, true) => Ok(TlsSettings::Insecure),
         (None, false) => Ok(TlsSettings::Verify {
             extra_roots: Vec::new(),
+            pins,
         }),
         (Some(path), false) => Ok(TlsSettings::Verify {
             extra_roots: read_ca_file(path)?,
+            pins,
         }),
     }
 }
@@ -573,7 +610,8 @@ mod tests {
         assert_eq!(
             bridge.tls,
             TlsSettings::Verify {
-                extra_roots: Vec::new()
+                extra_roots: Vec::new(),
+                pins: Vec::new(),
             }
         );
         assert_eq!(settings.mode, BodyMode::Object);

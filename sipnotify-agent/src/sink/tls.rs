@@ -1,15 +1,21 @@
 //! The rustls client configuration for the bridge, and recognising certificate failures.
 //!
-//! Verification is on by default against the system roots plus `--ca-file`; `--insecure`
-//! makes the verifier accept any certificate (still checking handshake signatures, so the
-//! connection is encrypted, just not authenticated). A failed verification must reach the
-//! operator as "pass --ca-file PEM or --insecure", so the error chain is searched for it.
+//! Verification is on by default. A certificate is trusted when it chains to the system roots
+//! or to a CA in `--ca-file`, or when it is itself one of the certificates in `--ca-file` (the
+//! bridge's own self-signed certificate, whatever its CA flag says) or matches a
+//! `--pin-sha256` fingerprint; the host name and the dates are checked in every case.
+//! `--insecure` makes the verifier accept any certificate (still checking handshake
+//! signatures, so the connection is encrypted, just not authenticated). A failed verification
+//! must reach the operator with its remedy (`remedy`), so the error chain is searched for it.
 //!
-//! `doctor` builds its probe from the same pieces (`root_store`, a recording `Verifier`,
-//! `config_with_verifier`, `describe`), so it judges a certificate exactly as `run` would.
+//! `doctor` builds its probe from the same pieces (a recording `Verifier`,
+//! `config_with_verifier`, `describe`, `remedy`), so it judges a certificate exactly as `run`
+//! would, and says which kind of trust applied.
 
 use std::{
     error::Error as StdError,
+    fmt,
+    str::FromStr,
     sync::{Arc, Mutex, PoisonError},
 };
 
@@ -21,6 +27,7 @@ use rustls::{
     },
     crypto::{CryptoProvider, WebPkiSupportedAlgorithms},
     pki_types::{CertificateDer, ServerName, UnixTime},
+    server::ParsedCertificate,
 };
 
 use super::{SinkConfigError, TlsSettings};
@@ -31,6 +38,65 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The SHA-256 fingerprint of a certificate's DER bytes: what
+/// `openssl x509 -noout -fingerprint -sha256 -in cert.pem` prints, and what `--pin-sha256`
+/// takes. Shown as colon-separated upper-case hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of `der`.
+    pub fn of(der: &[u8]) -> Self {
+        let digest = ring::digest::digest(&ring::digest::SHA256, der);
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(digest.as_ref());
+        Self(bytes)
+    }
+}
+
+impl FromStr for Fingerprint {
+    type Err = String;
+
+    /// 64 hex digits, in either case, with or without colons; openssl's whole output line
+    /// (`sha256 Fingerprint=AB:CD:…`) is accepted too.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let value = text.rsplit('=').next().unwrap_or(text).trim();
+        let hex: Vec<u8> = value.bytes().filter(|&b| b != b':').collect();
+        let digit = |b: u8| char::from(b).to_digit(16);
+        if hex.len() != 64 || hex.iter().any(|&b| digit(b).is_none()) {
+            return Err(format!(
+                "`{text}` is not a sha-256 fingerprint (64 hex digits, colons allowed, as \
+                 `openssl x509 -noout -fingerprint -sha256 -in CERT` prints)"
+            ));
+        }
+        let mut bytes = [0u8; 32];
+        for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+            let high = digit(pair[0]).unwrap_or(0);
+            let low = digit(pair[1]).unwrap_or(0);
+            *byte = u8::try_from((high << 4) | low).unwrap_or(0);
+        }
+        Ok(Self(bytes))
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, byte) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(":")?;
+            }
+            write!(f, "{byte:02X}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
 /// A client configuration for `settings`, offering HTTP/2 and HTTP/1.1 through ALPN.
 pub(crate) fn client_config(settings: &TlsSettings) -> Result<ClientConfig, SinkConfigError> {
     let provider = provider();
@@ -39,9 +105,10 @@ pub(crate) fn client_config(settings: &TlsSettings) -> Result<ClientConfig, Sink
     };
     let verifier = match settings {
         TlsSettings::Insecure => Verifier::insecure(&provider),
-        TlsSettings::Verify { extra_roots } => {
-            let roots = root_store(extra_roots).map_err(client_error)?;
-            if roots.is_empty() {
+        TlsSettings::Verify { extra_roots, pins } => {
+            let verifier =
+                Verifier::verifying(&provider, extra_roots, pins).map_err(client_error)?;
+            if verifier.trusts_nothing() {
                 // Logged here rather than in `Verifier`: the doctor, which shares it, reports
                 // the outcome in its `bridge tls` row instead.
                 tracing::warn!(
@@ -49,7 +116,7 @@ pub(crate) fn client_config(settings: &TlsSettings) -> Result<ClientConfig, Sink
                      without --ca-file PEM (or --insecure)"
                 );
             }
-            Verifier::with_roots(&provider, roots)
+            verifier
         }
     };
     let mut config = config_with_verifier(provider, Arc::new(verifier)).map_err(client_error)?;
@@ -85,19 +152,52 @@ pub(crate) fn root_store(
     Ok(roots)
 }
 
+/// Why a certificate was accepted; the doctor says which case applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrustedBy {
+    /// It chains to a trusted CA (`--ca-file` or the system's).
+    Chain,
+    /// It is byte for byte one of the certificates in `--ca-file`: the bridge's own
+    /// (typically self-signed) certificate, trusted as it is.
+    OwnCertificate,
+    /// Its fingerprint is one of the `--pin-sha256` values.
+    Pin,
+    /// `--insecure`: not checked at all.
+    Unchecked,
+}
+
+/// What a recording verifier found about the last certificate it saw.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// Accepted, and why; or why not.
+    pub result: Result<TrustedBy, rustls::Error>,
+    /// The certificate's SHA-256 fingerprint (what `--pin-sha256` would take).
+    pub fingerprint: Fingerprint,
+}
+
 /// The certificate verifier of every bridge connection, the agent's and the doctor's.
 ///
-/// It judges the certificate by its `Trust`. Normally that verdict decides the handshake;
-/// a [`recording`](Self::recording) verifier (the doctor's) keeps the verdict instead and lets
-/// the handshake complete either way, so one probe learns both whether the bridge answers and
-/// whether its certificate would verify. Handshake signatures are always checked, so even an
-/// unverified connection is encrypted.
+/// A certificate the bridge presents is accepted when it is one of the certificates in
+/// `--ca-file` byte for byte, or its fingerprint is pinned, and in both cases its name and
+/// dates are right; otherwise webpki judges it against the trusted roots. The first case is
+/// the self-signed bridge certificate made with `openssl req -x509 …`: openssl marks it
+/// `CA:TRUE`, which webpki refuses in a server certificate (`CaUsedAsEndEntity`), yet the
+/// operator who hands over that very certificate means "trust this one", as curl does.
+///
+/// Normally the verdict decides the handshake; a [`recording`](Self::recording) verifier (the
+/// doctor's) keeps the verdict instead and lets the handshake complete either way, so one
+/// probe learns both whether the bridge answers and whether its certificate would verify.
+/// Handshake signatures are always checked, so even an unverified connection is encrypted,
+/// and a certificate trusted as it is must still prove its private key.
 #[derive(Debug)]
 pub(crate) struct Verifier {
     trust: Trust,
+    /// Certificates trusted as they are, with themselves as the only root (for the dates).
+    own: Vec<(CertificateDer<'static>, RootCertStore)>,
+    pins: Vec<Fingerprint>,
     algorithms: WebPkiSupportedAlgorithms,
     /// `Some` when recording: the verdict of the last certificate, until taken.
-    verdict: Option<Mutex<Option<Result<(), rustls::Error>>>>,
+    verdict: Option<Mutex<Option<Verdict>>>,
 }
 
 /// What a certificate is checked against.
@@ -112,8 +212,25 @@ enum Trust {
 }
 
 impl Verifier {
-    /// The verifier without `--insecure`: webpki against `roots`.
-    pub(crate) fn with_roots(provider: &Arc<CryptoProvider>, roots: RootCertStore) -> Self {
+    /// The verifier without `--insecure`: the certificates of `--ca-file` (`ca_file`) as roots
+    /// and as certificates trusted as they are, the system roots, and `pins`.
+    pub(crate) fn verifying(
+        provider: &Arc<CryptoProvider>,
+        ca_file: &[CertificateDer<'static>],
+        pins: &[Fingerprint],
+    ) -> Result<Self, rustls::Error> {
+        let mut verifier = Self::with_roots(provider, root_store(ca_file)?);
+        for cert in ca_file {
+            let mut itself = RootCertStore::empty();
+            itself.add(cert.clone())?;
+            verifier.own.push((cert.clone(), itself));
+        }
+        verifier.pins = pins.to_vec();
+        Ok(verifier)
+    }
+
+    /// webpki against `roots`, and nothing else.
+    fn with_roots(provider: &Arc<CryptoProvider>, roots: RootCertStore) -> Self {
         let trust = match WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
             Arc::clone(provider),
@@ -138,9 +255,16 @@ impl Verifier {
     fn new(provider: &CryptoProvider, trust: Trust) -> Self {
         Self {
             trust,
+            own: Vec::new(),
+            pins: Vec::new(),
             algorithms: provider.signature_verification_algorithms,
             verdict: None,
         }
+    }
+
+    /// True when no certificate at all can pass (no root, no own certificate, no pin).
+    fn trusts_nothing(&self) -> bool {
+        matches!(self.trust, Trust::Nothing) && self.own.is_empty() && self.pins.is_empty()
     }
 
     /// This verifier, recording its verdict (see [`Verifier::take_verdict`]) rather than
@@ -154,12 +278,85 @@ impl Verifier {
 
     /// The recorded verdict, if recording and a certificate has been checked since the last
     /// call.
-    pub(crate) fn take_verdict(&self) -> Option<Result<(), rustls::Error>> {
+    pub(crate) fn take_verdict(&self) -> Option<Verdict> {
         self.verdict
             .as_ref()?
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
+    }
+
+    fn judge(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        fingerprint: &Fingerprint,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<TrustedBy, rustls::Error> {
+        let webpki = match &self.trust {
+            Trust::Anything => return Ok(TrustedBy::Unchecked),
+            Trust::Roots(webpki) => Some(webpki),
+            Trust::Nothing => None,
+        };
+        if self.pins.contains(fingerprint) {
+            let mut itself = RootCertStore::empty();
+            itself.add(end_entity.clone().into_owned())?;
+            self.check_as_is(end_entity, &itself, server_name, now)?;
+            return Ok(TrustedBy::Pin);
+        }
+        if let Some((_, itself)) = self
+            .own
+            .iter()
+            .find(|(cert, _)| cert.as_ref() == end_entity.as_ref())
+        {
+            self.check_as_is(end_entity, itself, server_name, now)?;
+            return Ok(TrustedBy::OwnCertificate);
+        }
+        match webpki {
+            Some(webpki) => webpki
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                .map(|_| TrustedBy::Chain),
+            None => Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
+        }
+    }
+
+    /// The checks a certificate trusted as it is still has to pass: its name (with rustls's
+    /// own name check) and its dates.
+    fn check_as_is(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        itself: &RootCertStore,
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_name(&parsed, server_name)?;
+        // The dates, through webpki with the certificate as its own root. webpki checks a
+        // certificate's dates before anything else about it (`check_issuer_independent_properties`),
+        // so any other complaint (the CA flag, a signature by an issuer not in the file) means
+        // the dates passed; those complaints do not matter for a certificate the operator
+        // handed over as it is. A unit test holds webpki to that order.
+        match rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            itself,
+            &[],
+            now,
+            self.algorithms.all,
+        ) {
+            Err(
+                error @ rustls::Error::InvalidCertificate(
+                    CertificateError::Expired
+                    | CertificateError::ExpiredContext { .. }
+                    | CertificateError::NotValidYet
+                    | CertificateError::NotValidYetContext { .. },
+                ),
+            ) => Err(error),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -172,21 +369,24 @@ impl ServerCertVerifier for Verifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verdict = match &self.trust {
-            Trust::Roots(webpki) => webpki
-                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-                .map(drop),
-            Trust::Nothing => Err(rustls::Error::InvalidCertificate(
-                CertificateError::UnknownIssuer,
-            )),
-            Trust::Anything => Ok(()),
-        };
+        let fingerprint = Fingerprint::of(end_entity);
+        let result = self.judge(
+            end_entity,
+            &fingerprint,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
         match &self.verdict {
             Some(slot) => {
-                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(verdict);
+                *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Verdict {
+                    result,
+                    fingerprint,
+                });
                 Ok(ServerCertVerified::assertion())
             }
-            None => verdict.map(|()| ServerCertVerified::assertion()),
+            None => result.map(|_| ServerCertVerified::assertion()),
         }
     }
 
@@ -234,10 +434,48 @@ pub(crate) fn certificate_error(error: &(dyn StdError + 'static)) -> Option<Cert
     None
 }
 
+/// What the operator can do about a certificate problem: always names `--ca-file` and
+/// `--insecure`, and the likely fix first.
+pub(crate) fn remedy(error: &CertificateError) -> &'static str {
+    match error {
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            "the certificate is not made out to the host in --bridge-url: use a --bridge-url \
+             with a name the certificate holds, or give the bridge a certificate for that host \
+             (openssl: -addext subjectAltName=IP:ADDRESS or DNS:NAME) and pass it as --ca-file \
+             PEM, or --insecure to skip verification"
+        }
+        CertificateError::Expired
+        | CertificateError::ExpiredContext { .. }
+        | CertificateError::NotValidYet
+        | CertificateError::NotValidYetContext { .. } => {
+            "renew the bridge's certificate (or correct this host's clock) and pass the new one \
+             as --ca-file PEM, or --insecure to skip verification"
+        }
+        _ => {
+            "pass --ca-file PEM with the bridge's own certificate or the CA certificate that \
+             signed it (or --pin-sha256 with its fingerprint), or --insecure to skip verification"
+        }
+    }
+}
+
 /// A one-line, lowercase description of a certificate problem for the operator.
 pub(crate) fn describe(error: &CertificateError) -> String {
-    if let CertificateError::UnknownIssuer = error {
-        return "signed by an unknown certificate authority".to_owned();
+    match error {
+        CertificateError::UnknownIssuer => {
+            return "signed by an unknown certificate authority".to_owned();
+        }
+        // webpki's word for a server certificate marked `CA:TRUE`, as openssl's self-signed
+        // ones are; it only reaches here when that certificate is not in --ca-file.
+        CertificateError::Other(other)
+            if matches!(
+                other.0.downcast_ref::<webpki::Error>(),
+                Some(webpki::Error::CaUsedAsEndEntity)
+            ) =>
+        {
+            return "a self-signed (CA:TRUE) certificate that is not the one in --ca-file"
+                .to_owned();
+        }
+        _ => {}
     }
     let text = error.to_string();
     // rustls prints plain variants by name (`BadEncoding`): make them words.
@@ -286,6 +524,165 @@ mod tests {
         assert_eq!(describe(&CertificateError::Expired), "expired");
     }
 
+    /// A self-signed certificate for `names`, `CA:TRUE` like the openssl one-liner's, valid
+    /// between the two dates.
+    fn self_signed(
+        names: &[&str],
+        ca_flag: bool,
+        not_before: (i32, u8, u8),
+        not_after: (i32, u8, u8),
+    ) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        if ca_flag {
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "bridge");
+        params.not_before = rcgen::date_time_ymd(not_before.0, not_before.1, not_before.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    fn bridge_cert(names: &[&str]) -> CertificateDer<'static> {
+        self_signed(names, true, (2020, 1, 1), (2090, 1, 1))
+    }
+
+    fn judge(
+        verifier: &Verifier,
+        cert: &CertificateDer<'_>,
+        name: &str,
+    ) -> Result<(), rustls::Error> {
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        verifier
+            .verify_server_cert(cert, &[], &name, &[], UnixTime::now())
+            .map(drop)
+    }
+
+    fn verifying(ca_file: &[CertificateDer<'static>], pins: &[Fingerprint]) -> Verifier {
+        Verifier::verifying(&provider(), ca_file, pins).unwrap()
+    }
+
+    fn cert_error(result: Result<(), rustls::Error>) -> CertificateError {
+        match result {
+            Err(rustls::Error::InvalidCertificate(error)) => error,
+            other => panic!("not a certificate error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_bridges_own_ca_flagged_certificate_is_trusted_with_its_name_checked() {
+        let cert = bridge_cert(&["127.0.0.1"]);
+        // webpki alone refuses it: the reason a --ca-file copy is trusted as it is.
+        let webpki_only = Verifier::with_roots(
+            &provider(),
+            root_store(std::slice::from_ref(&cert)).unwrap(),
+        );
+        let refused = judge(&webpki_only, &cert, "127.0.0.1").unwrap_err();
+        assert!(
+            format!("{refused:?}").contains("CaUsedAsEndEntity"),
+            "{refused:?}"
+        );
+
+        let verifier = verifying(std::slice::from_ref(&cert), &[]).recording();
+        assert_eq!(judge(&verifier, &cert, "127.0.0.1"), Ok(()));
+        let verdict = verifier.take_verdict().unwrap();
+        assert_eq!(verdict.result, Ok(TrustedBy::OwnCertificate));
+        assert_eq!(verdict.fingerprint, Fingerprint::of(&cert));
+
+        let strict = verifying(std::slice::from_ref(&cert), &[]);
+        assert_eq!(judge(&strict, &cert, "127.0.0.1"), Ok(()));
+        let wrong_name = cert_error(judge(&strict, &cert, "127.0.0.2"));
+        assert!(
+            matches!(wrong_name, CertificateError::NotValidForNameContext { .. }),
+            "{wrong_name:?}"
+        );
+        assert!(remedy(&wrong_name).contains("--bridge-url"));
+        // Another certificate for the same name is not this one; webpki's complaint about it
+        // (`CaUsedAsEndEntity`) is put in words that point at --ca-file.
+        let other = bridge_cert(&["127.0.0.1"]);
+        let unknown = cert_error(judge(&strict, &other, "127.0.0.1"));
+        assert_eq!(
+            describe(&unknown),
+            "a self-signed (CA:TRUE) certificate that is not the one in --ca-file"
+        );
+        let advice = remedy(&unknown);
+        assert!(
+            advice.contains("--ca-file") && advice.contains("--insecure"),
+            "{advice}"
+        );
+    }
+
+    #[test]
+    fn a_certificate_trusted_as_it_is_must_be_within_its_dates() {
+        // These hold webpki to checking the dates before the CA flag (see `check_as_is`).
+        let expired = self_signed(&["127.0.0.1"], true, (2001, 1, 1), (2002, 1, 1));
+        let error = cert_error(judge(
+            &verifying(std::slice::from_ref(&expired), &[]),
+            &expired,
+            "127.0.0.1",
+        ));
+        assert!(
+            matches!(error, CertificateError::ExpiredContext { .. }),
+            "{error:?}"
+        );
+        assert!(remedy(&error).contains("renew"));
+        let future = self_signed(&["127.0.0.1"], true, (2080, 1, 1), (2090, 1, 1));
+        let error = cert_error(judge(
+            &verifying(std::slice::from_ref(&future), &[]),
+            &future,
+            "127.0.0.1",
+        ));
+        assert!(
+            matches!(error, CertificateError::NotValidYetContext { .. }),
+            "{error:?}"
+        );
+        // Without the CA flag the same rules hold.
+        let plain = self_signed(&["bridge.example"], false, (2020, 1, 1), (2090, 1, 1));
+        assert_eq!(
+            judge(
+                &verifying(std::slice::from_ref(&plain), &[]),
+                &plain,
+                "bridge.example"
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_pinned_certificate_is_trusted_with_its_name_checked() {
+        let cert = bridge_cert(&["127.0.0.1", "bridge.example"]);
+        let pin = Fingerprint::of(&cert);
+        let verifier = verifying(&[], &[pin]).recording();
+        assert_eq!(judge(&verifier, &cert, "bridge.example"), Ok(()));
+        assert_eq!(verifier.take_verdict().unwrap().result, Ok(TrustedBy::Pin));
+        let strict = verifying(&[], &[pin]);
+        assert!(judge(&strict, &cert, "other.example").is_err());
+        let unpinned = bridge_cert(&["127.0.0.1"]);
+        assert!(judge(&strict, &unpinned, "127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn fingerprints_read_as_openssl_prints_them() {
+        let cert = bridge_cert(&["127.0.0.1"]);
+        let fingerprint = Fingerprint::of(&cert);
+        let shown = fingerprint.to_string();
+        assert_eq!(shown.len(), 32 * 3 - 1);
+        assert_eq!(shown.parse::<Fingerprint>(), Ok(fingerprint));
+        let bare = shown.replace(':', "").to_lowercase();
+        assert_eq!(bare.parse::<Fingerprint>(), Ok(fingerprint));
+        let openssl_line = format!("sha256 Fingerprint={shown}");
+        assert_eq!(openssl_line.parse::<Fingerprint>(), Ok(fingerprint));
+        let error = "AB:CD".parse::<Fingerprint>().unwrap_err();
+        assert!(
+            error.starts_with("`AB:CD` is not a sha-256 fingerprint"),
+            "{error}"
+        );
+        assert!("zz".repeat(32).parse::<Fingerprint>().is_err());
+    }
+
     #[test]
     fn a_recording_verifier_keeps_the_verdict_and_lets_the_handshake_go_on() {
         let provider = provider();
@@ -305,7 +702,8 @@ mod tests {
         assert_eq!(strict.take_verdict(), None);
         let recording = Verifier::with_roots(&provider, RootCertStore::empty()).recording();
         assert_eq!(check(&recording), Ok(()));
-        assert_eq!(recording.take_verdict(), Some(untrusted));
+        let verdict = recording.take_verdict().unwrap();
+        assert_eq!(verdict.result.map(drop), untrusted);
         assert_eq!(recording.take_verdict(), None);
         assert_eq!(check(&Verifier::insecure(&provider)), Ok(()));
     }
@@ -315,6 +713,7 @@ mod tests {
         assert!(client_config(&TlsSettings::Insecure).is_ok());
         let verify = TlsSettings::Verify {
             extra_roots: Vec::new(),
+            pins: Vec::new(),
         };
         let config = client_config(&verify).unwrap();
         assert_eq!(config.alpn_protocols[0], b"h2");

@@ -28,10 +28,10 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{CertificateParams, DnType, KeyPair};
 use rustls::{
     ServerConfig,
-    pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer},
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject as _},
 };
 use serde::de::IgnoredAny;
 use tokio::{
@@ -89,6 +89,9 @@ pub struct BridgeOptions {
     pub record_objects: bool,
     /// Names in the server certificate.
     pub subject_alt_names: Vec<String>,
+    /// Serve this certificate chain and key (see [`super::certs`]) instead of one from the
+    /// bridge's own throw-away CA; `subject_alt_names` is then unused.
+    pub identity: Option<super::certs::ServerIdentity>,
 }
 
 impl Default for BridgeOptions {
@@ -99,6 +102,7 @@ impl Default for BridgeOptions {
             http2: false,
             record_objects: true,
             subject_alt_names: vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+            identity: None,
         }
     }
 }
@@ -289,7 +293,8 @@ impl TestBridge {
         &self.url
     }
 
-    /// The PEM of the CA that signed the server certificate (what `--ca-file` needs).
+    /// The PEM of the CA that signed the server certificate (what `--ca-file` needs); with an
+    /// [`BridgeOptions::identity`], its chain.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
     }
@@ -372,18 +377,17 @@ impl TestBridge {
 
 /// A CA, a server certificate it signs, and the rustls server configuration.
 fn tls_config(options: &BridgeOptions) -> Result<(String, ServerConfig), TestBridgeError> {
+    if let Some(identity) = &options.identity {
+        let chain = CertificateDer::pem_slice_iter(identity.chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| rustls::Error::General(format!("the identity's chain: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())
+            .map_err(|e| rustls::Error::General(format!("the identity's key: {e}")))?;
+        let config = server_config(options, chain, key)?;
+        return Ok((identity.chain_pem.clone(), config));
+    }
     let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "sipnotify test bridge CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = ca_params.self_signed(&ca_key)?;
+    let ca = super::certs::ca_params("sipnotify test bridge CA", None)?.self_signed(&ca_key)?;
 
     let server_key = KeyPair::generate()?;
     let mut server_params = CertificateParams::new(options.subject_alt_names.clone())?;
@@ -393,17 +397,26 @@ fn tls_config(options: &BridgeOptions) -> Result<(String, ServerConfig), TestBri
     let server = server_params.signed_by(&server_key, &ca, &ca_key)?;
 
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
+    let config = server_config(options, vec![server.der().clone()], key)?;
+    Ok((ca.pem(), config))
+}
+
+fn server_config(
+    options: &BridgeOptions,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<ServerConfig, rustls::Error> {
     let mut config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(vec![server.der().clone()], key)?;
+            .with_single_cert(chain, key)?;
     config.alpn_protocols = if options.http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {
         vec![b"http/1.1".to_vec()]
     };
-    Ok((ca.pem(), config))
+    Ok(config)
 }
 
 /// The accept loop, with outages.
@@ -502,6 +515,15 @@ async fn handle(
     let received_at = SystemTime::now();
     if request.uri().path() != shared.path {
         return Ok(respond(&Reply::Status(404)));
+    }
+    if request.method() == Method::OPTIONS {
+        // As Express answers OPTIONS on a route it has.
+        let mut response = respond(&Reply::Status(200));
+        response.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("POST"),
+        );
+        return Ok(response);
     }
     if request.method() != Method::POST {
         return Ok(respond(&Reply::Status(405)));

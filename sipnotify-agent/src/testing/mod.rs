@@ -2,6 +2,7 @@
 //! (feature `test-bridge`; never part of a production build).
 
 pub mod bridge;
+pub mod certs;
 pub mod netns;
 
 pub use bridge::{BridgeOptions, Received, Reply, RequestRecord, TestBridge, TestBridgeError};
