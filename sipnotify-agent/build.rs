@@ -15,6 +15,8 @@ use anyhow::{Context as _, bail};
 const OBJECT: &str = "sipnotify";
 /// The XDP_PASS baseline the benchmarks compare against.
 const NOOP_OBJECT: &str = "sipnotify-noop";
+/// A program every verifier refuses, for the loader's tests.
+const REJECTED_OBJECT: &str = "sipnotify-rejected";
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=SIPNOTIFY_REQUIRE_EBPF");
@@ -42,7 +44,7 @@ fn main() -> anyhow::Result<()> {
         println!(
             "cargo:warning=building without the eBPF program: {missing}; run `cargo xtask setup`"
         );
-        for object in [OBJECT, NOOP_OBJECT] {
+        for object in [OBJECT, NOOP_OBJECT, REJECTED_OBJECT] {
             let out = PathBuf::from(env::var("OUT_DIR")?).join(object);
             fs::write(&out, b"").with_context(|| format!("failed to write {}", out.display()))?;
         }

@@ -2,6 +2,9 @@
 //! loaded and run the same way in the same invocation (the machine is shared and noisy, so
 //! only same-run ratios mean much). Needs root. Run with `cargo xtask bench xdp`.
 //!
+//! Both copy paths are measured: `bpf_xdp_load_bytes` (what 5.18 and later load) and the
+//! linear copy (what 5.10–5.17 load), forced here on one kernel so the figures compare.
+//!
 //! Each figure is the median over RUNS runs of at least 1 M repeats. For the matching NOTIFY
 //! the ring buffer is drained between batches, so the copy is timed, not the ring-full path.
 
@@ -11,8 +14,8 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use etherparse::PacketBuilder;
-use sipnotify_agent::bpf::{self, ProgramSettings};
-use sipnotify_common::{Counter, EVENTS_MAP, PROGRAM_NAME, STATS_MAP};
+use sipnotify_agent::bpf::{self, CopyPath, LoadedProgram, ProgramSettings};
+use sipnotify_common::{Counter, EVENTS_MAP, STATS_MAP};
 
 const RUNS: usize = 11;
 const REPEATS: u32 = 1_000_000;
@@ -95,13 +98,20 @@ fn main() {
         .unwrap();
     noop_prog.load().unwrap();
 
-    let mut real = bpf::load(&ProgramSettings {
-        ports: vec![5061],
-        ring_bytes: 32 << 20,
-    })
-    .expect("load sipnotify");
-    let mut ring = RingBuf::try_from(real.take_map(EVENTS_MAP).unwrap()).unwrap();
-    let program: &Xdp = real.program(PROGRAM_NAME).unwrap().try_into().unwrap();
+    let load = |copy| {
+        let mut loaded = bpf::load_with(
+            &ProgramSettings {
+                ports: vec![5061],
+                ring_bytes: 32 << 20,
+            },
+            Some(copy),
+        )
+        .expect("load sipnotify");
+        let ring = RingBuf::try_from(loaded.ebpf.take_map(EVENTS_MAP).unwrap()).unwrap();
+        (loaded, ring)
+    };
+    let mut paths: Vec<(LoadedProgram, RingBuf<MapData>)> =
+        vec![load(CopyPath::LoadBytes), load(CopyPath::Linear)];
     let noop_prog: &Xdp = noop.program("sipnotify_noop").unwrap().try_into().unwrap();
 
     let other_port = frame_udp(5060, &notify_600());
@@ -115,57 +125,66 @@ fn main() {
     ];
     println!("BPF_PROG_TEST_RUN, ns per packet, median of {RUNS} runs x {REPEATS} repeats");
     println!(
-        "{:<28} {:>10} {:>10} {:>10}",
-        "frame", "no-op", "sipnotify", "delta¹"
+        "{:<26} {:>7} {:>11} {:>7} {:>6} {:>11} {:>7} {:>6}",
+        "frame", "no-op", "load_bytes", "delta¹", "ratio", "linear", "delta¹", "ratio"
     );
     for (name, frame, copies) in cases {
         let mut base = Vec::new();
-        let mut ours = Vec::new();
-        let mut deltas = Vec::new();
+        let mut ours = [Vec::new(), Vec::new()];
+        let mut deltas = [Vec::new(), Vec::new()];
         for _ in 0..RUNS {
             let b = time(noop_prog, frame, REPEATS, REPEATS, None);
-            let batch = if copies { BATCH } else { REPEATS };
-            let o = time(program, frame, REPEATS, batch, Some(&mut ring));
             base.push(b);
-            ours.push(o);
-            // Back-to-back pairs share the machine's state of the moment; the median of their
-            // differences resists other load better than the difference of medians.
-            deltas.push(o - b);
+            let batch = if copies { BATCH } else { REPEATS };
+            for (i, (loaded, ring)) in paths.iter_mut().enumerate() {
+                let o = time(loaded.program().unwrap(), frame, REPEATS, batch, Some(ring));
+                ours[i].push(o);
+                // Back-to-back pairs share the machine's state of the moment; the median of
+                // their differences resists other load better than the difference of medians.
+                deltas[i].push(o - b);
+            }
         }
-        let (base, ours) = (median(base), median(ours));
+        let base = median(base);
+        print!("{name:<26} {base:>7.1}");
+        for i in 0..2 {
+            let o = median(ours[i].clone());
+            print!(
+                " {o:>11.1} {:>+7.1} {:>5.2}x",
+                median(deltas[i].clone()),
+                o / base
+            );
+        }
+        println!();
+    }
+    for (loaded, ring) in &mut paths {
+        let program = loaded.program().unwrap();
+        // The reader's side of the same path: how fast the agent's drain loop empties a
+        // ring the program has filled.
+        let mut rates = Vec::new();
+        for _ in 0..RUNS {
+            time(program, &notify, BATCH, BATCH, None);
+            let start = std::time::Instant::now();
+            let mut drained = 0u32;
+            while ring.next().is_some() {
+                drained += 1;
+            }
+            assert_eq!(drained, BATCH);
+            rates.push(f64::from(drained) / start.elapsed().as_secs_f64());
+        }
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(loaded.ebpf.map(STATS_MAP).unwrap()).unwrap();
+        let sum =
+            |counter: Counter| -> u64 { stats.get(&(counter as u32), 0).unwrap().iter().sum() };
         println!(
-            "{name:<28} {base:>10.1} {ours:>10.1} {:>+10.1}",
-            median(deltas)
+            "{}: ring drain (600-byte records) {:.2} M records/s, median of {RUNS}; \
+             records copied: {}, lost to a full ring: {}, load failures: {}",
+            loaded.copy,
+            median(rates) / 1e6,
+            sum(Counter::Copied),
+            sum(Counter::RingbufFull),
+            sum(Counter::LoadFailed),
         );
     }
-    // The reader's side of the same path: how fast the agent's drain loop empties a ring
-    // the program has filled.
-    let mut rates = Vec::new();
-    for _ in 0..RUNS {
-        time(program, &notify, BATCH, BATCH, None);
-        let start = std::time::Instant::now();
-        let mut drained = 0u32;
-        while ring.next().is_some() {
-            drained += 1;
-        }
-        assert_eq!(drained, BATCH);
-        rates.push(f64::from(drained) / start.elapsed().as_secs_f64());
-    }
-    println!(
-        "ring drain (600-byte records): {:.2} M records/s, median of {RUNS}",
-        median(rates) / 1e6
-    );
-    let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(real.map(STATS_MAP).unwrap()).unwrap();
-    let full: u64 = stats
-        .get(&(Counter::RingbufFull as u32), 0)
-        .unwrap()
-        .iter()
-        .sum();
-    let copied: u64 = stats
-        .get(&(Counter::Copied as u32), 0)
-        .unwrap()
-        .iter()
-        .sum();
-    println!("records copied: {copied}, lost to a full ring: {full}");
     println!("¹ median of the per-run differences between back-to-back no-op and sipnotify runs");
+    println!("  ratio: sipnotify's median over the no-op's median, same run");
 }

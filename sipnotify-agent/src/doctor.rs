@@ -26,12 +26,13 @@ use aya::{
     maps::MapType,
     programs::ProgramType,
     sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
+    util::KernelVersion,
 };
 use clap::Args;
 use reqwest::StatusCode;
 
 use crate::{
-    bpf::{self, KernelVersion, LoadError, MIN_KERNEL, ProgramSettings},
+    bpf::{self, CopyPath, LoadError, ProgramSettings},
     cli::LogArgs,
     sink::{
         DEFAULT_BRIDGE_URL, DeliveryArgs, SinkSettings, TlsSettings,
@@ -42,10 +43,7 @@ use crate::{
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 /// Linux 5.11 moved BPF memory accounting from RLIMIT_MEMLOCK to the memory cgroup.
-const MEMCG_ACCOUNTING: KernelVersion = KernelVersion {
-    major: 5,
-    minor: 11,
-};
+const MEMCG_ACCOUNTING: KernelVersion = KernelVersion::new(5, 11, 0);
 /// What the default ring (16 MiB) and the other maps need under RLIMIT_MEMLOCK accounting.
 const MEMLOCK_NEEDED: u64 = 32 << 20;
 
@@ -56,7 +54,7 @@ const CAP_BPF: u32 = 39;
 
 const FIX_PERMISSIONS: &str = "run as root, or grant the binary the capabilities: \
      `setcap cap_bpf,cap_net_admin,cap_perfmon+ep $(command -v sipnotify-agent)`";
-const FIX_KERNEL: &str = "upgrade to Linux 5.18 or newer (XDP multi-buffer and bpf_xdp_load_bytes)";
+const FIX_KERNEL: &str = "XDP capture needs the BPF ring buffer of Linux 5.8 or newer";
 
 /// `doctor` flags.
 #[derive(Debug, Args)]
@@ -213,7 +211,7 @@ pub async fn run_checks(args: &DoctorArgs) -> Result<Vec<Check>, DoctorError> {
 }
 
 fn system_checks(ifaces: &[String]) -> Vec<Check> {
-    let kernel = KernelVersion::current();
+    let kernel = KernelVersion::current().map_err(|err| err.to_string());
     let version = kernel.as_ref().ok().copied();
     let mut checks = vec![
         kernel_check(kernel),
@@ -239,9 +237,7 @@ fn system_checks(ifaces: &[String]) -> Vec<Check> {
             "BPF ring buffer maps",
             is_map_supported(MapType::RingBuf).map_err(|e| e.to_string()),
         ),
-        probe_check(
-            "bpf_xdp_load_bytes",
-            "bpf_xdp_load_bytes from XDP",
+        copy_path_check(
             is_helper_supported(ProgramType::Xdp, BpfHelper::BPF_FUNC_xdp_load_bytes)
                 .map_err(|e| e.to_string()),
         ),
@@ -251,7 +247,8 @@ fn system_checks(ifaces: &[String]) -> Vec<Check> {
         // The smallest ring: the load proves the map type, not the size.
         ring_bytes: 4096,
     };
-    checks.push(program_load_check(bpf::load(&settings).map(drop)));
+    // The real program, loaded the way `run` loads it: its verdict is `run`'s.
+    checks.push(program_load_check(bpf::load(&settings).map(|l| l.copy)));
     let existing = existing_interfaces();
     for iface in ifaces {
         let index = bpf::interface_index(iface);
@@ -261,22 +258,18 @@ fn system_checks(ifaces: &[String]) -> Vec<Check> {
     checks
 }
 
-/// The kernel is new enough.
-pub fn kernel_check(found: io::Result<KernelVersion>) -> Check {
+/// The kernel release, for the record: what the agent can do is probed by the rows below,
+/// not read off this number.
+pub fn kernel_check(found: Result<KernelVersion, String>) -> Check {
     match found {
-        Ok(version) if version >= MIN_KERNEL => Check::ok(
+        Ok(version) => Check::ok(
             "kernel",
-            format!("Linux {version} (needs {MIN_KERNEL} or newer)"),
+            format!("Linux {version}; what it can do is probed below"),
         ),
-        Ok(version) => Check::fail(
-            "kernel",
-            format!("Linux {version} is older than {MIN_KERNEL}"),
-            FIX_KERNEL,
-        ),
-        Err(err) => Check::fail(
+        Err(err) => Check::warn(
             "kernel",
             format!("cannot read the kernel version: {err}"),
-            "check `uname -r`; sipnotify needs Linux 5.18 or newer",
+            "check `uname -r`; the rows below probe what this kernel can do",
         ),
     }
 }
@@ -423,20 +416,47 @@ pub fn probe_check(name: &str, what: &str, result: Result<bool, String>) -> Chec
     }
 }
 
+/// Which copy path the kernel's helpers allow (either one captures).
+pub fn copy_path_check(load_bytes: Result<bool, String>) -> Check {
+    const NAME: &str = "bpf_xdp_load_bytes";
+    match load_bytes {
+        Ok(true) => Check::ok(
+            NAME,
+            "supported: the multi-buffer program copies with bpf_xdp_load_bytes",
+        ),
+        Ok(false) => Check::ok(
+            NAME,
+            "not in this kernel: the single-buffer program copies from the linear area",
+        ),
+        Err(err) => Check::warn(
+            NAME,
+            format!("cannot probe for bpf_xdp_load_bytes: {err}"),
+            "run doctor with the agent's privileges (root or CAP_BPF) to probe",
+        ),
+    }
+}
+
 /// Loading the embedded program, which runs the verifier on this kernel.
-pub fn program_load_check(result: Result<(), LoadError>) -> Check {
+pub fn program_load_check(result: Result<CopyPath, LoadError>) -> Check {
     const NAME: &str = "program load";
     match result {
-        Ok(()) => Check::ok(
+        Ok(copy) => Check::ok(
             NAME,
-            "the verifier accepts sipnotify_xdp with its ring buffer (loaded, not attached)",
+            format!(
+                "the verifier accepts {} ({copy}) with its ring buffer (loaded, not attached)",
+                copy.program_name()
+            ),
         ),
         Err(err) => {
             let fix = match &err {
                 LoadError::NoObject => "run `cargo xtask setup`, then rebuild".to_owned(),
                 LoadError::PermissionDenied => FIX_PERMISSIONS.to_owned(),
-                LoadError::KernelTooOld { .. } | LoadError::KernelVersion(_) => FIX_KERNEL.to_owned(),
-                _ => "run with SIPNOTIFY_LOG=debug for the verifier log and report it with `uname -r`"
+                LoadError::RingBufUnsupported { .. } => FIX_KERNEL.to_owned(),
+                LoadError::Rejected { .. } => {
+                    "report the verifier's lines above with `uname -r` to the sipnotify developers"
+                        .to_owned()
+                }
+                _ => "run with SIPNOTIFY_LOG=debug for details and report them with `uname -r`"
                     .to_owned(),
             };
             Check::fail(NAME, err.to_string(), fix)
@@ -885,27 +905,17 @@ mod tests {
     }
 
     #[test]
-    fn kernel_version_is_compared_with_the_minimum() {
-        let v = |major, minor| Ok(KernelVersion { major, minor });
-        assert_eq!(kernel_check(v(6, 18)).status, Status::Ok);
-        assert_eq!(kernel_check(v(5, 18)).status, Status::Ok);
-        let old = kernel_check(v(5, 15));
-        assert_eq!(old.status, Status::Fail);
-        assert_eq!(old.detail, "Linux 5.15 is older than 5.18");
-        assert!(old.fix.is_some());
-        assert_eq!(
-            kernel_check(Err(io::Error::other("x"))).status,
-            Status::Fail
-        );
+    fn kernel_version_is_reported_not_gated() {
+        let old = kernel_check(Ok(KernelVersion::new(5, 10, 0)));
+        assert_eq!(old.status, Status::Ok);
+        assert_eq!(old.detail, "Linux 5.10.0; what it can do is probed below");
+        assert_eq!(kernel_check(Err("x".into())).status, Status::Warn);
     }
 
     #[test]
     fn memlock_only_matters_before_5_11() {
-        let new = Some(KernelVersion { major: 6, minor: 1 });
-        let old = Some(KernelVersion {
-            major: 5,
-            minor: 10,
-        });
+        let new = Some(KernelVersion::new(6, 1, 0));
+        let old = Some(KernelVersion::new(5, 10, 0));
         assert_eq!(memlock_check(new, Some((65536, 65536))).status, Status::Ok);
         assert_eq!(
             memlock_check(old, Some((65536, 65536))).status,
@@ -938,6 +948,25 @@ mod tests {
         let load = program_load_check(Err(LoadError::PermissionDenied));
         assert_eq!(load.status, Status::Fail);
         assert_eq!(load.fix.as_deref(), Some(FIX_PERMISSIONS));
+        assert_eq!(copy_path_check(Ok(false)).status, Status::Ok);
+        assert_eq!(copy_path_check(Ok(true)).status, Status::Ok);
+        let rejected = program_load_check(Err(LoadError::Rejected {
+            kernel: "6.1.0-9-amd64".into(),
+            program: "sipnotify_xdp",
+            copy: CopyPath::LoadBytes,
+            log_tail: vec!["R3 min value is outside of the allowed memory range".into()],
+        }));
+        assert_eq!(rejected.status, Status::Fail);
+        assert!(
+            rejected.detail.starts_with("kernel 6.1.0-9-amd64 refused"),
+            "{}",
+            rejected.detail
+        );
+        assert!(
+            rejected
+                .detail
+                .ends_with("    R3 min value is outside of the allowed memory range")
+        );
     }
 
     #[test]

@@ -2,13 +2,15 @@
 //! frame, the verdict is XDP_PASS, the packet is untouched, the ring-buffer record (or its
 //! absence) matches byte for byte, and the counters say what happened.
 //!
+//! Every case runs on both copy paths: `bpf_xdp_load_bytes` (multi-buffer) and the linear
+//! copy that older kernels get, forced here so this kernel's verifier and test runs cover it.
+//!
 //! BPF_PROG_TEST_RUN for XDP (Linux 4.12) with multi-buffer frames (5.18) needs no NIC and
 //! no namespace, so these are the first tier of kernel tests.
 
 mod support;
 
 use aya::{
-    Ebpf,
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
@@ -16,10 +18,10 @@ use etherparse::{
     IpFragOffset, IpHeaders, IpNumber, Ipv4Header, Ipv6Extensions, Ipv6FragmentHeader, Ipv6Header,
     Ipv6RawExtHeader, PacketBuilder, VlanId,
 };
-use sipnotify_agent::bpf::{self, ProgramSettings};
+use sipnotify_agent::bpf::{self, CopyPath, LoadedProgram, ProgramSettings};
 use sipnotify_common::{
     Counter, EVENT_HEADER_LEN, EVENTS_MAP, EventHeader, FLAG_FIRST_FRAGMENT, FLAG_QINQ,
-    FLAG_TRUNCATED, FLAG_VLAN, MAX_PAYLOAD, PROGRAM_NAME, STATS_MAP,
+    FLAG_TRUNCATED, FLAG_VLAN, MAX_PAYLOAD, STATS_MAP,
 };
 
 const XDP_PASS: u32 = 2;
@@ -31,34 +33,43 @@ const SRC6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const DST6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 const NOTIFY: &[u8] = b"NOTIFY sip:192.168.210.54:5061 SIP/2.0\r\nCall-ID: abc@host\r\nEvent: talk\r\nX-Genesys-CallUUID: UIVB8J6JE91C53UIM3VI59VHQ400001R\r\nContent-Length: 0\r\n\r\n";
 
+const BOTH: &[CopyPath] = &[CopyPath::LoadBytes, CopyPath::Linear];
+/// Frames longer than a page: BPF_PROG_TEST_RUN (like a driver) hands them only to
+/// multi-buffer programs.
+const MULTI_BUFFER: &[CopyPath] = &[CopyPath::LoadBytes];
+
 /// One freshly loaded program with empty maps, so counters start at zero.
 struct Harness {
-    ebpf: Ebpf,
+    loaded: LoadedProgram,
     ring: RingBuf<MapData>,
 }
 
 impl Harness {
-    fn new(test: &str, ports: &[u16]) -> Option<Self> {
+    /// A harness per copy path in `paths`, or none (with the reason printed) when
+    /// privileged tests cannot run here.
+    fn each(test: &str, ports: &[u16], paths: &[CopyPath]) -> Vec<Self> {
         if !support::privileged(test) {
-            return None;
+            return Vec::new();
         }
+        paths.iter().map(|&copy| Self::new(ports, copy)).collect()
+    }
+
+    fn new(ports: &[u16], copy: CopyPath) -> Self {
+        // Printed first so a failing assertion's output says which path it was.
+        eprintln!("copy path: {copy}");
         let settings = ProgramSettings {
             ports: ports.to_vec(),
             ring_bytes: 1 << 20,
         };
-        let mut ebpf = bpf::load(&settings).expect("load the XDP program");
-        let ring = RingBuf::try_from(ebpf.take_map(EVENTS_MAP).expect("ring map")).unwrap();
-        Some(Self { ebpf, ring })
+        let mut loaded = bpf::load_with(&settings, Some(copy)).expect("load the XDP program");
+        assert_eq!(loaded.copy, copy);
+        let ring = RingBuf::try_from(loaded.ebpf.take_map(EVENTS_MAP).expect("ring map")).unwrap();
+        Self { loaded, ring }
     }
 
     /// Runs the program once and checks the verdict and that the frame is unchanged.
     fn run(&mut self, frame: &[u8]) {
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(PROGRAM_NAME)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let program: &Xdp = self.loaded.program().unwrap();
         let mut out = vec![0u8; frame.len() + 256];
         let result = program
             .test_run(TestRunOptions {
@@ -89,7 +100,7 @@ impl Harness {
 
     fn counters(&self) -> Vec<(Counter, u64)> {
         let map: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map(STATS_MAP).unwrap()).unwrap();
+            PerCpuArray::try_from(self.loaded.ebpf.map(STATS_MAP).unwrap()).unwrap();
         Counter::ALL
             .iter()
             .map(|&c| (c, map.get(&(c as u32), 0).unwrap().iter().sum()))
@@ -177,44 +188,42 @@ use Counter::*;
 
 #[test]
 fn ipv4_notify_to_a_watched_port_is_copied() {
-    let Some(mut h) = Harness::new("ipv4_notify_to_a_watched_port_is_copied", &[5061]) else {
-        return;
-    };
-    h.run(&udp4(5061, NOTIFY));
-    let records = h.records();
-    assert_eq!(records.len(), 1);
-    assert_record(
-        &records[0],
-        expected_record(4, v4(SRC4, DST4), 5061, NOTIFY, NOTIFY.len(), 0, 0),
-    );
-    assert_eq!(
-        h.counters(),
-        [
-            (PacketsSeen, 1),
-            (Copied, 1),
-            (UdpWatched, 1),
-            (NotifyMatched, 1)
-        ]
-    );
+    for mut h in Harness::each("ipv4_notify_to_a_watched_port_is_copied", &[5061], BOTH) {
+        h.run(&udp4(5061, NOTIFY));
+        let records = h.records();
+        assert_eq!(records.len(), 1);
+        assert_record(
+            &records[0],
+            expected_record(4, v4(SRC4, DST4), 5061, NOTIFY, NOTIFY.len(), 0, 0),
+        );
+        assert_eq!(
+            h.counters(),
+            [
+                (PacketsSeen, 1),
+                (Copied, 1),
+                (UdpWatched, 1),
+                (NotifyMatched, 1)
+            ]
+        );
+    }
 }
 
 #[test]
 fn ipv4_with_options_is_walked_by_ihl() {
-    let Some(mut h) = Harness::new("ipv4_with_options_is_walked_by_ihl", &[5061]) else {
-        return;
-    };
-    let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, SRC4, DST4).unwrap();
-    // Eight bytes of options (NOP padding and a timestamp-like filler): IHL 7.
-    ip.options = [1, 1, 1, 1, 1, 1, 1, 0][..].try_into().unwrap();
-    let frame = udp_over(IpHeaders::Ipv4(ip, Default::default()), 5061, NOTIFY);
-    assert_eq!(frame[14] & 0x0f, 7, "IHL");
-    h.run(&frame);
-    let records = h.records();
-    assert_eq!(records.len(), 1);
-    assert_record(
-        &records[0],
-        expected_record(4, v4(SRC4, DST4), 5061, NOTIFY, NOTIFY.len(), 0, 0),
-    );
+    for mut h in Harness::each("ipv4_with_options_is_walked_by_ihl", &[5061], BOTH) {
+        let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, SRC4, DST4).unwrap();
+        // Eight bytes of options (NOP padding and a timestamp-like filler): IHL 7.
+        ip.options = [1, 1, 1, 1, 1, 1, 1, 0][..].try_into().unwrap();
+        let frame = udp_over(IpHeaders::Ipv4(ip, Default::default()), 5061, NOTIFY);
+        assert_eq!(frame[14] & 0x0f, 7, "IHL");
+        h.run(&frame);
+        let records = h.records();
+        assert_eq!(records.len(), 1);
+        assert_record(
+            &records[0],
+            expected_record(4, v4(SRC4, DST4), 5061, NOTIFY, NOTIFY.len(), 0, 0),
+        );
+    }
 }
 
 fn ipv6_with(extensions: Ipv6Extensions) -> IpHeaders {
@@ -229,168 +238,165 @@ fn ipv6_with(extensions: Ipv6Extensions) -> IpHeaders {
 
 #[test]
 fn ipv6_with_extension_headers_is_walked() {
-    let Some(mut h) = Harness::new("ipv6_with_extension_headers_is_walked", &[5061]) else {
-        return;
-    };
-    let extensions = Ipv6Extensions {
-        hop_by_hop_options: Some(Ipv6RawExtHeader::new_raw(IpNumber::UDP, &[0; 6]).unwrap()),
-        destination_options: Some(
-            Ipv6RawExtHeader::new_raw(IpNumber::UDP, &[1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    for mut h in Harness::each("ipv6_with_extension_headers_is_walked", &[5061], BOTH) {
+        let extensions = Ipv6Extensions {
+            hop_by_hop_options: Some(Ipv6RawExtHeader::new_raw(IpNumber::UDP, &[0; 6]).unwrap()),
+            destination_options: Some(
+                Ipv6RawExtHeader::new_raw(
+                    IpNumber::UDP,
+                    &[1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                )
                 .unwrap(),
-        ),
-        ..Default::default()
-    };
-    let frame = udp_over(ipv6_with(extensions), 5061, NOTIFY);
-    h.run(&frame);
-    let records = h.records();
-    assert_eq!(records.len(), 1);
-    assert_record(
-        &records[0],
-        expected_record(6, (SRC6, DST6), 5061, NOTIFY, NOTIFY.len(), 0, 0),
-    );
+            ),
+            ..Default::default()
+        };
+        let frame = udp_over(ipv6_with(extensions), 5061, NOTIFY);
+        h.run(&frame);
+        let records = h.records();
+        assert_eq!(records.len(), 1);
+        assert_record(
+            &records[0],
+            expected_record(6, (SRC6, DST6), 5061, NOTIFY, NOTIFY.len(), 0, 0),
+        );
+    }
 }
 
 #[test]
 fn vlan_and_qinq_frames_are_walked_and_flagged() {
-    let Some(mut h) = Harness::new("vlan_and_qinq_frames_are_walked_and_flagged", &[5061]) else {
-        return;
-    };
-    let single = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
-        .single_vlan(VlanId::try_new(210).unwrap())
-        .ipv4(SRC4, DST4, 64)
-        .udp(40000, 5061);
-    let mut frame = Vec::new();
-    single.write(&mut frame, NOTIFY).unwrap();
-    h.run(&frame);
+    for mut h in Harness::each("vlan_and_qinq_frames_are_walked_and_flagged", &[5061], BOTH) {
+        let single = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+            .single_vlan(VlanId::try_new(210).unwrap())
+            .ipv4(SRC4, DST4, 64)
+            .udp(40000, 5061);
+        let mut frame = Vec::new();
+        single.write(&mut frame, NOTIFY).unwrap();
+        h.run(&frame);
 
-    let double = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
-        .double_vlan(VlanId::try_new(100).unwrap(), VlanId::try_new(210).unwrap())
-        .ipv4(SRC4, DST4, 64)
-        .udp(40000, 5061);
-    let mut frame = Vec::new();
-    double.write(&mut frame, NOTIFY).unwrap();
-    h.run(&frame);
+        let double = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+            .double_vlan(VlanId::try_new(100).unwrap(), VlanId::try_new(210).unwrap())
+            .ipv4(SRC4, DST4, 64)
+            .udp(40000, 5061);
+        let mut frame = Vec::new();
+        double.write(&mut frame, NOTIFY).unwrap();
+        h.run(&frame);
 
-    let records = h.records();
-    assert_eq!(records.len(), 2);
-    assert_record(
-        &records[0],
-        expected_record(
-            4,
-            v4(SRC4, DST4),
-            5061,
-            NOTIFY,
-            NOTIFY.len(),
-            FLAG_VLAN,
-            210,
-        ),
-    );
-    assert_record(
-        &records[1],
-        expected_record(
-            4,
-            v4(SRC4, DST4),
-            5061,
-            NOTIFY,
-            NOTIFY.len(),
-            FLAG_VLAN | FLAG_QINQ,
-            100,
-        ),
-    );
+        let records = h.records();
+        assert_eq!(records.len(), 2);
+        assert_record(
+            &records[0],
+            expected_record(
+                4,
+                v4(SRC4, DST4),
+                5061,
+                NOTIFY,
+                NOTIFY.len(),
+                FLAG_VLAN,
+                210,
+            ),
+        );
+        assert_record(
+            &records[1],
+            expected_record(
+                4,
+                v4(SRC4, DST4),
+                5061,
+                NOTIFY,
+                NOTIFY.len(),
+                FLAG_VLAN | FLAG_QINQ,
+                100,
+            ),
+        );
+    }
 }
 
 #[test]
 fn other_ports_and_protocols_are_passed_without_a_record() {
-    let Some(mut h) = Harness::new("other_ports_and_protocols_are_passed", &[5061]) else {
-        return;
-    };
-    h.run(&udp4(5060, NOTIFY));
+    for mut h in Harness::each("other_ports_and_protocols_are_passed", &[5061], BOTH) {
+        h.run(&udp4(5060, NOTIFY));
 
-    let tcp = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
-        .ipv4(SRC4, DST4, 64)
-        .tcp(40000, 5061, 1, 1000);
-    let mut frame = Vec::new();
-    tcp.write(&mut frame, NOTIFY).unwrap();
-    h.run(&frame);
+        let tcp = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+            .ipv4(SRC4, DST4, 64)
+            .tcp(40000, 5061, 1, 1000);
+        let mut frame = Vec::new();
+        tcp.write(&mut frame, NOTIFY).unwrap();
+        h.run(&frame);
 
-    let icmp = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
-        .ipv4(SRC4, DST4, 64)
-        .icmpv4_echo_request(1, 1);
-    let mut frame = Vec::new();
-    icmp.write(&mut frame, b"ping").unwrap();
-    h.run(&frame);
+        let icmp = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+            .ipv4(SRC4, DST4, 64)
+            .icmpv4_echo_request(1, 1);
+        let mut frame = Vec::new();
+        icmp.write(&mut frame, b"ping").unwrap();
+        h.run(&frame);
 
-    assert!(h.records().is_empty());
-    assert_eq!(h.counters(), [(PacketsSeen, 3)]);
+        assert!(h.records().is_empty());
+        assert_eq!(h.counters(), [(PacketsSeen, 3)]);
+    }
 }
 
 #[test]
 fn several_ports_can_be_watched() {
-    let Some(mut h) = Harness::new("several_ports_can_be_watched", &[5060, 5061, 15061]) else {
-        return;
-    };
-    for port in [5060, 5061, 15061, 5062] {
-        h.run(&udp4(port, NOTIFY));
+    for mut h in Harness::each("several_ports_can_be_watched", &[5060, 5061, 15061], BOTH) {
+        for port in [5060, 5061, 15061, 5062] {
+            h.run(&udp4(port, NOTIFY));
+        }
+        let ports: Vec<u16> = h
+            .records()
+            .iter()
+            .map(|r| u16::from_ne_bytes([r[58], r[59]]))
+            .collect();
+        assert_eq!(ports, [5060, 5061, 15061]);
     }
-    let ports: Vec<u16> = h
-        .records()
-        .iter()
-        .map(|r| u16::from_ne_bytes([r[58], r[59]]))
-        .collect();
-    assert_eq!(ports, [5060, 5061, 15061]);
 }
 
 #[test]
 fn only_an_exact_notify_prefix_matches() {
-    let Some(mut h) = Harness::new("only_an_exact_notify_prefix_matches", &[5061]) else {
-        return;
-    };
-    for payload in [
-        &b"NOTIFYX sip:a SIP/2.0\r\n\r\n"[..],
-        b"notify sip:a SIP/2.0\r\n\r\n",
-        b"INVITE sip:a SIP/2.0\r\n\r\n",
-        b"NOTIF",
-        b"",
-    ] {
-        h.run(&udp4(5061, payload));
+    for mut h in Harness::each("only_an_exact_notify_prefix_matches", &[5061], BOTH) {
+        for payload in [
+            &b"NOTIFYX sip:a SIP/2.0\r\n\r\n"[..],
+            b"notify sip:a SIP/2.0\r\n\r\n",
+            b"INVITE sip:a SIP/2.0\r\n\r\n",
+            b"NOTIF",
+            b"",
+        ] {
+            h.run(&udp4(5061, payload));
+        }
+        assert!(h.records().is_empty());
+        assert_eq!(h.counters(), [(PacketsSeen, 5), (UdpWatched, 5)]);
     }
-    assert!(h.records().is_empty());
-    assert_eq!(h.counters(), [(PacketsSeen, 5), (UdpWatched, 5)]);
 }
 
 #[test]
 fn a_frame_shorter_than_its_udp_length_is_copied_and_flagged_truncated() {
-    let Some(mut h) = Harness::new("a_short_frame_is_flagged_truncated", &[5061]) else {
-        return;
-    };
-    let mut frame = udp4(5061, NOTIFY);
-    let cut = 30;
-    frame.truncate(frame.len() - cut);
-    h.run(&frame);
-    let records = h.records();
-    assert_eq!(records.len(), 1);
-    assert_record(
-        &records[0],
-        expected_record(
-            4,
-            v4(SRC4, DST4),
-            5061,
-            NOTIFY,
-            NOTIFY.len() - cut,
-            FLAG_TRUNCATED,
-            0,
-        ),
-    );
-    assert_eq!(
-        h.counters(),
-        [
-            (PacketsSeen, 1),
-            (Copied, 1),
-            (UdpWatched, 1),
-            (NotifyMatched, 1),
-            (Truncated, 1)
-        ]
-    );
+    for mut h in Harness::each("a_short_frame_is_flagged_truncated", &[5061], BOTH) {
+        let mut frame = udp4(5061, NOTIFY);
+        let cut = 30;
+        frame.truncate(frame.len() - cut);
+        h.run(&frame);
+        let records = h.records();
+        assert_eq!(records.len(), 1);
+        assert_record(
+            &records[0],
+            expected_record(
+                4,
+                v4(SRC4, DST4),
+                5061,
+                NOTIFY,
+                NOTIFY.len() - cut,
+                FLAG_TRUNCATED,
+                0,
+            ),
+        );
+        assert_eq!(
+            h.counters(),
+            [
+                (PacketsSeen, 1),
+                (Copied, 1),
+                (UdpWatched, 1),
+                (NotifyMatched, 1),
+                (Truncated, 1)
+            ]
+        );
+    }
 }
 
 fn jumbo_notify(len: usize) -> Vec<u8> {
@@ -401,77 +407,82 @@ fn jumbo_notify(len: usize) -> Vec<u8> {
 
 #[test]
 fn a_9000_byte_jumbo_payload_is_copied_whole() {
-    let Some(mut h) = Harness::new("a_9000_byte_jumbo_payload_is_copied_whole", &[5061]) else {
-        return;
-    };
-    let payload = jumbo_notify(9000);
-    h.run(&udp4(5061, &payload));
-    let records = h.records();
-    assert_eq!(records.len(), 1);
-    assert_record(
-        &records[0],
-        expected_record(4, v4(SRC4, DST4), 5061, &payload, 9000, 0, 0),
-    );
+    for mut h in Harness::each(
+        "a_9000_byte_jumbo_payload_is_copied_whole",
+        &[5061],
+        MULTI_BUFFER,
+    ) {
+        let payload = jumbo_notify(9000);
+        h.run(&udp4(5061, &payload));
+        let records = h.records();
+        assert_eq!(records.len(), 1);
+        assert_record(
+            &records[0],
+            expected_record(4, v4(SRC4, DST4), 5061, &payload, 9000, 0, 0),
+        );
+    }
 }
 
 #[test]
 fn a_payload_over_the_limit_is_cut_and_flagged() {
-    let Some(mut h) = Harness::new("a_payload_over_the_limit_is_cut_and_flagged", &[5061]) else {
-        return;
-    };
-    let payload = jumbo_notify(MAX_PAYLOAD + 500);
-    h.run(&udp4(5061, &payload));
-    let records = h.records();
-    assert_eq!(records.len(), 1);
-    assert_record(
-        &records[0],
-        expected_record(
-            4,
-            v4(SRC4, DST4),
-            5061,
-            &payload,
-            MAX_PAYLOAD,
-            FLAG_TRUNCATED,
-            0,
-        ),
-    );
-    assert!(h.counters().contains(&(Truncated, 1)));
+    for mut h in Harness::each(
+        "a_payload_over_the_limit_is_cut_and_flagged",
+        &[5061],
+        MULTI_BUFFER,
+    ) {
+        let payload = jumbo_notify(MAX_PAYLOAD + 500);
+        h.run(&udp4(5061, &payload));
+        let records = h.records();
+        assert_eq!(records.len(), 1);
+        assert_record(
+            &records[0],
+            expected_record(
+                4,
+                v4(SRC4, DST4),
+                5061,
+                &payload,
+                MAX_PAYLOAD,
+                FLAG_TRUNCATED,
+                0,
+            ),
+        );
+        assert!(h.counters().contains(&(Truncated, 1)));
+    }
 }
 
 #[test]
 fn ipv4_fragments_first_is_flagged_later_are_counted() {
-    let Some(mut h) = Harness::new("ipv4_fragments", &[5061]) else {
-        return;
-    };
-    // First fragment: MF set, offset 0, and the frame holds only part of the datagram.
-    let mut first = udp4(5061, NOTIFY);
-    first[20] |= 0x20;
-    first.truncate(14 + 20 + 8 + 64);
-    h.run(&first);
-    // A later fragment: offset 64 bytes (8 units); no UDP header in it.
-    let mut later = udp4(5061, NOTIFY);
-    later[20] = 0;
-    later[21] = 8;
-    h.run(&later);
+    for mut h in Harness::each("ipv4_fragments", &[5061], BOTH) {
+        // First fragment: MF set, offset 0, and the frame holds only part of the datagram.
+        let mut first = udp4(5061, NOTIFY);
+        first[20] |= 0x20;
+        first.truncate(14 + 20 + 8 + 64);
+        h.run(&first);
+        // A later fragment: offset 64 bytes (8 units); no UDP header in it.
+        let mut later = udp4(5061, NOTIFY);
+        later[20] = 0;
+        later[21] = 8;
+        h.run(&later);
 
-    let records = h.records();
-    assert_eq!(records.len(), 1);
-    assert_record(
-        &records[0],
-        expected_record(
-            4,
-            v4(SRC4, DST4),
-            5061,
-            NOTIFY,
-            64,
-            FLAG_FIRST_FRAGMENT | FLAG_TRUNCATED,
-            0,
-        ),
-    );
-    let counters = h.counters();
-    assert!(counters.contains(&(FirstFragments, 1)), "{counters:?}");
-    assert!(counters.contains(&(LaterFragments, 1)), "{counters:?}");
-    assert!(counters.contains(&(Copied, 1)), "{counters:?}");
+        let records = h.records();
+        assert_eq!(records.len(), 1);
+        assert_record(
+            &records[0],
+            expected_record(
+                4,
+                v4(SRC4, DST4),
+                5061,
+                NOTIFY,
+                64,
+                FLAG_FIRST_FRAGMENT | FLAG_TRUNCATED,
+                0,
+            ),
+        );
+        let counters = h.counters();
+        assert!(counters.contains(&(FirstFragments, 1)), "{counters:?}");
+        assert!(counters.contains(&(LaterFragments, 1)), "{counters:?}");
+        assert!(counters.contains(&(Copied, 1)), "{counters:?}");
+    }
 }
 
 /// An IPv6 frame with a fragment header whose offset/M field is set per RFC 8200 by hand:
@@ -494,39 +505,124 @@ fn ipv6_fragment(offset_units: u16, more: bool) -> Vec<u8> {
 
 #[test]
 fn ipv6_fragments_first_is_flagged_later_are_counted() {
-    let Some(mut h) = Harness::new("ipv6_fragments", &[5061]) else {
-        return;
-    };
-    h.run(&ipv6_fragment(0, true));
-    h.run(&ipv6_fragment(8, false));
+    for mut h in Harness::each("ipv6_fragments", &[5061], BOTH) {
+        h.run(&ipv6_fragment(0, true));
+        h.run(&ipv6_fragment(8, false));
 
-    let records = h.records();
-    assert_eq!(records.len(), 1);
-    assert_record(
-        &records[0],
-        expected_record(
-            6,
-            (SRC6, DST6),
-            5061,
-            NOTIFY,
-            NOTIFY.len(),
-            FLAG_FIRST_FRAGMENT,
-            0,
-        ),
-    );
-    let counters = h.counters();
-    assert!(counters.contains(&(FirstFragments, 1)), "{counters:?}");
-    assert!(counters.contains(&(LaterFragments, 1)), "{counters:?}");
+        let records = h.records();
+        assert_eq!(records.len(), 1);
+        assert_record(
+            &records[0],
+            expected_record(
+                6,
+                (SRC6, DST6),
+                5061,
+                NOTIFY,
+                NOTIFY.len(),
+                FLAG_FIRST_FRAGMENT,
+                0,
+            ),
+        );
+        let counters = h.counters();
+        assert!(counters.contains(&(FirstFragments, 1)), "{counters:?}");
+        assert!(counters.contains(&(LaterFragments, 1)), "{counters:?}");
+    }
 }
 
 #[test]
 fn a_frame_cut_inside_its_headers_is_a_counted_bail_out() {
-    let Some(mut h) = Harness::new("a_frame_cut_inside_its_headers", &[5061]) else {
+    for mut h in Harness::each("a_frame_cut_inside_its_headers", &[5061], BOTH) {
+        let mut frame = udp4(5061, NOTIFY);
+        frame.truncate(14 + 10);
+        h.run(&frame);
+        assert!(h.records().is_empty());
+        assert_eq!(h.counters(), [(PacketsSeen, 1), (BailShortHeader, 1)]);
+    }
+}
+
+/// Every payload length from 7 to 1600 bytes on both paths: the linear copy splits a length
+/// into power-of-two chunks, so this reaches every combination of its low 11 bits.
+#[test]
+fn every_payload_length_is_copied_byte_for_byte() {
+    for mut h in Harness::each(
+        "every_payload_length_is_copied_byte_for_byte",
+        &[5061],
+        BOTH,
+    ) {
+        let full: Vec<u8> = NOTIFY
+            .iter()
+            .copied()
+            .chain((0..2000u32).map(|i| (i * 7 + i / 251) as u8))
+            .collect();
+        for len in 7..=1600 {
+            h.run(&udp4(5061, &full[..len]));
+            let records = h.records();
+            assert_eq!(records.len(), 1, "length {len}");
+            assert_record(
+                &records[0],
+                expected_record(4, v4(SRC4, DST4), 5061, &full[..len], len, 0, 0),
+            );
+        }
+    }
+}
+
+/// The largest payload a single page holds on the linear path, and the same on the other.
+#[test]
+fn a_payload_filling_a_page_is_copied_whole() {
+    for mut h in Harness::each("a_payload_filling_a_page_is_copied_whole", &[5061], BOTH) {
+        let payload = jumbo_notify(3000);
+        h.run(&udp4(5061, &payload));
+        let records = h.records();
+        assert_eq!(records.len(), 1);
+        assert_record(
+            &records[0],
+            expected_record(4, v4(SRC4, DST4), 5061, &payload, 3000, 0, 0),
+        );
+    }
+}
+
+/// A program every verifier refuses (`sipnotify-ebpf/src/rejected.rs`).
+static REJECTED: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sipnotify-rejected"));
+
+/// A real rejection by this kernel's verifier is reported as one, on either path: the kernel,
+/// the program, and the verifier's own last lines; never as a missing permission (that case,
+/// a process without capabilities, is in `agent_errors.rs`).
+#[test]
+fn a_verifier_rejection_names_the_kernel_and_quotes_the_verifier() {
+    if !support::privileged("a_verifier_rejection_names_the_kernel_and_quotes_the_verifier") {
         return;
+    }
+    let settings = ProgramSettings {
+        ports: vec![5061],
+        ring_bytes: 1 << 20,
     };
-    let mut frame = udp4(5061, NOTIFY);
-    frame.truncate(14 + 10);
-    h.run(&frame);
-    assert!(h.records().is_empty());
-    assert_eq!(h.counters(), [(PacketsSeen, 1), (BailShortHeader, 1)]);
+    for copy in BOTH.iter().copied() {
+        let err = match bpf::load_object(REJECTED, &settings, Some(copy)) {
+            Ok(_) => panic!("the verifier accepted an unchecked packet read ({copy})"),
+            Err(err) => err,
+        };
+        let bpf::LoadError::Rejected {
+            kernel, log_tail, ..
+        } = &err
+        else {
+            panic!("not reported as a rejection: {err:?}");
+        };
+        assert!(
+            log_tail
+                .iter()
+                .any(|l| l.contains("invalid access to packet")),
+            "{log_tail:?}"
+        );
+        let text = err.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        assert_eq!(
+            first,
+            format!(
+                "kernel {kernel} refused the XDP program `{}` ({copy}); the verifier's last lines:",
+                copy.program_name()
+            )
+        );
+        assert!(!text.contains("permission"), "{text}");
+    }
 }

@@ -24,8 +24,12 @@ pub const CONFIG_GLOBAL: &str = "SIP_CONFIG";
 pub const STATS_MAP: &str = "SIP_STATS";
 /// Name of the per-CPU scratch array the program assembles records in.
 pub const SCRATCH_MAP: &str = "SIP_SCRATCH";
-/// Name of the XDP program in the object file.
+/// Name of the XDP program in the object file: multi-buffer frames, payload copied with
+/// `bpf_xdp_load_bytes` (Linux 5.18 and later, or kernels with that helper backported).
 pub const PROGRAM_NAME: &str = "sipnotify_xdp";
+/// Name of the same program for kernels without `bpf_xdp_load_bytes`: single-buffer frames,
+/// payload copied from the linear area in chunks every verifier from 5.10 on accepts.
+pub const LINEAR_PROGRAM_NAME: &str = "sipnotify_lin";
 
 /// Largest UDP payload copied into a record. A jumbo frame (MTU 9000) carries at most 8972
 /// bytes of UDP payload over IPv4; longer payloads are cut here and flagged [`FLAG_TRUNCATED`].
@@ -92,6 +96,12 @@ pub const EVENT_HEADER_LEN: usize = size_of::<EventHeader>();
 const _: () = assert!(EVENT_HEADER_LEN == 64);
 const _: () = assert!(align_of::<EventHeader>() == 8);
 
+/// Payload room of the scratch record: the power of two above [`MAX_PAYLOAD`], so the program
+/// can bound every copy length with a mask (`len & (SCRATCH_PAYLOAD - 1)`), the one form
+/// that verifiers from 5.10 on all understand, instead of a range check a compiler may fold.
+pub const SCRATCH_PAYLOAD: usize = 16 * 1024;
+const _: () = assert!(SCRATCH_PAYLOAD.is_power_of_two() && SCRATCH_PAYLOAD > MAX_PAYLOAD);
+
 /// The per-CPU buffer a record is assembled in before `bpf_ringbuf_output` copies exactly
 /// `EVENT_HEADER_LEN + captured_len` bytes of it.
 #[repr(C)]
@@ -99,10 +109,10 @@ const _: () = assert!(align_of::<EventHeader>() == 8);
 pub struct EventBuffer {
     /// The record header.
     pub header: EventHeader,
-    /// Payload bytes; only the first `header.captured_len` are meaningful.
-    pub payload: [u8; MAX_PAYLOAD],
+    /// Payload bytes; only the first `header.captured_len` (≤ [`MAX_PAYLOAD`]) are meaningful.
+    pub payload: [u8; SCRATCH_PAYLOAD],
 }
-const _: () = assert!(size_of::<EventBuffer>() == EVENT_HEADER_LEN + MAX_PAYLOAD);
+const _: () = assert!(size_of::<EventBuffer>() == EVENT_HEADER_LEN + SCRATCH_PAYLOAD);
 // Per-CPU array values are limited to 32 KiB (PCPU_MIN_UNIT_SIZE).
 const _: () = assert!(size_of::<EventBuffer>() <= 32 * 1024);
 
@@ -218,7 +228,8 @@ counters! {
     TcpSegment, "tcp_segment", Outcome;
     /// Outcome: the per-CPU scratch buffer could not be looked up.
     ScratchFailed, "scratch_failed", Outcome;
-    /// Outcome: the payload could not be loaded from the frame (`bpf_xdp_load_bytes` failed).
+    /// Outcome: the payload could not be copied from the frame (`bpf_xdp_load_bytes` failed,
+    /// or the linear area ended early).
     LoadFailed, "load_failed", Outcome;
     /// Outcome: records written to the ring buffer (or handed on, in userspace).
     Copied, "copied", Outcome;

@@ -8,12 +8,21 @@
 //!        ─▶ bpf_ringbuf_output(header + payload, right-sized) ─▶ agent
 //! ```
 //!
+//! The object holds the program twice, differing only in how the payload reaches the scratch
+//! record ([`PayloadCopy`]); the agent probes the kernel and loads one:
+//! - `sipnotify_xdp` (multi-buffer, `xdp.frags`): `bpf_xdp_load_bytes`, Linux 5.18 and later;
+//! - `sipnotify_lin` (single-buffer): a copy from the linear area in power-of-two chunks that
+//!   the verifiers of 5.10–5.17 accept. Without the frags flag every frame such a program sees
+//!   is one linear buffer, so nothing is missed.
+//!
 //! This program is an observer on an Asterisk host: it returns `XDP_PASS` on every path,
 //! including errors, and never writes to the packet. Every SIP decision is left to the agent,
 //! where it can be tested; the header walk itself lives in `sipnotify-common` so the pcap
 //! replay runs the very same code.
 #![no_std]
 #![no_main]
+// Inline assembly for the linear copy's unaligned 8-byte moves (see `Linear`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 use core::{ffi::c_void, slice};
 
@@ -30,7 +39,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use sipnotify_common::{
     Counter, DEFAULT_RING_BYTES, EVENT_HEADER_LEN, EventBuffer, EventHeader, FLAG_TRUNCATED,
-    MAX_PAYLOAD, NOTIFY_PREFIX, SipConfig,
+    MAX_PAYLOAD, NOTIFY_PREFIX, SCRATCH_PAYLOAD, SipConfig,
     net::{self, Bail, Frame, Transport, Walk},
 };
 
@@ -75,7 +84,13 @@ const NSEC_PER_SEC: u64 = 1_000_000_000;
 
 #[xdp(frags)]
 fn sipnotify_xdp(ctx: XdpContext) -> u32 {
-    inspect(&ctx);
+    inspect::<MultiBuffer>(&ctx);
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+fn sipnotify_lin(ctx: XdpContext) -> u32 {
+    inspect::<Linear>(&ctx);
     xdp_action::XDP_PASS
 }
 
@@ -111,7 +126,7 @@ fn count(counter: Counter) {
 }
 
 #[inline(always)]
-fn inspect(ctx: &XdpContext) {
+fn inspect<P: PayloadCopy>(ctx: &XdpContext) {
     count(Counter::PacketsSeen);
     let packet = Packet {
         start: ctx.data(),
@@ -143,11 +158,11 @@ fn inspect(ctx: &XdpContext) {
         return;
     }
     count(Counter::NotifyMatched);
-    copy(ctx, &packet, &location, &udp, config_wakeup_bytes());
+    copy::<P>(ctx, &packet, &location, &udp, config_wakeup_bytes());
 }
 
 #[inline(always)]
-fn copy(
+fn copy<P: PayloadCopy>(
     ctx: &XdpContext,
     packet: &Packet,
     location: &net::Location,
@@ -161,19 +176,16 @@ fn copy(
     let buffer = unsafe { &mut *buffer };
 
     let payload_offset = location.payload_offset();
-    // The whole frame, fragments included (multi-buffer XDP), not just the linear part.
-    // SAFETY: plain helper call on the program's own context.
-    let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
-    let present = frame_len.saturating_sub(payload_offset);
+    let present = P::present(ctx, packet, payload_offset);
     let claimed = usize::from(udp.payload_len);
     let mut len = if present < claimed { present } else { claimed };
     if len > MAX_PAYLOAD {
         len = MAX_PAYLOAD;
     }
-    // The verifier needs `len` provably within 1..=MAX_PAYLOAD for the helper calls below.
-    if len == 0 || len > MAX_PAYLOAD {
+    if len == 0 {
         return;
     }
+    let len = verifier_bounded(len);
 
     let Some((src_addr, dst_addr)) = net::addresses(packet, location) else {
         return count(Counter::BailShortHeader);
@@ -201,16 +213,7 @@ fn copy(
         _pad1: [0; 2],
     };
 
-    // SAFETY: the destination is the scratch payload array, `len` ≤ MAX_PAYLOAD bytes long.
-    let loaded = unsafe {
-        bpf_xdp_load_bytes(
-            ctx.ctx,
-            payload_offset as u32,
-            buffer.payload.as_mut_ptr().cast::<c_void>(),
-            len as u32,
-        )
-    };
-    if loaded < 0 {
+    if !P::load(ctx, packet, payload_offset, &mut buffer.payload, len) {
         return count(Counter::LoadFailed);
     }
 
@@ -225,7 +228,7 @@ fn copy(
     } else {
         BPF_RB_NO_WAKEUP
     };
-    // SAFETY: `buffer` is EVENT_HEADER_LEN + MAX_PAYLOAD bytes and `len` ≤ MAX_PAYLOAD.
+    // SAFETY: `buffer` is EVENT_HEADER_LEN + SCRATCH_PAYLOAD bytes and `len` ≤ SCRATCH_PAYLOAD.
     let record = unsafe {
         slice::from_raw_parts(
             (buffer as *const EventBuffer).cast::<u8>(),
@@ -238,6 +241,185 @@ fn copy(
             count(Counter::RingbufFull);
             log_ring_full(ctx);
         }
+    }
+}
+
+/// `len` (1..=MAX_PAYLOAD, unchanged) in a form every verifier can bound to
+/// 1..=SCRATCH_PAYLOAD. A range check such as `len == 0 || len > MAX` is folded by the compiler
+/// into one comparison on `len - 1`, whose bounds the verifiers before 6.11 do not carry over
+/// to `len` (6.1: "R3 min value is outside of the allowed memory range" at the helper call).
+/// Hiding the value from the optimiser keeps the mask, which every verifier follows.
+#[inline(always)]
+fn verifier_bounded(len: usize) -> usize {
+    ((core::hint::black_box(len) - 1) & (SCRATCH_PAYLOAD - 1)) + 1
+}
+
+/// How the payload gets from the frame into the scratch record.
+trait PayloadCopy {
+    /// Payload bytes the frame holds from `offset` on.
+    fn present(ctx: &XdpContext, packet: &Packet, offset: usize) -> usize;
+    /// Copies the first `len` payload bytes (1..=MAX_PAYLOAD, ≤ `present`) at `offset` into
+    /// `dst`; false when the frame could not supply them.
+    fn load(
+        ctx: &XdpContext,
+        packet: &Packet,
+        offset: usize,
+        dst: &mut [u8; SCRATCH_PAYLOAD],
+        len: usize,
+    ) -> bool;
+}
+
+/// Multi-buffer frames through `bpf_xdp_load_bytes` (5.18): one helper call, fragments
+/// included, the kernel's own memcpy.
+struct MultiBuffer;
+
+impl PayloadCopy for MultiBuffer {
+    #[inline(always)]
+    fn present(ctx: &XdpContext, _packet: &Packet, offset: usize) -> usize {
+        // The whole frame, fragments included, not just the linear part.
+        // SAFETY: plain helper call on the program's own context.
+        let frame_len = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as usize;
+        frame_len.saturating_sub(offset)
+    }
+
+    #[inline(always)]
+    fn load(
+        ctx: &XdpContext,
+        _packet: &Packet,
+        offset: usize,
+        dst: &mut [u8; SCRATCH_PAYLOAD],
+        len: usize,
+    ) -> bool {
+        // SAFETY: `dst` is SCRATCH_PAYLOAD bytes long and `len` ≤ SCRATCH_PAYLOAD.
+        let loaded = unsafe {
+            bpf_xdp_load_bytes(
+                ctx.ctx,
+                offset as u32,
+                dst.as_mut_ptr().cast::<c_void>(),
+                len as u32,
+            )
+        };
+        loaded >= 0
+    }
+}
+
+/// For each bit of `len` from the highest: copy a chunk of that size.
+macro_rules! linear_chunks {
+    ($src:ident, $end:ident, $dst:ident, $len:ident; $($bit:tt),*) => {$(
+        if $len & (1 << $bit) != 0 {
+            // The chunks of the higher bits come first.
+            let at = $len & ((SCRATCH_PAYLOAD - 1) << ($bit + 1)) & (SCRATCH_PAYLOAD - 1);
+            let from = $src + at;
+            if !fits::<{ 1 << $bit }>(from, $end) {
+                return false;
+            }
+            let to = $dst + at;
+            // SAFETY: `from..from + 2^bit` is inside the frame (checked just above) and
+            // `to..to + 2^bit` inside the scratch payload (`at + 2^bit` ≤ SCRATCH_PAYLOAD).
+            unsafe { moves!(from, to, 0, $bit) };
+        }
+    )*};
+}
+
+/// `2^bit` bytes from `from + offset` to `to + offset`: below 8 bytes one move of that width,
+/// above it 8-byte moves with constant offsets (unrolled by halving, so each move is one load
+/// and one store).
+macro_rules! moves {
+    ($from:ident, $to:ident, $offset:expr, 0) => { move_one!(u8, $from, $to, $offset) };
+    ($from:ident, $to:ident, $offset:expr, 1) => { move_one!(u16, $from, $to, $offset) };
+    ($from:ident, $to:ident, $offset:expr, 2) => { move_one!(u32, $from, $to, $offset) };
+    ($from:ident, $to:ident, $offset:expr, 3) => { move_one!(u64, $from, $to, $offset) };
+    ($from:ident, $to:ident, $offset:expr, 4) => { moves!(@half $from, $to, $offset, 3, 8) };
+    ($from:ident, $to:ident, $offset:expr, 5) => { moves!(@half $from, $to, $offset, 4, 16) };
+    ($from:ident, $to:ident, $offset:expr, 6) => { moves!(@half $from, $to, $offset, 5, 32) };
+    ($from:ident, $to:ident, $offset:expr, 7) => { moves!(@half $from, $to, $offset, 6, 64) };
+    ($from:ident, $to:ident, $offset:expr, 8) => { moves!(@half $from, $to, $offset, 7, 128) };
+    ($from:ident, $to:ident, $offset:expr, 9) => { moves!(@half $from, $to, $offset, 8, 256) };
+    ($from:ident, $to:ident, $offset:expr, 10) => { moves!(@half $from, $to, $offset, 9, 512) };
+    ($from:ident, $to:ident, $offset:expr, 11) => { moves!(@half $from, $to, $offset, 10, 1024) };
+    ($from:ident, $to:ident, $offset:expr, 12) => { moves!(@half $from, $to, $offset, 11, 2048) };
+    ($from:ident, $to:ident, $offset:expr, 13) => { moves!(@half $from, $to, $offset, 12, 4096) };
+    (@half $from:ident, $to:ident, $offset:expr, $bit:tt, $half:literal) => {{
+        moves!($from, $to, $offset, $bit);
+        moves!($from, $to, $offset + $half, $bit);
+    }};
+}
+
+/// Whether `from + N` ≤ `end`, checked on a copy of `from`'s own register: the verifier then
+/// extends the proven range to `from` itself, which the moves read through. (Compiled from
+/// Rust, the comparison may be re-associated onto a register the verifier cannot relate.)
+#[inline(always)]
+fn fits<const N: usize>(from: usize, end: usize) -> bool {
+    let mut fits: u64 = 0;
+    // SAFETY: arithmetic and a forward jump on registers; no memory access.
+    unsafe {
+        core::arch::asm!(
+            "{t} = {from}",
+            "{t} += {n}",
+            "if {t} > {end} goto +1",
+            "{fits} = 1",
+            from = in(reg) from,
+            end = in(reg) end,
+            n = const N,
+            t = out(reg) _,
+            fits = inout(reg) fits,
+            options(nostack, nomem),
+        );
+    }
+    fits == 1
+}
+
+/// One load and one store of width `$ty` at a constant offset.
+macro_rules! move_one {
+    ($ty:ident, $from:ident, $to:ident, $offset:expr) => {
+        core::arch::asm!(
+            concat!("{t} = *(", stringify!($ty), " *)({from} + {offset})"),
+            concat!("*(", stringify!($ty), " *)({to} + {offset}) = {t}"),
+            from = in(reg) $from,
+            to = in(reg) $to,
+            offset = const $offset,
+            t = out(reg) _,
+            options(nostack, preserves_flags),
+        )
+    };
+}
+/// Single-buffer frames, copied from the linear area without a helper (before 5.18).
+///
+/// Packet memory can only be read at offsets the verifier has proven inside the frame, so a
+/// variable-length copy is split by the bits of `len`: for each set bit, a chunk of that
+/// fixed size, bounds-checked once against `data_end`, at the offset the higher bits of `len`
+/// add up to. 600 bytes are 512 + 64 + 16 + 8 bytes in four checks and 75 moves; no loop
+/// and no worst-case copy. The moves are inline assembly because the payload is unaligned
+/// and LLVM would otherwise split every 8-byte load into single bytes; the kernel allows
+/// unaligned packet loads on the architectures with efficient unaligned access (x86-64, arm64).
+struct Linear;
+
+impl PayloadCopy for Linear {
+    #[inline(always)]
+    fn present(_ctx: &XdpContext, packet: &Packet, offset: usize) -> usize {
+        packet.end.saturating_sub(packet.start + offset)
+    }
+
+    #[inline(always)]
+    fn load(
+        _ctx: &XdpContext,
+        packet: &Packet,
+        offset: usize,
+        dst: &mut [u8; SCRATCH_PAYLOAD],
+        len: usize,
+    ) -> bool {
+        // The walk keeps headers below MAX_HEADER_OFFSET; saying so bounds the source pointer.
+        if offset > net::MAX_HEADER_OFFSET + 64 {
+            return false;
+        }
+        let src = packet.start + offset;
+        let end = packet.end;
+        let dst = dst.as_mut_ptr() as usize;
+        // Logically `len` unchanged (≤ MAX_PAYLOAD); for the verifier 0..SCRATCH_PAYLOAD, so
+        // each chunk offset below is bounded by its mask.
+        let len = len & (SCRATCH_PAYLOAD - 1);
+        linear_chunks!(src, end, dst, len; 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+        true
     }
 }
 
