@@ -70,7 +70,6 @@ pub fn check_config(
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let (sink_settings, metrics_addr) = validate(&args)?;
-    bpf::preflight()?;
     let recorder = telemetry::install_recorder().map_err(|e| AgentError::Config(e.to_string()))?;
     let metrics_listener = match metrics_addr {
         Some(addr) => Some(

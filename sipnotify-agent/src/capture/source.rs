@@ -62,9 +62,10 @@ impl FromStr for CaptureMode {
 pub fn fallback_reason(err: &LoadError) -> Option<String> {
     match err {
         LoadError::NoObject => Some("this build has no eBPF program".to_owned()),
-        LoadError::KernelTooOld { .. } | LoadError::KernelVersion(_) => Some(format!(
+        LoadError::RingBufUnsupported { .. } => Some(format!(
             "the kernel lacks a feature XDP capture needs: {err}"
         )),
+        LoadError::Rejected { .. } => Some(format!("the kernel refused the XDP program: {err}")),
         LoadError::InterfaceBusy(_) => {
             Some("the interface already has another XDP program attached".to_owned())
         }
@@ -187,8 +188,8 @@ mod tests {
                 .unwrap()
                 .contains("not permitted")
         );
-        let old = LoadError::KernelTooOld {
-            found: bpf::KernelVersion { major: 5, minor: 4 },
+        let old = LoadError::RingBufUnsupported {
+            kernel: "5.4.0-150-generic".into(),
         };
         assert!(fallback_reason(&old).unwrap().contains("lacks a feature"));
         assert_eq!(
