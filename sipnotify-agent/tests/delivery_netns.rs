@@ -12,7 +12,11 @@ use std::{
 };
 
 use pcap_file::pcap::PcapReader;
-use sipnotify_agent::testing::{BridgeOptions, TestBridge, netns::NamespacedBridge};
+use sipnotify_agent::testing::{
+    BridgeOptions, TestBridge,
+    certs::{openssl_one_liner, openssl_or_skip},
+    netns::NamespacedBridge,
+};
 use support::{VethPair, call_id, call_uuid, genesys_notify, start_agent};
 
 /// The bridge stand-in in the receiver namespace, and the agent flags that reach it.
@@ -180,4 +184,54 @@ fn a_ten_second_bridge_outage_loses_nothing() {
     thread::sleep(Duration::from_millis(500));
     agent.stop();
     assert_exactly_once(&bridge.bridge, COUNT);
+}
+
+/// The field report's bridge: a certificate made with the openssl one-liner (self-signed,
+/// `CA:TRUE`), that very file given as --ca-file. Retransmissions included, the NOTIFY
+/// arrives exactly once.
+#[test]
+fn the_openssl_one_liner_certificate_as_ca_file_delivers_exactly_once() {
+    let test = "the_openssl_one_liner_certificate_as_ca_file_delivers_exactly_once";
+    if !support::privileged(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let made = openssl_one_liner(dir.path(), "bridge", "bridge", "IP:10.200.0.2");
+    let Some(made) = openssl_or_skip(test, made) else {
+        return;
+    };
+    let net = VethPair::new("ossl");
+    let options = BridgeOptions {
+        addr: "10.200.0.2:0".parse().unwrap(),
+        identity: Some(made.identity),
+        ..BridgeOptions::default()
+    };
+    let bridge = NamespacedBridge::start(&net.receiver, options, "ossl-bridge");
+    let ca_file = made.ca_file.to_str().unwrap();
+    let agent = start_agent(
+        &net.receiver,
+        &[
+            "run",
+            "--iface",
+            "veth1",
+            "--bridge-url",
+            bridge.bridge.url(),
+            "--ca-file",
+            ca_file,
+        ],
+    );
+    net.sender.enter(|| {
+        let socket = UdpSocket::bind("10.200.0.1:5060").unwrap();
+        let message = genesys_notify(7, "1002", "talk");
+        for _ in 0..3 {
+            socket.send_to(&message, "10.200.0.2:5061").unwrap();
+            thread::sleep(Duration::from_millis(20));
+        }
+    });
+    assert!(bridge.wait_for(1, Duration::from_secs(10)), "no delivery");
+    thread::sleep(Duration::from_millis(500));
+    agent.stop();
+    let received = bridge.bridge.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].object["call_uuid"], call_uuid(7));
 }
