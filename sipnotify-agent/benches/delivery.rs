@@ -55,6 +55,7 @@ fn notification(i: u32) -> Notification {
             dst: (Ipv4Addr::new(192, 0, 2, 20), 5061).into(),
             iface: None,
         },
+        spool_id: None,
     }
 }
 

@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod error;
 pub mod event;
 pub mod logging;
+pub mod oplog;
 pub mod pipeline;
 pub mod queue;
 pub mod reassembly;
@@ -21,6 +22,7 @@ pub mod replay;
 pub mod run;
 pub mod sink;
 pub mod sip;
+pub mod spool;
 pub mod telemetry;
 #[cfg(feature = "test-bridge")]
 pub mod testing;

@@ -7,7 +7,10 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use tokio::sync::Notify;
@@ -36,6 +39,10 @@ struct Inner {
     state: Mutex<State>,
     /// Wakes consumers on push and on close.
     ready: Notify,
+    /// Wakes a producer waiting for room (the spool) when notifications are taken.
+    room: Notify,
+    /// Notifications dropped to make room, since creation (for the drop log).
+    dropped: AtomicU64,
     capacity: usize,
 }
 
@@ -57,6 +64,8 @@ impl NotificationQueue {
                     closed: false,
                 }),
                 ready: Notify::new(),
+                room: Notify::new(),
+                dropped: AtomicU64::new(0),
                 capacity,
             }),
         }
@@ -86,6 +95,7 @@ impl NotificationQueue {
         match outcome {
             Pushed::Queued => self.inner.ready.notify_one(),
             Pushed::DroppedOldest => {
+                self.inner.dropped.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("sipnotify_dropped_total", "reason" => "queue_full").increment(1);
                 self.inner.ready.notify_one();
             }
@@ -123,6 +133,7 @@ impl NotificationQueue {
                 if taken > 0 {
                     let more = !state.items.is_empty();
                     drop(state);
+                    self.inner.room.notify_one();
                     if more {
                         // Pass the wake-up on: another consumer may be waiting.
                         self.inner.ready.notify_one();
@@ -139,12 +150,41 @@ impl NotificationQueue {
 
     /// Moves up to `max` queued notifications to `out` without waiting; returns how many.
     pub fn try_pop_batch(&self, max: usize, out: &mut Vec<Notification>) -> usize {
-        take(&mut self.lock().items, max, out)
+        let taken = take(&mut self.lock().items, max, out);
+        if taken > 0 {
+            self.inner.room.notify_one();
+        }
+        taken
+    }
+
+    /// Free places now.
+    pub fn room(&self) -> usize {
+        self.inner.capacity.saturating_sub(self.len())
+    }
+
+    /// Waits until a consumer takes something (or the queue closes), if it is full now.
+    /// For one producer that must not drop (the spool refilling from disk).
+    pub async fn wait_for_room(&self) {
+        loop {
+            let room = self.inner.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.room() > 0 || self.is_closed() {
+                return;
+            }
+            room.await;
+        }
+    }
+
+    /// Notifications dropped to make room since the queue was made.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
     }
 
     /// Stops accepting notifications; consumers drain what is queued and then see the end.
     pub fn close(&self) {
         self.lock().closed = true;
+        self.inner.room.notify_one();
         self.inner.ready.notify_waiters();
         // A consumer between its look and its wait holds an enabled `Notified`, which
         // `notify_waiters` reaches; `notify_one` also leaves a permit for the next one.

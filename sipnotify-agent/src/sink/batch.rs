@@ -8,8 +8,14 @@
 //!
 //! The batcher keeps everything it has taken from the queue in itself, so a cancelled
 //! `next` (shutdown) loses nothing and `in_hand` can count it as undelivered.
+//!
+//! Order per Call-ID: a notification whose call already has one in a batch not yet settled
+//! (delivered, refused or expired) waits, parked behind it, until the driver reports that
+//! batch settled (`release`). Requests run concurrently and retry independently, so without
+//! this a `talk` that failed once could reach the bridge after the `hold` that followed it.
+//! Within one array batch, notifications of a call keep their order in the array.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque, hash_map::Entry};
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -19,6 +25,17 @@ use crate::{
     event::{JsonOptions, Notification},
     queue::NotificationQueue,
 };
+
+/// The key the per-call order is kept by: a hash of the Call-ID.
+pub(crate) fn call_key(n: &Notification) -> u64 {
+    // FNV-1a: stable and cheap; a collision only serialises two calls, it never reorders.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in n.call_id.as_bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
 
 /// Notifications for one request, with the array body when in array mode.
 #[derive(Debug)]
@@ -100,6 +117,13 @@ pub(crate) struct Batcher {
     linger_until: Option<Instant>,
     /// Objects that could not be encoded (never expected; counted as rejected by the caller).
     pub(crate) unencodable: u64,
+    /// Calls with a notification in an unsettled batch, and what waits behind it.
+    busy: HashMap<u64, VecDeque<Notification>>,
+    /// Released from `busy`: next in line for their call, ahead of the inbox.
+    ready: VecDeque<Notification>,
+    parked: usize,
+    /// Calls in the batch being filled (more of them may join it).
+    filling: HashSet<u64>,
 }
 
 impl Batcher {
@@ -121,26 +145,94 @@ impl Batcher {
             body: Vec::new(),
             linger_until: None,
             unencodable: 0,
+            busy: HashMap::new(),
+            ready: VecDeque::new(),
+            parked: 0,
+            filling: HashSet::new(),
         }
     }
 
-    /// Notifications taken from the queue but not yet handed out.
+    /// Notifications taken from the queue but not yet handed out (parked ones included).
     pub(crate) fn in_hand(&self) -> usize {
-        self.inbox.len() + self.pending.len()
+        self.inbox.len() + self.pending.len() + self.ready.len() + self.parked
+    }
+
+    /// The batch holding these calls' notifications has settled: the next notification of
+    /// each call may go.
+    pub(crate) fn release(&mut self, calls: impl IntoIterator<Item = u64>) {
+        // A call with several notifications in the batch is released once.
+        let calls: HashSet<u64> = calls.into_iter().collect();
+        for call in calls {
+            if let Entry::Occupied(mut waiting) = self.busy.entry(call) {
+                match waiting.get_mut().pop_front() {
+                    Some(next) => {
+                        self.parked -= 1;
+                        self.ready.push_back(next);
+                    }
+                    None => {
+                        waiting.remove();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes `n` into the batch being filled unless its call is busy (then parks it).
+    fn admit(&mut self, n: Notification, released: bool) -> Option<Added> {
+        let call = call_key(&n);
+        if !released && !self.filling.contains(&call) {
+            match self.busy.entry(call) {
+                Entry::Occupied(mut waiting) => {
+                    waiting.get_mut().push_back(n);
+                    self.parked += 1;
+                    return None;
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(VecDeque::new());
+                }
+            }
+        }
+        let unencodable = self.unencodable;
+        let added = self.add(n);
+        if self.unencodable > unencodable {
+            // Dropped: it no longer holds its call.
+            if !self.filling.contains(&call) {
+                self.release([call]);
+            }
+        } else if matches!(added, Added::Yes) {
+            self.filling.insert(call);
+        }
+        Some(added)
     }
 
     /// The next batch; `None` once the queue is closed and everything was handed out.
     /// Cancel-safe.
     pub(crate) async fn next(&mut self, queue: &NotificationQueue) -> Option<Batch> {
         loop {
-            while let Some(n) = self.inbox.pop_front() {
-                match self.add(n) {
-                    Added::Yes if self.pending.len() >= self.settings.max_events => {
+            loop {
+                let (n, released) = match self.ready.pop_front() {
+                    Some(n) => (n, true),
+                    None => match self.inbox.pop_front() {
+                        Some(n) => (n, false),
+                        None => break,
+                    },
+                };
+                match self.admit(n, released) {
+                    None => {}
+                    Some(Added::Yes) if self.pending.len() >= self.settings.max_events => {
                         return Some(self.finish());
                     }
-                    Added::Yes => {}
-                    Added::Full(n) => {
-                        self.inbox.push_front(*n);
+                    Some(Added::Yes) => {}
+                    Some(Added::Full(n)) => {
+                        let call = call_key(&n);
+                        if self.filling.contains(&call) {
+                            // Earlier ones of its call are in this batch: wait for it to settle.
+                            self.busy.entry(call).or_default().push_back(*n);
+                            self.parked += 1;
+                        } else {
+                            // Its call is marked busy already: it goes first next time.
+                            self.ready.push_front(*n);
+                        }
                         return Some(self.finish());
                     }
                 }
@@ -149,6 +241,11 @@ impl Batcher {
             if self.pending.is_empty() {
                 // An empty batch waits as long as it takes for its first notification.
                 if queue.pop_batch(room, &mut self.scratch).await == 0 {
+                    if self.parked > 0 {
+                        // Closed, but notifications wait for their call's batch to settle:
+                        // the driver releases them (and cancels this wait).
+                        std::future::pending::<()>().await;
+                    }
                     return None;
                 }
             } else if queue.try_pop_batch(room, &mut self.scratch) == 0 {
@@ -197,6 +294,7 @@ impl Batcher {
 
     fn finish(&mut self) -> Batch {
         self.linger_until = None;
+        self.filling.clear();
         let notifications = std::mem::take(&mut self.pending);
         let body = match self.mode {
             BodyMode::Object => None,
@@ -226,7 +324,59 @@ mod tests {
     fn numbered(cseq: u32) -> Notification {
         let mut n = sample();
         n.cseq = cseq;
+        n.call_id = format!("call-{cseq}");
         n
+    }
+
+    /// Notification `cseq` of call `call`.
+    fn of_call(call: u32, cseq: u32) -> Notification {
+        let mut n = sample();
+        n.cseq = cseq;
+        n.call_id = format!("call-{call}");
+        n
+    }
+
+    #[tokio::test]
+    async fn a_call_waits_for_its_previous_batch_to_settle() {
+        let queue = NotificationQueue::new(10);
+        // Call 1: talk (1) then hold (2); call 2 in between.
+        queue.push(of_call(1, 1));
+        queue.push(of_call(2, 5));
+        queue.push(of_call(1, 2));
+        queue.close();
+        let mut batcher = Batcher::new(
+            BodyMode::Object,
+            settings(500, 1 << 20, 1000),
+            JsonOptions::default(),
+        );
+        let first = batcher.next(&queue).await.unwrap();
+        assert_eq!(cseqs(&first), [1]);
+        let second = batcher.next(&queue).await.unwrap();
+        assert_eq!(cseqs(&second), [5]);
+        // Call 1's hold waits for its talk's request to settle.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), batcher.next(&queue)).await;
+        assert!(waiting.is_err());
+        assert_eq!(batcher.in_hand(), 1);
+        batcher.release([call_key(&first.notifications[0])]);
+        let third = batcher.next(&queue).await.unwrap();
+        assert_eq!(cseqs(&third), [2]);
+        batcher.release([call_key(&third.notifications[0])]);
+        assert!(batcher.next(&queue).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn one_array_batch_keeps_a_calls_notifications_in_order() {
+        let queue = NotificationQueue::new(10);
+        for cseq in 0..4 {
+            queue.push(of_call(7, cseq));
+        }
+        queue.close();
+        let mut batcher = Batcher::new(BodyMode::Array, settings(10, 1 << 20, 1000), ARRAY_JSON);
+        let batch = batcher.next(&queue).await.unwrap();
+        assert_eq!(cseqs(&batch), [0, 1, 2, 3]);
+        batcher.release(batch.notifications.iter().map(call_key));
+        assert!(batcher.next(&queue).await.is_none());
+        assert_eq!(batcher.in_hand(), 0);
     }
 
     fn settings(max_events: usize, max_bytes: usize, linger_ms: u64) -> BatchSettings {

@@ -11,6 +11,11 @@
 //! replay) drains completely. An untrusted bridge certificate before the bridge ever answered
 //! is a configuration mistake: delivery stops with an error naming both remedies, rather than
 //! retrying into the void.
+//!
+//! With the spool, each notification settled (delivered, refused for good, expired) is
+//! acknowledged by its spool id; what is still unsettled at the end stays in the spool for the
+//! next start. The bridge's state changes are logged once each: a WARN when it starts failing
+//! (the error and what to check), an INFO when it is back (how long it was out, the backlog).
 
 use std::{
     sync::{
@@ -30,13 +35,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     BodyMode, BridgeHealth, JsonLines, SinkConfigError, SinkSettings, TlsSettings,
-    batch::{self, Batch, Batcher},
+    batch::{self, Batch, Batcher, call_key},
     http::{BatchOutcome, BridgeCheck, BridgeConfigError, HttpSink, SendError},
     retry::Backoff,
 };
 use crate::{
     event::{JsonOptions, Notification},
+    oplog::{DropLog, human},
     queue::NotificationQueue,
+    spool::{self, Acks},
 };
 
 /// Repeated warnings (bridge down, refusals) are logged at most this often.
@@ -95,6 +102,8 @@ pub struct Delivery {
     settings: SinkSettings,
     http: Option<HttpSink>,
     health: BridgeHealth,
+    acks: Option<Acks>,
+    drops: Arc<DropLog>,
 }
 
 impl Delivery {
@@ -120,6 +129,8 @@ impl Delivery {
             settings,
             http,
             health: BridgeHealth::default(),
+            acks: None,
+            drops: Arc::default(),
         })
     }
 
@@ -135,6 +146,18 @@ impl Delivery {
             self.health.mark_answered();
         }
         Ok(Some(check))
+    }
+
+    /// Acknowledges settled notifications to the spool they came from.
+    pub fn with_spool_acks(mut self, acks: Acks) -> Self {
+        self.acks = Some(acks);
+        self
+    }
+
+    /// Logs drops (expired) through `drops`, shared with the rest of the agent.
+    pub fn with_drop_log(mut self, drops: Arc<DropLog>) -> Self {
+        self.drops = drops;
+        self
     }
 
     /// Whether the bridge has answered at least once; shared with the running delivery.
@@ -162,8 +185,16 @@ impl Delivery {
     ) -> Result<DeliveryReport, DeliveryFailed> {
         let json = self.settings.json_options();
         let lines = self.settings.stdout.then(|| JsonLines::new(out, json));
+        let acks = self.acks.clone();
+        let drops = Arc::clone(&self.drops);
+        let backlog_queue = queue.clone();
         let shared = self.http.map(|http| {
+            metrics::gauge!("sipnotify_bridge_up").set(0.0);
             Arc::new(Shared {
+                acks: acks.clone(),
+                drops: Arc::clone(&drops),
+                queue: backlog_queue,
+                bridge: Mutex::new(BridgeState::default()),
                 http,
                 mode: self.settings.mode,
                 json,
@@ -196,6 +227,8 @@ impl Delivery {
             max_age: self.settings.max_age,
             json,
             shared,
+            acks,
+            drops,
         };
         run.go().await
     }
@@ -245,9 +278,120 @@ struct Shared {
     stop: CancellationToken,
     refusals: LogLimiter,
     failures: LogLimiter,
+    acks: Option<Acks>,
+    drops: Arc<DropLog>,
+    /// For the backlog in the recovery line.
+    queue: NotificationQueue,
+    bridge: Mutex<BridgeState>,
+}
+
+/// Whether the bridge is failing, since when.
+#[derive(Debug, Default)]
+struct BridgeState {
+    down_since: Option<Instant>,
+}
+
+/// What to check for each kind of failure (never empty).
+fn what_to_check(error: &SendError, url: &reqwest::Url) -> String {
+    match error {
+        SendError::Status { status } if status.as_u16() == 429 => {
+            "the bridge is rate-limiting: check its load and limits".to_owned()
+        }
+        SendError::Status { .. } => {
+            format!("the bridge at {url} is up but failing: check its own log and its backend")
+        }
+        SendError::Timeout { .. } => {
+            "the bridge does not answer in time: check its load, or raise --request-timeout"
+                .to_owned()
+        }
+        SendError::UntrustedCertificate { remedy, .. } => (*remedy).to_owned(),
+        SendError::Connect { .. } => format!(
+            "check that the bridge is running and listening at {url}, and that no firewall is \
+             in the way"
+        ),
+        SendError::Other { .. } => {
+            "the connection broke: check the bridge and the network to it".to_owned()
+        }
+    }
 }
 
 impl Shared {
+    fn ack(&self, notifications: &[Notification]) {
+        for n in notifications {
+            spool::ack(self.acks.as_ref(), n);
+        }
+    }
+
+    /// Notifications waiting for the bridge: in the spool, or in the queue and in flight.
+    fn backlog(&self) -> u64 {
+        match &self.acks {
+            Some(acks) => acks.backlog(),
+            None => self.queue.len() as u64 + self.counters.in_flight.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The bridge answered: if it was failing, say that it is back.
+    fn bridge_answered(&self) {
+        self.health.mark_answered();
+        let down_since = self
+            .bridge
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .down_since
+            .take();
+        metrics::gauge!("sipnotify_bridge_up").set(1.0);
+        if let Some(since) = down_since {
+            tracing::info!(
+                url = %self.http.url(),
+                outage = %human(since.elapsed()),
+                backlog = self.backlog(),
+                "the bridge is back; delivering the backlog"
+            );
+        }
+    }
+
+    /// A request failed in a way worth retrying.
+    fn bridge_failed(&self, error: &SendError, delay: Duration) {
+        let started = {
+            let mut state = self.bridge.lock().unwrap_or_else(PoisonError::into_inner);
+            match state.down_since {
+                Some(since) => Err(since),
+                None => {
+                    state.down_since = Some(Instant::now());
+                    Ok(())
+                }
+            }
+        };
+        metrics::gauge!("sipnotify_bridge_up").set(0.0);
+        let check = what_to_check(error, self.http.url());
+        match started {
+            Ok(()) => {
+                // Keep the next failures out of the log for a while: this line said it.
+                let _ = self.failures.allow();
+                tracing::warn!(
+                    url = %self.http.url(),
+                    %error,
+                    check = %check,
+                    keeping = if self.acks.is_some() { "in the spool" } else { "in memory" },
+                    "the bridge is failing; retrying until it answers"
+                );
+            }
+            Err(since) => {
+                if let Some(suppressed) = self.failures.allow() {
+                    tracing::warn!(
+                        %error,
+                        down_for = %human(since.elapsed()),
+                        retry_in = %human(delay),
+                        backlog = self.backlog(),
+                        failed_requests = suppressed + 1,
+                        check = %check,
+                        "the bridge is still failing"
+                    );
+                }
+            }
+        }
+    }
+
     fn fail(&self, error: DeliveryError) {
         let mut fatal = self.fatal.lock().unwrap_or_else(PoisonError::into_inner);
         if fatal.is_none() {
@@ -296,23 +440,31 @@ fn is_expired(n: &Notification, max_age: Option<Duration>, now: SystemTime) -> b
     })
 }
 
-/// Drops the expired notifications of `batch` (re-encoding an array body if any went) and
-/// returns how many went.
+/// Drops the expired notifications of `batch` (re-encoding an array body if any went),
+/// acknowledges them to the spool and logs them; returns how many went.
 fn drop_expired(
     batch: &mut Batch,
     max_age: Option<Duration>,
     mode: BodyMode,
     json: JsonOptions,
+    acks: Option<&Acks>,
+    drops: &DropLog,
 ) -> u64 {
     if max_age.is_none() {
         return 0;
     }
     let now = SystemTime::now();
     let before = batch.notifications.len();
-    batch.notifications.retain(|n| !is_expired(n, max_age, now));
+    batch.notifications.retain(|n| {
+        let expired = is_expired(n, max_age, now);
+        if expired {
+            spool::ack(acks, n);
+        }
+        !expired
+    });
     let dropped = (before - batch.notifications.len()) as u64;
     if dropped > 0 {
-        metrics::counter!("sipnotify_dropped_total", "reason" => "max_age").increment(dropped);
+        drops.record("max_age", dropped);
         batch.body = match mode {
             BodyMode::Array if !batch.notifications.is_empty() => {
                 batch::encode_array(&batch.notifications, json).ok()
@@ -323,8 +475,14 @@ fn drop_expired(
     dropped
 }
 
-/// Sends one batch until it is delivered, refused, expired, or delivery stops.
-async fn send_batch(shared: Arc<Shared>, mut batch: Batch, _permit: OwnedSemaphorePermit) {
+/// Sends one batch until it is delivered, refused, expired, or delivery stops; returns the
+/// call keys of the batch, which are then free for their next notification.
+async fn send_batch(
+    shared: Arc<Shared>,
+    mut batch: Batch,
+    _permit: OwnedSemaphorePermit,
+) -> Vec<u64> {
+    let calls: Vec<u64> = batch.notifications.iter().map(call_key).collect();
     let counters = &shared.counters;
     let mut backoff = Backoff::new(shared.retry);
     loop {
@@ -343,9 +501,10 @@ async fn send_batch(shared: Arc<Shared>, mut batch: Batch, _permit: OwnedSemapho
                     }
                     Err(error) => {
                         tracing::warn!(%error, "cannot encode notifications as json; dropped");
+                        shared.ack(&batch.notifications);
                         counters.rejected.fetch_add(count, Ordering::Relaxed);
                         counters.in_flight.fetch_sub(count, Ordering::Relaxed);
-                        return;
+                        return calls;
                     }
                 }
             }
@@ -356,7 +515,6 @@ async fn send_batch(shared: Arc<Shared>, mut batch: Batch, _permit: OwnedSemapho
         metrics::counter!("sipnotify_deliveries_total", "outcome" => outcome.label()).increment(1);
         match outcome {
             BatchOutcome::Delivered { .. } => {
-                shared.health.mark_answered();
                 let now = SystemTime::now();
                 let latency = metrics::histogram!("sipnotify_delivery_latency_seconds");
                 for n in &batch.notifications {
@@ -366,15 +524,16 @@ async fn send_batch(shared: Arc<Shared>, mut batch: Batch, _permit: OwnedSemapho
                         .as_secs_f64();
                     latency.record(seconds);
                 }
+                shared.ack(&batch.notifications);
                 counters.delivered.fetch_add(count, Ordering::Relaxed);
                 counters.in_flight.fetch_sub(count, Ordering::Relaxed);
-                return;
+                shared.bridge_answered();
+                return calls;
             }
             BatchOutcome::Rejected {
                 status,
                 body_excerpt,
             } => {
-                shared.health.mark_answered();
                 metrics::counter!("sipnotify_dropped_total", "reason" => "rejected")
                     .increment(count);
                 if let Some(suppressed) = shared.refusals.allow() {
@@ -384,12 +543,15 @@ async fn send_batch(shared: Arc<Shared>, mut batch: Batch, _permit: OwnedSemapho
                         idempotency_key = %key,
                         notifications = count,
                         suppressed,
+                        check = "the bridge's log for why it refuses these; they are not retried",
                         "the bridge refused a notification; not retrying"
                     );
                 }
+                shared.ack(&batch.notifications);
                 counters.rejected.fetch_add(count, Ordering::Relaxed);
                 counters.in_flight.fetch_sub(count, Ordering::Relaxed);
-                return;
+                shared.bridge_answered();
+                return calls;
             }
             BatchOutcome::Errored { error, retry_after } => {
                 if let SendError::Status { .. } = error {
@@ -403,32 +565,31 @@ async fn send_batch(shared: Arc<Shared>, mut batch: Batch, _permit: OwnedSemapho
                             remedy,
                         });
                         // Still in flight: counted as undelivered.
-                        return;
+                        return calls;
                     }
                 }
                 let delay = retry_after.unwrap_or_else(|| backoff.next_delay());
-                if let Some(suppressed) = shared.failures.allow() {
-                    // The error's text carries the remedy of a certificate problem.
-                    tracing::warn!(
-                        %error,
-                        retry_in = %humantime::format_duration(delay),
-                        suppressed,
-                        "bridge delivery failed; retrying"
-                    );
-                }
+                shared.bridge_failed(&error, delay);
                 counters.retries.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("sipnotify_retries_total").increment(1);
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = shared.stop.cancelled() => return,
+                    () = shared.stop.cancelled() => return calls,
                 }
-                let expired = drop_expired(&mut batch, shared.max_age, shared.mode, shared.json);
+                let expired = drop_expired(
+                    &mut batch,
+                    shared.max_age,
+                    shared.mode,
+                    shared.json,
+                    shared.acks.as_ref(),
+                    &shared.drops,
+                );
                 if expired > 0 {
                     counters.expired.fetch_add(expired, Ordering::Relaxed);
                     counters.in_flight.fetch_sub(expired, Ordering::Relaxed);
                 }
                 if batch.notifications.is_empty() {
-                    return;
+                    return calls;
                 }
             }
         }
@@ -457,10 +618,25 @@ struct Run<W> {
     /// Notifications written to stdout (the delivered count when there is no bridge).
     stdout_written: u64,
     semaphore: Arc<Semaphore>,
-    tasks: JoinSet<()>,
+    /// Request tasks; each returns the call keys of its batch.
+    tasks: JoinSet<Vec<u64>>,
     max_age: Option<Duration>,
     json: JsonOptions,
     shared: Option<Arc<Shared>>,
+    acks: Option<Acks>,
+    drops: Arc<DropLog>,
+}
+
+/// The next finished request task, or never when there is none.
+async fn next_settled(tasks: &mut JoinSet<Vec<u64>>) -> Vec<u64> {
+    if tasks.is_empty() {
+        return std::future::pending().await;
+    }
+    match tasks.join_next().await {
+        Some(Ok(calls)) => calls,
+        // Aborted or panicked: nothing to release that anyone waits for any more.
+        _ => Vec::new(),
+    }
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -494,6 +670,14 @@ impl<W: AsyncWrite + Unpin + Send> Run<W> {
         self.report()
     }
 
+    fn reap(&mut self) {
+        while let Some(joined) = self.tasks.try_join_next() {
+            if let Ok(calls) = joined {
+                self.batcher.release(calls);
+            }
+        }
+    }
+
     fn begin_shutdown(&mut self) {
         let deadline = Instant::now() + self.shutdown_timeout;
         self.deadline = Some(deadline);
@@ -507,7 +691,7 @@ impl<W: AsyncWrite + Unpin + Send> Run<W> {
 
     async fn main_loop(&mut self) -> End {
         loop {
-            while self.tasks.try_join_next().is_some() {}
+            self.reap();
             let permit = if self.shared.is_some() {
                 tokio::select! {
                     biased;
@@ -517,6 +701,10 @@ impl<W: AsyncWrite + Unpin + Send> Run<W> {
                         continue;
                     }
                     () = until(self.deadline) => return End::Deadline,
+                    calls = next_settled(&mut self.tasks) => {
+                        self.batcher.release(calls);
+                        continue;
+                    }
                     permit = Arc::clone(&self.semaphore).acquire_owned() => match permit {
                         Ok(permit) => Some(permit),
                         // The semaphore is never closed; treat it as the end anyway.
@@ -534,6 +722,11 @@ impl<W: AsyncWrite + Unpin + Send> Run<W> {
                     continue;
                 }
                 () = until(self.deadline) => return End::Deadline,
+                calls = next_settled(&mut self.tasks) => {
+                    self.batcher.release(calls);
+                    // The permit (if any) is dropped; the loop takes one again.
+                    continue;
+                }
                 batch = self.batcher.next(&self.queue) => batch,
             };
             let Some(mut batch) = next else {
@@ -541,9 +734,23 @@ impl<W: AsyncWrite + Unpin + Send> Run<W> {
             };
             self.write_lines(&batch).await;
             let (Some(permit), Some(shared)) = (permit, self.shared.as_ref()) else {
+                // Stdout only: written is settled.
+                for n in &batch.notifications {
+                    spool::ack(self.acks.as_ref(), n);
+                }
+                self.batcher
+                    .release(batch.notifications.iter().map(call_key));
                 continue;
             };
-            let expired = drop_expired(&mut batch, self.max_age, shared.mode, self.json);
+            let calls: Vec<u64> = batch.notifications.iter().map(call_key).collect();
+            let expired = drop_expired(
+                &mut batch,
+                self.max_age,
+                shared.mode,
+                self.json,
+                self.acks.as_ref(),
+                &self.drops,
+            );
             shared
                 .counters
                 .expired
@@ -555,6 +762,7 @@ impl<W: AsyncWrite + Unpin + Send> Run<W> {
                 );
             }
             if batch.notifications.is_empty() {
+                self.batcher.release(calls);
                 continue;
             }
             shared
@@ -573,8 +781,10 @@ impl<W: AsyncWrite + Unpin + Send> Run<W> {
                 () = stopped(self.shared.as_ref()) => return End::Fatal,
                 () = self.shutdown.cancelled(), if self.deadline.is_none() => self.begin_shutdown(),
                 () = until(self.deadline) => return End::Deadline,
-                joined = self.tasks.join_next() => if joined.is_none() {
-                    return End::Drained;
+                joined = self.tasks.join_next() => match joined {
+                    None => return End::Drained,
+                    Some(Ok(calls)) => self.batcher.release(calls),
+                    Some(Err(_)) => {}
                 },
             }
         }
@@ -625,9 +835,9 @@ impl<W: AsyncWrite + Unpin + Send> Run<W> {
             requests: c.requests.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
         };
-        if report.undelivered > 0 {
-            metrics::counter!("sipnotify_dropped_total", "reason" => "shutdown")
-                .increment(report.undelivered);
+        if report.undelivered > 0 && self.acks.is_none() {
+            // With the spool they are kept for the next start, not dropped.
+            self.drops.record("shutdown", report.undelivered);
         }
         match shared.take_fatal() {
             Some(error) => Err(DeliveryFailed { error, report }),

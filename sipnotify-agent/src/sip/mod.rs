@@ -334,6 +334,7 @@ impl<'a> Notify<'a> {
                 .filter_map(|(name, value)| Some((name, value?)))
                 .collect(),
             meta,
+            spool_id: None,
         }
     }
 }
