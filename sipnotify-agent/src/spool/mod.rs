@@ -130,6 +130,9 @@ pub async fn run(
             }
         }
     }
+    // Everything read is handed out (or delivery is shutting down): the driver drains what
+    // it has and ends.
+    output.close();
     if let Some(syncing) = syncing {
         let _ = syncing.await;
     }
@@ -290,11 +293,9 @@ impl Stage {
         if let Some(task) = self.task {
             match task.await {
                 Ok(spool) => {
-                    let (gauges, _) = match tokio::task::spawn_blocking(move || finish(spool)).await
-                    {
-                        Ok(done) => done,
-                        Err(_) => (SpoolGauges::default(), SpoolCounts::default()),
-                    };
+                    let (gauges, _) = tokio::task::spawn_blocking(move || finish(spool))
+                        .await
+                        .unwrap_or_default();
                     leftover = Leftover {
                         in_spool: gauges.entries,
                         spool_bytes: gauges.bytes,
