@@ -29,9 +29,9 @@ use std::{
 use sipnotify_agent::{
     bpf::{self, AttachMode, ProgramSettings},
     capture::af_packet::{AfPacketSettings, PacketSocket},
-    testing::netns::{self as support, VethPair},
 };
 use sipnotify_common::Counter;
+use sipnotify_testkit::{self as support, VethPair, proc::thread_cpu};
 
 const DURATION: Duration = Duration::from_secs(5);
 const PACED: Duration = Duration::from_secs(2);
@@ -146,17 +146,6 @@ fn sender(net: &VethPair) -> OwnedFd {
         };
         fd
     })
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// A capture path under test, attached to the receiver's veth1.

@@ -23,8 +23,8 @@ use sipnotify_agent::{
     event::{CaptureMeta, Notification},
     queue::NotificationQueue,
     sink::{DeliveryArgs, SinkSettings, deliver},
-    testing::{BridgeOptions, TestBridge},
 };
+use sipnotify_testkit::{BridgeOptions, TestBridge, proc::threads_cpu_seconds};
 use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
@@ -61,30 +61,7 @@ fn notification(i: u32) -> Notification {
 
 /// CPU time (user + system) of this process's threads whose name starts with `prefix`.
 fn threads_cpu(prefix: &str) -> Duration {
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let ticks_per_second = u64::try_from(ticks_per_second).unwrap_or(100).max(1);
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Duration::ZERO;
-    };
-    let mut ticks = 0u64;
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state …`: comm may hold spaces, so split at the last ')'.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        if !stat[open + 1..close].starts_with(prefix) {
-            continue;
-        }
-        // After comm: state is field 3, utime field 14, stime field 15.
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let field = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok());
-        ticks += field(14).unwrap_or(0) + field(15).unwrap_or(0);
-    }
-    Duration::from_millis(ticks * 1000 / ticks_per_second)
+    Duration::from_secs_f64(threads_cpu_seconds(prefix))
 }
 
 fn run(

@@ -19,7 +19,7 @@
 //! rejects, queue full, or not delivered. Needs root and the release agent:
 //!
 //! `cargo build --release -p sipnotify-agent --bin sipnotify-agent`, then
-//! `cargo bench -p sipnotify-agent --all-features --bench end_to_end`.
+//! `cargo bench -p sipnotify-agent --bench end_to_end`.
 //! `SIPNOTIFY_BENCH_QUICK=1` runs 2 s streams and the first two rates of each ladder;
 //! `SIPNOTIFY_BENCH_CASE=…` only the parts whose name contains it (`search-object`,
 //! `search-array`, `latency`, `baseline`); `SIPNOTIFY_BENCH_RATES=150000,200000` replaces
@@ -37,9 +37,13 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use sipnotify_agent::testing::{
-    BridgeOptions, TestBridge,
-    netns::{Agent, NamespacedBridge, NetNs, VethPair, call_id, call_uuid, genesys_notify, metric},
+use sipnotify_testkit::{
+    Agent, BridgeOptions, NamespacedBridge, NetNs, TestBridge, VethPair, call_id, call_uuid,
+    genesys_notify, metric,
+    proc::{
+        Memory, machine_ticks, process_usage, stat_cpu_seconds, thread_cpu, threads_cpu_seconds,
+    },
+    prometheus::{samples, sum},
 };
 
 /// The rates searched for the highest lossless one, per mode, in NOTIFYs per second. Object
@@ -469,70 +473,9 @@ fn sendmmsg_all(socket: &UdpSocket, payloads: &mut [Vec<u8>], dest: &mut libc::s
     }
 }
 
-/// The calling thread's CPU time.
-fn thread_cpu() -> Duration {
-    // SAFETY: an all-zero timespec is valid, and clock_gettime only writes it.
-    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid clock id and a valid pointer.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    assert_eq!(rc, 0, "clock_gettime");
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-}
-
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
-}
-
-/// utime + stime, in seconds, from the text of a `/proc/…/stat` file.
-fn stat_cpu_seconds(stat: &str) -> f64 {
-    // The fields after the command name, which is in parentheses and may hold spaces:
-    // utime is field 14 and stime field 15 of the line.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |n: usize| {
-        fields
-            .get(n)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / clock_ticks_per_second()
-}
-
-/// CPU seconds used so far by the threads of this process named [`BRIDGE_THREADS`].
+/// CPU seconds used so far by the bridge stand-in's threads.
 fn bridge_cpu() -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|comm| comm.trim() == BRIDGE_THREADS)
-        })
-        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
-        .map(|stat| stat_cpu_seconds(&stat))
-        .sum()
-}
-
-/// Busy and total CPU time of the whole machine so far, in ticks, from /proc/stat.
-fn machine_ticks() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-    let values: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    let total: u64 = values.iter().take(8).sum();
-    // idle and iowait are the 4th and 5th values.
-    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
-    (total - idle, total)
+    threads_cpu_seconds(BRIDGE_THREADS)
 }
 
 /// The veth drop counters that would hide a loss before XDP: veth0's tx and veth1's rx.
@@ -547,70 +490,6 @@ fn wire_drops(net: &VethPair) -> u64 {
         links[0]["stats64"][dir]["dropped"].as_u64().unwrap_or(0)
     };
     dropped(&net.sender, "veth0", "tx") + dropped(&net.receiver, "veth1", "rx")
-}
-
-/// The agent's memory at one moment, from /proc/<pid>/status.
-#[derive(Clone, Copy, Default)]
-struct Memory {
-    /// VmHWM: the peak resident set.
-    peak: u64,
-    /// RssAnon now: heap and stacks.
-    anon: u64,
-    /// RssFile now: the binary, libraries and the mmapped BPF ring buffer, whose data pages
-    /// are mapped twice (so that records can wrap) and so counted twice in every RSS figure.
-    file: u64,
-    /// Pss now (/proc/<pid>/smaps_rollup), where those pages count once.
-    pss: u64,
-}
-
-/// The agent's CPU seconds (user + system) and memory, from /proc.
-fn agent_usage(pid: u32) -> (f64, Memory) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the agent's stat");
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the agent's status");
-    let bytes = |field: &str| -> u64 {
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
-        kib * 1024
-    };
-    let pss_kib: u64 = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|rollup| {
-            rollup
-                .lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0);
-    let memory = Memory {
-        peak: bytes("VmHWM:"),
-        anon: bytes("RssAnon:"),
-        file: bytes("RssFile:"),
-        pss: pss_kib * 1024,
-    };
-    (stat_cpu_seconds(&stat), memory)
-}
-
-/// The samples of `name` in a Prometheus text, summed.
-fn sum(text: &str, name: &str) -> f64 {
-    samples(text, name).fold(0.0, |total, (_, v)| total + v)
-}
-
-/// The samples of `name`, as (labels, value).
-fn samples<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(move |l| {
-            let rest = l.strip_prefix(name)?;
-            let (labels, value) = rest.rsplit_once(' ')?;
-            if !(labels.is_empty() || labels.starts_with('{')) {
-                return None;
-            }
-            Some((labels, value.parse().ok()?))
-        })
 }
 
 /// What the bridge got, checked against what was sent.
@@ -880,14 +759,14 @@ impl Bench<'_> {
         args.extend_from_slice(&self.extra_args);
         let agent = Agent::start(self.agent, &self.net.receiver, &args);
         let drops_before = wire_drops(self.net);
-        let agent_before = agent_usage(agent.pid()).0;
+        let agent_before = process_usage(agent.pid()).0;
         let bridge_before = bridge_cpu();
         let machine_before = machine_ticks();
 
         let sent = send_paced(&self.net.sender, &self.notifies, rate, self.duration);
         let last = bridge.settle(u64::from(sent.count), Duration::from_secs(60));
 
-        let (agent_after, memory) = agent_usage(agent.pid());
+        let (agent_after, memory) = process_usage(agent.pid());
         let machine_after = machine_ticks();
         let cpu = CpuSplit {
             agent: agent_after - agent_before,

@@ -24,5 +24,3 @@ pub mod sink;
 pub mod sip;
 pub mod spool;
 pub mod telemetry;
-#[cfg(feature = "test-bridge")]
-pub mod testing;

@@ -12,10 +12,9 @@ use std::{
 };
 
 use pcap_file::pcap::PcapReader;
-use sipnotify_agent::testing::{
-    BridgeOptions, TestBridge,
+use sipnotify_testkit::{
+    BridgeOptions, NamespacedBridge, TestBridge,
     certs::{openssl_one_liner, openssl_or_skip},
-    netns::NamespacedBridge,
 };
 use support::{VethPair, call_id, call_uuid, genesys_notify, start_agent};
 

@@ -7,8 +7,8 @@ mod support;
 
 use std::{path::Path, process::Output};
 
-use sipnotify_agent::testing::{
-    bridge::{BridgeOptions, TestBridge},
+use sipnotify_testkit::{
+    BridgeOptions, TestBridge,
     certs::{openssl_one_liner, openssl_or_skip},
 };
 

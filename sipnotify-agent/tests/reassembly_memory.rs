@@ -15,9 +15,9 @@ use std::{
 
 use sipnotify_agent::reassembly::{
     fragment::{self, FragmentReassembler, FragmentSettings, IpPacket},
-    frames,
     tcp::{FlowKey, Segment, TcpReassembler, TcpSettings},
 };
+use sipnotify_testkit::frames;
 
 struct Counting;
 

@@ -25,7 +25,7 @@ use pcap_file::{
     },
 };
 use serde_json::Value;
-use sipnotify_agent::testing::bridge::TestBridge;
+use sipnotify_testkit::TestBridge;
 
 const RETRANSMISSIONS: &str = "genesys_notify_talk_retrans_SYNTHETIC.pcap";
 
@@ -527,7 +527,7 @@ fn big_notify(call: u32, dn: &str) -> Vec<u8> {
 /// watched, complete NOTIFY is delivered exactly once and the incomplete one is counted.
 #[test]
 fn fragmented_and_tcp_notifies_are_reassembled_and_delivered_once() {
-    use sipnotify_agent::reassembly::frames::{
+    use sipnotify_testkit::frames::{
         ethernet, ipv4, ipv4_fragments, ipv6_fragments, tcp, udp,
     };
     let t = |ms: u64| Duration::from_millis(1_700_000_000_000 + ms);

@@ -16,12 +16,12 @@ use sipnotify_agent::{
         BridgeCheck, BridgeConfigError, Delivery, DeliveryArgs, DeliveryFailed, DeliveryReport,
         Fingerprint, SinkSettings, deliver,
     },
-    testing::{
-        BridgeOptions, Reply, TestBridge,
-        certs::{
-            MadeCertificate, ServerIdentity, mkcert_style, openssl_one_liner, openssl_or_skip,
-            private_ca,
-        },
+};
+use sipnotify_testkit::{
+    BridgeOptions, Reply, TestBridge,
+    certs::{
+        MadeCertificate, ServerIdentity, mkcert_style, openssl_one_liner, openssl_or_skip,
+        private_ca,
     },
 };
 use tokio_util::sync::CancellationToken;

@@ -86,9 +86,7 @@ fn run(cli: Cli) -> Result<()> {
                     "run",
                     "--release",
                     "-p",
-                    "sipnotify-agent",
-                    "--features",
-                    "test-bridge",
+                    "sipnotify-testkit",
                     "--example",
                     "demo",
                     "--",
@@ -116,17 +114,7 @@ fn build_release(root: &Path) -> Result<()> {
 fn test(root: &Path) -> Result<()> {
     cargo(root, &["fmt", "--all", "--check"])?;
     // The default members: everything but the eBPF crate, which only builds for BPF.
-    cargo(
-        root,
-        &[
-            "clippy",
-            "--all-targets",
-            "--all-features",
-            "--",
-            "-D",
-            "warnings",
-        ],
-    )?;
+    cargo(root, &["clippy", "--all-targets", "--", "-D", "warnings"])?;
     // The eBPF crate, for its own target (its panic handler clashes with std on the host).
     run_in(
         root,
@@ -166,7 +154,7 @@ fn cargo_test(root: &Path) -> Result<(u64, u64)> {
     use std::io::{BufRead as _, BufReader};
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut child = Command::new(cargo)
-        .args(["test", "--all-features"])
+        .args(["test"])
         .current_dir(root)
         .env("SIPNOTIFY_REQUIRE_EBPF", "1")
         .env("PATH", setup::path_with_cargo_bin())
@@ -212,17 +200,7 @@ fn bench(root: &Path, filter: Option<&str>) -> Result<()> {
             continue;
         }
         ran += 1;
-        cargo(
-            root,
-            &[
-                "bench",
-                "-p",
-                "sipnotify-agent",
-                "--all-features",
-                "--bench",
-                name,
-            ],
-        )?;
+        cargo(root, &["bench", "-p", "sipnotify-agent", "--bench", name])?;
     }
     if ran == 0 {
         bail!("no benchmark matches `{}`", filter.unwrap_or(""));

@@ -594,7 +594,7 @@ impl Collecting {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reassembly::frames::{ipv4_fragments, ipv6_fragments, udp};
+    use sipnotify_testkit::frames::{ipv4_fragments, ipv6_fragments, udp};
 
     const UDP: u8 = 17;
     const T0: Duration = Duration::from_secs(1);

@@ -8,8 +8,6 @@
 //! `fuzz/fuzz_targets/reassembly.rs` holds them to that.
 
 pub mod fragment;
-#[cfg(feature = "test-bridge")]
-pub mod frames;
 pub mod tcp;
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};

@@ -715,7 +715,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::reassembly::frames;
+    use sipnotify_testkit::frames;
 
     const T0: Duration = Duration::from_secs(10);
 

@@ -28,7 +28,7 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
-pub use sipnotify_agent::testing::netns::*;
+pub use sipnotify_testkit::*;
 
 /// The agent binary with an empty config file and no `SIPNOTIFY_*` variables, so a test
 /// sees only the flags it passes (and not /etc/sipnotify or the caller's environment).

@@ -1,4 +1,4 @@
-//! Test frames built with etherparse (feature `test-bridge`): UDP datagrams cut into IPv4 and
+//! Test frames built with etherparse: UDP datagrams cut into IPv4 and
 //! IPv6 fragments, and TCP segments, as they appear on the wire from layer 3 on. The unit
 //! tests, the replay tests and the live tests share them.
 

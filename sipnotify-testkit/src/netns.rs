@@ -1,6 +1,6 @@
-//! Private network namespaces joined by a veth pair, the agent process running in one, and
-//! Genesys-like SIP traffic: what the privileged tests, the benches and `cargo xtask demo`
-//! share. Everything is removed on drop, also while unwinding from a failed assertion.
+//! Private network namespaces joined by a veth pair, and the bridge stand-in running inside
+//! one: what the privileged tests, the benches and `cargo xtask demo` share. Everything is
+//! removed on drop, also while unwinding from a failed assertion.
 //!
 //! These helpers panic on failure: they are for tests and demos, where a panic with the
 //! failing command's stderr is the most useful report.
@@ -142,139 +142,6 @@ impl NetNs {
     }
 }
 
-/// A Genesys SIP Server `NOTIFY` like the one in the corpus (539 bytes for `i = 0`), with a
-/// Call-ID, CSeq and Via branch unique to `i`.
-pub fn genesys_notify(i: u32, dn: &str, event: &str) -> Vec<u8> {
-    format!(
-        "NOTIFY sip:192.168.210.54:5061 SIP/2.0\r\n\
-From: sip:1003@192.168.210.81:5060;tag=A2BB77D7-EABF-4274-8BD4-6D98F1BD8715-24\r\n\
-To: <sip:{dn}@192.168.210.81>;tag=f90c6227-8e6d-4205-a84d-6eda8248601f\r\n\
-Call-ID: {i:08X}-F320-46F0-975D-6290F4CB29F6-6@192.168.210.81\r\n\
-CSeq: 2 NOTIFY\r\n\
-Content-Length: 0\r\n\
-Via: SIP/2.0/UDP 192.168.210.81:5060;branch=z9hG4bKD15025DA-835B-4C9E-9D96-{i:012X}\r\n\
-Contact: <sip:1003@192.168.210.81:5060>\r\n\
-Event: {event}\r\n\
-Subscription-State: active\r\n\
-Max-Forwards: 70\r\n\
-X-Genesys-CallUUID: {}\r\n\r\n",
-        call_uuid(i)
-    )
-    .into_bytes()
-}
-
-/// The CallUUID [`genesys_notify`] puts in message `i`.
-pub fn call_uuid(i: u32) -> String {
-    format!("TTL7J9EM750GP936CFL0EO{i:010}")
-}
-
-/// The Call-ID [`genesys_notify`] puts in message `i`.
-pub fn call_id(i: u32) -> String {
-    format!("{i:08X}-F320-46F0-975D-6290F4CB29F6-6@192.168.210.81")
-}
-
-/// The agent binary running in a namespace; killed on drop if still running.
-pub struct Agent {
-    child: std::process::Child,
-    stderr: std::sync::mpsc::Receiver<String>,
-    stderr_seen: Vec<String>,
-}
-
-impl Agent {
-    /// Starts the agent `binary` with `args` in `ns` and waits until it is capturing.
-    pub fn start(binary: &str, ns: &NetNs, args: &[&str]) -> Self {
-        use std::io::BufRead as _;
-        let mut child = ns
-            .command(binary)
-            .args(args)
-            .env("SIPNOTIFY_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start the agent");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut agent = Self {
-            child,
-            stderr: rx,
-            stderr_seen: Vec::new(),
-        };
-        agent.wait_for_log("capturing", std::time::Duration::from_secs(20));
-        agent
-    }
-
-    /// The agent's process id (`ip netns exec` replaces itself with the agent).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits for a stderr line containing `needle`.
-    pub fn wait_for_log(&mut self, needle: &str, timeout: std::time::Duration) {
-        let deadline = std::time::Instant::now() + timeout;
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match self.stderr.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line.contains(needle);
-                    self.stderr_seen.push(line);
-                    if found {
-                        return;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "agent did not log `{needle}`; stderr so far:\n{}",
-            self.stderr_seen.join("\n")
-        );
-    }
-
-    /// Sends SIGINT and returns stdout once the agent has exited successfully.
-    pub fn stop(mut self) -> String {
-        use std::io::Read as _;
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let mut stdout = String::new();
-        self.child
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_string(&mut stdout)
-            .expect("read stdout");
-        let status = self.child.wait().expect("wait for the agent");
-        while let Ok(line) = self
-            .stderr
-            .recv_timeout(std::time::Duration::from_millis(200))
-        {
-            self.stderr_seen.push(line);
-        }
-        assert!(
-            status.success(),
-            "agent exited with {status}; stderr:\n{}",
-            self.stderr_seen.join("\n")
-        );
-        stdout
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl NetNs {
     /// `GET path` from `addr` inside this namespace; returns (status line, body).
     pub fn http_get(&self, addr: &str, path: &str) -> (String, String) {
@@ -296,20 +163,6 @@ impl NetNs {
         })
     }
 }
-
-/// The value of the Prometheus sample `name` whose labels include all of `labels`.
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 /// The HTTPS bridge stand-in listening inside a namespace, with its CA certificate written to
 /// a file for the agent's `--ca-file`.
 ///
@@ -320,14 +173,14 @@ pub struct NamespacedBridge {
     /// Serves the bridge.
     pub runtime: tokio::runtime::Runtime,
     /// The bridge.
-    pub bridge: super::TestBridge,
+    pub bridge: crate::TestBridge,
     /// The CA certificate (PEM); removed on drop.
     pub ca_file: String,
 }
 
 impl NamespacedBridge {
     /// Starts the bridge in `ns`; its runtime's threads are named `thread_name`.
-    pub fn start(ns: &NetNs, options: super::BridgeOptions, thread_name: &str) -> Self {
+    pub fn start(ns: &NetNs, options: crate::BridgeOptions, thread_name: &str) -> Self {
         let (runtime, bridge) = ns.enter(|| {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -335,7 +188,7 @@ impl NamespacedBridge {
                 .build()
                 .expect("a tokio runtime");
             let bridge = runtime
-                .block_on(super::TestBridge::start(options))
+                .block_on(crate::TestBridge::start(options))
                 .expect("start the bridge stand-in");
             (runtime, bridge)
         });

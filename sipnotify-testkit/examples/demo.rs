@@ -19,10 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sipnotify_agent::testing::{
-    BridgeOptions,
-    netns::{Agent, NamespacedBridge, VethPair, metric},
-};
+use sipnotify_testkit::{Agent, BridgeOptions, NamespacedBridge, VethPair, metric};
 
 const CALLS: u32 = 12;
 

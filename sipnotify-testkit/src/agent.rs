@@ -1,0 +1,106 @@
+//! The agent binary running as a child process in a network namespace: started, watched
+//! through its log, stopped with SIGINT, and killed on drop if a test fails first.
+
+use crate::NetNs;
+
+/// The agent binary running in a namespace; killed on drop if still running.
+pub struct Agent {
+    child: std::process::Child,
+    stderr: std::sync::mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+impl Agent {
+    /// Starts the agent `binary` with `args` in `ns` and waits until it is capturing.
+    pub fn start(binary: &str, ns: &NetNs, args: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        let mut child = ns
+            .command(binary)
+            .args(args)
+            .env("SIPNOTIFY_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the agent");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut agent = Self {
+            child,
+            stderr: rx,
+            stderr_seen: Vec::new(),
+        };
+        agent.wait_for_log("capturing", std::time::Duration::from_secs(20));
+        agent
+    }
+
+    /// The agent's process id (`ip netns exec` replaces itself with the agent).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stderr line containing `needle`.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.stderr_seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "agent did not log `{needle}`; stderr so far:\n{}",
+            self.stderr_seen.join("\n")
+        );
+    }
+
+    /// Sends SIGINT and returns stdout once the agent has exited successfully.
+    pub fn stop(mut self) -> String {
+        use std::io::Read as _;
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut stdout)
+            .expect("read stdout");
+        let status = self.child.wait().expect("wait for the agent");
+        while let Ok(line) = self
+            .stderr
+            .recv_timeout(std::time::Duration::from_millis(200))
+        {
+            self.stderr_seen.push(line);
+        }
+        assert!(
+            status.success(),
+            "agent exited with {status}; stderr:\n{}",
+            self.stderr_seen.join("\n")
+        );
+        stdout
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
