@@ -39,6 +39,8 @@ const BURST: usize = 64;
 /// RTP-like load for the per-packet cost: 50 k/s is a few hundred concurrent calls.
 const RTP_RATE: f64 = 50_000.0;
 const RTP_DURATION: Duration = Duration::from_secs(3);
+/// The reader's poll period, as the agent's `--poll-interval` has it by default.
+const POLL: Duration = Duration::from_millis(1);
 
 /// An Ethernet frame with a 600-byte NOTIFY to 10.200.0.2:5061, for a MAC nobody has.
 fn notify_frame() -> Vec<u8> {
@@ -207,7 +209,7 @@ impl Running {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
-                        thread::sleep(sipnotify_agent::capture::live::DEFAULT_POLL);
+                        thread::sleep(POLL);
                     }
                 });
                 let lost = move || stats.read().map_or(0, |c| c.get(Counter::RingbufFull));
@@ -217,7 +219,7 @@ impl Running {
                 let settings = AfPacketSettings {
                     ports: vec![5061],
                     ring_bytes,
-                    block_timeout: sipnotify_agent::capture::live::DEFAULT_POLL,
+                    block_timeout: POLL,
                 };
                 let mut socket = net
                     .receiver
@@ -238,7 +240,7 @@ impl Running {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
-                        thread::sleep(sipnotify_agent::capture::live::DEFAULT_POLL);
+                        thread::sleep(POLL);
                     }
                 });
                 (

@@ -20,9 +20,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use sipnotify_agent::{
+    cli::{DeliveryArgs, sink_settings},
     event::{CaptureMeta, Notification},
     queue::NotificationQueue,
-    sink::{DeliveryArgs, SinkSettings, deliver},
+    sink::deliver,
 };
 use sipnotify_testkit::{BridgeOptions, TestBridge, proc::threads_cpu_seconds};
 use tokio::runtime::Runtime;
@@ -92,7 +93,7 @@ fn run(
     if let Ok(Ok(max_in_flight)) = std::env::var("SIPNOTIFY_BENCH_IN_FLIGHT").map(|v| v.parse()) {
         args.max_in_flight = max_in_flight;
     }
-    let settings = SinkSettings::from_args_and_token_env(&args, None)?;
+    let settings = sink_settings(&args, None)?;
     let queue = NotificationQueue::new(settings.queue_capacity);
     for i in 0..case.count {
         queue.push(notification(i));

@@ -15,6 +15,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use metrics::Counter;
+
 use crate::event::Notification;
 
 /// How long and how many transactions the filter remembers.
@@ -24,17 +26,6 @@ pub struct DedupSettings {
     pub window: Duration,
     /// The most transactions remembered at once.
     pub max_entries: usize,
-}
-
-impl Default for DedupSettings {
-    fn default() -> Self {
-        Self {
-            // 64×T1 with T1 = 500 ms: the non-INVITE transaction timeout (timer F), after which
-            // SIP Server stops re-sending.
-            window: Duration::from_secs(32),
-            max_entries: 65_536,
-        }
-    }
 }
 
 /// What the filter made of one notification.
@@ -118,6 +109,9 @@ pub struct Deduplicator {
     next_generation: u64,
     hits: u64,
     evictions: u64,
+    /// The same counts as metrics, registered once rather than looked up per duplicate.
+    hits_metric: Counter,
+    evictions_metric: Counter,
 }
 
 impl Deduplicator {
@@ -135,6 +129,8 @@ impl Deduplicator {
             next_generation: 0,
             hits: 0,
             evictions: 0,
+            hits_metric: metrics::counter!("sipnotify_dedup_hits_total"),
+            evictions_metric: metrics::counter!("sipnotify_dedup_evictions_total"),
         }
     }
 
@@ -158,7 +154,7 @@ impl Deduplicator {
                 .unwrap_or(Duration::ZERO);
             if age < self.settings.window {
                 self.hits += 1;
-                metrics::counter!("sipnotify_dedup_hits_total").increment(1);
+                self.hits_metric.increment(1);
                 return Verdict::Duplicate;
             }
         }
@@ -167,7 +163,7 @@ impl Deduplicator {
                 break;
             }
             self.evictions += 1;
-            metrics::counter!("sipnotify_dedup_evictions_total").increment(1);
+            self.evictions_metric.increment(1);
         }
         let generation = self.next_generation;
         self.next_generation += 1;
@@ -246,6 +242,15 @@ impl Deduplicator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 64×T1 with T1 = 500 ms, the non-INVITE transaction timeout (timer F) after which SIP
+    /// Server stops re-sending, as `--dedup-window` has it.
+    fn settings() -> DedupSettings {
+        DedupSettings {
+            window: Duration::from_secs(32),
+            max_entries: 65_536,
+        }
+    }
     use crate::event::tests::sample;
 
     fn at(ms: u64) -> SystemTime {
@@ -254,7 +259,7 @@ mod tests {
 
     #[test]
     fn retransmissions_within_the_window_are_duplicates() {
-        let mut dedup = Deduplicator::new(DedupSettings::default());
+        let mut dedup = Deduplicator::new(settings());
         let n = sample();
         assert_eq!(dedup.observe(&n, at(0)), Verdict::New);
         // Timer E schedule of SIP Server: 0.5, 1.5, 3.5, 7.5, 11.5, … 23.5 s.
@@ -267,7 +272,7 @@ mod tests {
 
     #[test]
     fn new_cseq_or_branch_in_the_same_dialog_is_new() {
-        let mut dedup = Deduplicator::new(DedupSettings::default());
+        let mut dedup = Deduplicator::new(settings());
         let talk = sample();
         let mut hold = sample();
         hold.event = "hold".into();
@@ -306,7 +311,7 @@ mod tests {
 
     #[test]
     fn a_copy_captured_slightly_earlier_is_still_a_duplicate() {
-        let mut dedup = Deduplicator::new(DedupSettings::default());
+        let mut dedup = Deduplicator::new(settings());
         let n = sample();
         assert_eq!(dedup.observe(&n, at(1_000)), Verdict::New);
         assert_eq!(dedup.observe(&n, at(999)), Verdict::Duplicate);

@@ -16,7 +16,6 @@
 
 use std::{
     fmt, fs, io,
-    path::PathBuf,
     process::Command,
     sync::Arc,
     time::{Duration, Instant},
@@ -28,14 +27,13 @@ use aya::{
     sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported},
     util::KernelVersion,
 };
-use clap::Args;
 use reqwest::StatusCode;
 
 use crate::{
     bpf::{self, CopyPath, LoadError, ProgramSettings},
-    cli::LogArgs,
+    logging::LogSettings,
     sink::{
-        DEFAULT_BRIDGE_URL, DeliveryArgs, SinkSettings, TlsSettings,
+        BridgeSettings, TlsSettings,
         http::{self, error_chain},
         tls,
     },
@@ -44,7 +42,8 @@ use crate::{
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 /// Linux 5.11 moved BPF memory accounting from RLIMIT_MEMLOCK to the memory cgroup.
 const MEMCG_ACCOUNTING: KernelVersion = KernelVersion::new(5, 11, 0);
-/// What the default ring (16 MiB) and the other maps need under RLIMIT_MEMLOCK accounting.
+/// What the default 8 MiB ring and the other maps need under RLIMIT_MEMLOCK accounting, with
+/// room to spare.
 const MEMLOCK_NEEDED: u64 = 32 << 20;
 
 const CAP_NET_ADMIN: u32 = 12;
@@ -56,45 +55,20 @@ const FIX_PERMISSIONS: &str = "run as root, or grant the binary the capabilities
      `setcap cap_bpf,cap_net_admin,cap_perfmon+ep $(command -v sipnotify-agent)`";
 const FIX_KERNEL: &str = "XDP capture needs the BPF ring buffer of Linux 5.8 or newer";
 
-/// `doctor` flags.
-#[derive(Debug, Args)]
-pub struct DoctorArgs {
-    /// Interface the agent will capture on (repeat for several).
-    #[arg(long = "iface", value_name = "IFACE")]
+/// What `doctor` checks, from the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DoctorSettings {
+    /// Interfaces the agent will capture on.
     pub ifaces: Vec<String>,
-
-    /// The bridge endpoint to try (one HEAD request, no notification is sent).
-    #[arg(long, value_name = "URL", default_value = DEFAULT_BRIDGE_URL)]
-    pub bridge_url: String,
-
-    /// Trust the certificates in this PEM file (the bridge's CA, or its own certificate), as
-    /// `run --ca-file` does.
-    #[arg(long, value_name = "PEM", conflicts_with = "insecure")]
-    pub ca_file: Option<PathBuf>,
-
-    /// Trust the bridge certificate with this SHA-256 fingerprint, as `run --pin-sha256` does.
-    #[arg(
-        long = "pin-sha256",
-        value_name = "FINGERPRINT",
-        conflicts_with = "insecure"
-    )]
-    pub pin_sha256: Vec<String>,
-
-    /// The agent will run with --insecure: an untrusted certificate is then a warning.
-    #[arg(long)]
+    /// The bridge to probe: `None` skips it (`--no-bridge`); an error is a bridge flag that
+    /// cannot work, reported as a failed check.
+    pub bridge: Option<Result<BridgeSettings, String>>,
+    /// The agent will run with `--insecure`: an untrusted certificate is then a warning.
     pub insecure: bool,
-
-    /// Skip the bridge (for agents that run with --no-bridge --stdout).
-    #[arg(long)]
-    pub no_bridge: bool,
-
     /// How long to wait for the bridge's answer.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
-
     /// Logging.
-    #[command(flatten)]
-    pub log: LogArgs,
+    pub log: LogSettings,
 }
 
 /// A check's verdict.
@@ -177,15 +151,15 @@ pub enum DoctorError {
 }
 
 impl DoctorError {
-    /// Process exit code: 1 (bad usage is clap's, exit 2, before this runs).
+    /// Process exit code: 1 (bad usage is the command line's, exit 2, before this runs).
     pub fn exit_code(&self) -> u8 {
         1
     }
 }
 
 /// Runs every check, prints the report on stdout, and fails if a check failed.
-pub async fn doctor(args: DoctorArgs) -> Result<(), DoctorError> {
-    let checks = run_checks(&args).await?;
+pub async fn doctor(settings: DoctorSettings) -> Result<(), DoctorError> {
+    let checks = run_checks(&settings).await?;
     print!("{}", render(&checks));
     let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
     if failed > 0 {
@@ -198,14 +172,14 @@ pub async fn doctor(args: DoctorArgs) -> Result<(), DoctorError> {
 }
 
 /// Runs every check and returns the rows, in report order.
-pub async fn run_checks(args: &DoctorArgs) -> Result<Vec<Check>, DoctorError> {
-    let ifaces = args.ifaces.clone();
+pub async fn run_checks(settings: &DoctorSettings) -> Result<Vec<Check>, DoctorError> {
+    let ifaces = settings.ifaces.clone();
     // Syscalls, /proc reads, `ip` and the verifier: off the async workers.
     let mut checks = tokio::task::spawn_blocking(move || system_checks(&ifaces))
         .await
         .map_err(|e| DoctorError::Internal(e.to_string()))?;
-    if !args.no_bridge {
-        checks.extend(bridge_checks(args).await);
+    if let Some(bridge) = &settings.bridge {
+        checks.extend(bridge_checks(bridge, settings).await);
     }
     Ok(checks)
 }
@@ -393,7 +367,7 @@ pub fn memlock_check(kernel: Option<KernelVersion>, limit: Option<(u64, u64)>) -
         ),
         _ => Check::warn(
             "memlock",
-            format!("{shown}: too low for the default 16 MiB ring buffer on this kernel"),
+            format!("{shown}: too low for the default 8 MiB ring buffer on this kernel"),
             "raise it: `ulimit -l unlimited`, or LimitMEMLOCK=infinity in the systemd unit",
         ),
     }
@@ -593,33 +567,25 @@ pub fn interface_check(
 }
 
 /// The bridge answers, and how its certificate verifies.
-async fn bridge_checks(args: &DoctorArgs) -> Vec<Check> {
-    let flags = DeliveryArgs {
-        bridge_url: args.bridge_url.clone(),
-        ca_file: args.ca_file.clone(),
-        pin_sha256: args.pin_sha256.clone(),
-        insecure: args.insecure,
-        ..DeliveryArgs::default()
-    };
-    // The sink's own validation: the URL and CA file are judged as `run` would judge them.
-    let bridge = match SinkSettings::from_args_and_token_env(&flags, None) {
-        Ok(settings) => settings.bridge,
-        Err(err) => {
+async fn bridge_checks(
+    bridge: &Result<BridgeSettings, String>,
+    settings: &DoctorSettings,
+) -> Vec<Check> {
+    let bridge = match bridge {
+        Ok(bridge) => bridge,
+        Err(reason) => {
             return vec![Check::fail(
                 "bridge",
-                err.to_string(),
+                reason.clone(),
                 "correct the flag named in the message",
             )];
         }
     };
-    let Some(bridge) = bridge else {
-        return Vec::new();
-    };
-    let probe = probe_bridge(&bridge.url, &bridge.tls, args.request_timeout).await;
+    let probe = probe_bridge(&bridge.url, &bridge.tls, settings.request_timeout).await;
     classify_bridge(
         bridge.url.as_str(),
-        args.insecure,
-        args.request_timeout,
+        settings.insecure,
+        settings.request_timeout,
         &probe,
     )
 }

@@ -1,17 +1,21 @@
 //! The agent's top-level error and its exit code (design.md: 2 for bad usage or
 //! configuration, 1 for runtime failures).
 
-use crate::bpf::LoadError;
+use crate::{bpf::LoadError, sink::ClientError, telemetry::TelemetryError};
 
-/// Everything that can end the agent.
+/// Everything that can end `run` once its settings are valid (bad settings never get here:
+/// the command line refuses them with exit code 2).
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    /// A flag or configuration value is invalid.
-    #[error("{0}")]
-    Config(String),
-    /// The XDP program could not be loaded or attached.
+    /// The XDP program could not be loaded or attached, or an interface does not exist.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The metrics endpoint could not start (its port is taken, say).
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    /// The bridge client could not be set up.
+    #[error(transparent)]
+    Client(#[from] ClientError),
     /// Delivery stopped with an error.
     #[error("{0}")]
     Delivery(String),
@@ -30,9 +34,11 @@ impl AgentError {
     /// Process exit code.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AgentError::Config(_) => 2,
             AgentError::Load(err) => err.exit_code(),
-            AgentError::Io { .. } | AgentError::Delivery(_) => 1,
+            AgentError::Telemetry(_)
+            | AgentError::Client(_)
+            | AgentError::Io { .. }
+            | AgentError::Delivery(_) => 1,
         }
     }
 }

@@ -57,25 +57,44 @@ pub struct JsonOptions {
     pub with_id: bool,
 }
 
+/// 64-bit FNV-1a: stable across runs and builds, unlike std's randomly seeded hasher, which
+/// matters for keys the bridge compares across agent restarts. Hand-written: six lines.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fnv1a(u64);
+
+impl Fnv1a {
+    pub(crate) const fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 ^= u64::from(byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub(crate) const fn finish(self) -> u64 {
+        self.0
+    }
+}
+
 impl Notification {
     /// A key that is the same for every copy of one SIP transaction (retransmissions included)
     /// and differs between transactions: the bridge's `Idempotency-Key`.
     pub fn idempotency_key(&self) -> String {
-        // FNV-1a over the transaction identity; stable across runs and builds, unlike std's
-        // randomly seeded hasher.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        let branch = self.via_branch.as_deref().unwrap_or("");
-        for part in [self.call_id.as_bytes(), b"\0", branch.as_bytes(), b"\0"] {
-            for &byte in part {
-                hash ^= u64::from(byte);
-                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        }
-        for byte in self.cseq.to_be_bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        format!("{hash:016x}-{}", self.cseq)
+        let mut hash = Fnv1a::new();
+        self.hash_transaction(&mut hash);
+        format!("{:016x}-{}", hash.finish(), self.cseq)
+    }
+
+    /// Feeds the transaction identity (Call-ID, top Via branch, CSeq) to `hash`.
+    pub(crate) fn hash_transaction(&self, hash: &mut Fnv1a) {
+        hash.write(self.call_id.as_bytes());
+        hash.write(b"\0");
+        hash.write(self.via_branch.as_deref().unwrap_or("").as_bytes());
+        hash.write(b"\0");
+        hash.write(&self.cseq.to_be_bytes());
     }
 
     /// The JSON object for this notification.
@@ -175,6 +194,18 @@ pub(crate) mod tests {
         assert_eq!(value["captured_at"], 1.5);
         assert_eq!(value["src"], "10.0.0.1:5060");
         assert_eq!(value["iface"], "eth0");
+    }
+
+    #[test]
+    fn fnv1a_matches_the_reference_vectors() {
+        let hash = |bytes: &[u8]| {
+            let mut h = Fnv1a::new();
+            h.write(bytes);
+            h.finish()
+        };
+        assert_eq!(hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(hash(b"foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]

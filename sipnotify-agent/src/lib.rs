@@ -8,7 +8,6 @@
 pub mod bpf;
 pub mod capture;
 pub mod cli;
-pub mod config;
 pub mod dedup;
 pub mod doctor;
 pub mod error;
@@ -24,3 +23,4 @@ pub mod sink;
 pub mod sip;
 pub mod spool;
 pub mod telemetry;
+pub mod wiring;

@@ -26,7 +26,29 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
-use crate::cli::LogFormat;
+/// How log lines are written (`--log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `journal` under systemd, `text` elsewhere.
+    #[default]
+    Auto,
+    /// Human-readable lines with timestamps.
+    Text,
+    /// Lines without timestamps, each prefixed with its syslog priority (`<4>`), which
+    /// journald stores as the entry's priority.
+    Journal,
+    /// One JSON object per line (for Loki/Elasticsearch pipelines).
+    Json,
+}
+
+/// What is logged and how.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSettings {
+    /// Line format.
+    pub format: LogFormat,
+    /// Log each notification's identifiers at info level (personal data; otherwise debug).
+    pub log_sip: bool,
+}
 
 /// The variable that overrides the log filter (`SIPNOTIFY_LOG=debug`).
 pub const FILTER_ENV: &str = "SIPNOTIFY_LOG";

@@ -1,16 +1,21 @@
-//! The `sipnotify-agent` binary: parse the command line (flags, environment, config file),
-//! set up logging, run, and map the outcome to design.md's exit codes with a one-line
-//! `sipnotify: …` reason.
+//! The `sipnotify-agent` binary: parse the command line (flags, environment, config file)
+//! into the command's settings, set up logging, run, and map the outcome to design.md's exit
+//! codes with a one-line `sipnotify: …` reason.
 
-use std::process::ExitCode;
+use std::{path::Path, process::ExitCode};
 
 use sipnotify_agent::{
-    cli::{Command, LogArgs},
-    config, logging,
+    cli::{self, CommandSettings, Environment},
+    doctor, logging, replay, run,
 };
 
 fn main() -> ExitCode {
-    let parsed = match config::parse(std::env::args_os().collect()) {
+    let env = Environment::from_process();
+    let parsed = match cli::parse(
+        std::env::args_os().collect(),
+        &env,
+        Path::new(cli::DEFAULT_CONFIG),
+    ) {
         Ok(parsed) => parsed,
         Err(err) if !err.use_stderr() => {
             // --help and --version.
@@ -18,19 +23,18 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            eprintln!(
-                "sipnotify: {}",
-                config::first_line(&err.render().to_string())
-            );
+            eprintln!("sipnotify: {}", cli::first_line(&err.render().to_string()));
             return ExitCode::from(2);
         }
     };
-    let log = match &parsed.cli.command {
-        Command::Run(args) => args.log.clone(),
-        Command::Replay(args) => args.log.clone(),
-        Command::Doctor(args) => args.log.clone(),
+    let settings = match parsed.settings(&env) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("sipnotify: {err}");
+            return ExitCode::from(err.exit_code());
+        }
     };
-    init_logging(&log);
+    logging::init(settings.log().format);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -45,21 +49,18 @@ fn main() -> ExitCode {
     };
     // Each command's error knows its exit code; keep the message and the code.
     let result: Result<(), (String, u8)> = runtime.block_on(async {
-        match parsed.cli.command {
-            Command::Run(args) if args.check_config => sipnotify_agent::run::check_config(
-                &args,
-                parsed.config_file.as_deref(),
-                &parsed.sources,
-            )
-            .map_err(|e| (e.to_string(), e.exit_code())),
-            Command::Run(args) => sipnotify_agent::run::run(args)
+        match settings {
+            CommandSettings::CheckConfig(settings) => run::check_interfaces(&settings.capture)
+                .map(|()| print!("{}", parsed.effective()))
+                .map_err(|e| (e.to_string(), e.exit_code())),
+            CommandSettings::Run(settings) => run::run(settings)
                 .await
                 .map_err(|e| (e.to_string(), e.exit_code())),
-            Command::Replay(args) => sipnotify_agent::replay::replay(args)
+            CommandSettings::Replay(settings) => replay::replay(settings)
                 .await
                 .map(drop)
                 .map_err(|e| (e.to_string(), e.exit_code())),
-            Command::Doctor(args) => sipnotify_agent::doctor::doctor(args)
+            CommandSettings::Doctor(settings) => doctor::doctor(settings)
                 .await
                 .map_err(|e| (e.to_string(), e.exit_code())),
         }
@@ -71,8 +72,4 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
-}
-
-fn init_logging(log: &LogArgs) {
-    logging::init(log.log_format);
 }

@@ -7,73 +7,28 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use metrics::Counter;
 
 use crate::{
-    capture::{Record, RecordError},
+    capture::record::{Record, RecordError},
     dedup::{DedupSettings, Deduplicator, Transaction, Verdict},
     event::Notification,
     queue::NotificationQueue,
     sip::{self, ParseError, ParseOptions},
 };
 
-/// Parser and de-dup flags shared by `run` and `replay`.
-#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
-#[command(next_help_heading = "Parsing and de-duplication")]
-pub struct PipelineArgs {
-    /// Copy this header into each notification under its name (repeat for several).
-    #[arg(long = "extra-header", value_name = "NAME")]
+/// Parsing and de-duplication, as `run` and `replay` share them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipelineSettings {
+    /// Headers copied into each notification under their names.
     pub extra_headers: Vec<String>,
-
-    /// Deliver NOTIFYs without X-Genesys-CallUUID, with `call_uuid: null` (by default they
-    /// are counted and dropped, since the bridge needs the CallUUID).
-    #[arg(long)]
+    /// Deliver NOTIFYs without X-Genesys-CallUUID (with `call_uuid: null`).
     pub allow_missing_call_uuid: bool,
-
-    /// Copies of one transaction (Call-ID, CSeq, Via branch) within this window are delivered
-    /// once; 32 s is 64×T1, the longest a SIP server retransmits.
-    #[arg(long, value_name = "DURATION", default_value = "32s", value_parser = humantime::parse_duration)]
-    pub dedup_window: Duration,
-
-    /// The most transactions the de-duplicator remembers; the oldest is evicted beyond it.
-    #[arg(long, value_name = "N", default_value_t = 65_536)]
-    pub dedup_max_entries: usize,
-}
-
-impl Default for PipelineArgs {
-    fn default() -> Self {
-        Self {
-            extra_headers: Vec::new(),
-            allow_missing_call_uuid: false,
-            dedup_window: Duration::from_secs(32),
-            dedup_max_entries: 65_536,
-        }
-    }
-}
-
-impl PipelineArgs {
-    /// Checks the values that clap cannot.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.dedup_max_entries == 0 {
-            return Err("--dedup-max-entries must be at least 1, got 0".into());
-        }
-        if let Some(bad) = self
-            .extra_headers
-            .iter()
-            .find(|name| name.is_empty() || !name.bytes().all(is_token_byte))
-        {
-            return Err(format!("--extra-header `{bad}` is not a valid header name"));
-        }
-        Ok(())
-    }
-}
-
-/// RFC 3261 `token` characters, which header names are made of.
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    /// The retransmission filter.
+    pub dedup: DedupSettings,
 }
 
 /// What happened to one record.
@@ -113,7 +68,7 @@ struct Metrics {
 
 impl Pipeline {
     /// A pipeline feeding `queue`.
-    pub fn new(args: &PipelineArgs, queue: NotificationQueue) -> Self {
+    pub fn new(settings: &PipelineSettings, queue: NotificationQueue) -> Self {
         let metrics = Metrics {
             records: metrics::counter!("sipnotify_records_total"),
             accepted: metrics::counter!("sipnotify_notifications_total"),
@@ -130,13 +85,10 @@ impl Pipeline {
         };
         Self {
             options: Arc::new(ParseOptions::new(
-                args.extra_headers.iter().cloned(),
-                args.allow_missing_call_uuid,
+                settings.extra_headers.iter().cloned(),
+                settings.allow_missing_call_uuid,
             )),
-            dedup: Arc::new(Mutex::new(Deduplicator::new(DedupSettings {
-                window: args.dedup_window,
-                max_entries: args.dedup_max_entries,
-            }))),
+            dedup: Arc::new(Mutex::new(Deduplicator::new(settings.dedup))),
             queue,
             metrics: Arc::new(metrics),
             log_sip: false,
@@ -237,6 +189,8 @@ impl Pipeline {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use sipnotify_common::EventHeader;
 
     use super::*;
@@ -250,6 +204,18 @@ CSeq: 3 NOTIFY\r\n\
 Event: talk\r\n\
 X-Genesys-CallUUID: UIVB8J6JE91C53UIM3VI59VHQ400001R\r\n\
 Content-Length: 0\r\n\r\n";
+
+    /// The flags' defaults (`--dedup-window 32s`, `--dedup-max-entries 65536`).
+    fn settings() -> PipelineSettings {
+        PipelineSettings {
+            extra_headers: Vec::new(),
+            allow_missing_call_uuid: false,
+            dedup: DedupSettings {
+                window: Duration::from_secs(32),
+                max_entries: 65_536,
+            },
+        }
+    }
 
     fn record(payload: &[u8]) -> Record<'_> {
         Record {
@@ -267,7 +233,7 @@ Content-Length: 0\r\n\r\n";
     #[test]
     fn a_notify_is_queued_once_and_its_retransmission_is_dropped() {
         let queue = NotificationQueue::new(16);
-        let pipeline = Pipeline::new(&PipelineArgs::default(), queue.clone());
+        let pipeline = Pipeline::new(&settings(), queue.clone());
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         assert_eq!(pipeline.handle(&record(TALK), t0, None), Outcome::Queued);
         assert_eq!(
@@ -286,7 +252,7 @@ Content-Length: 0\r\n\r\n";
     #[test]
     fn rejects_carry_their_reason() {
         let queue = NotificationQueue::new(16);
-        let pipeline = Pipeline::new(&PipelineArgs::default(), queue.clone());
+        let pipeline = Pipeline::new(&settings(), queue.clone());
         let invite = b"INVITE sip:a@b SIP/2.0\r\n\r\n";
         assert_eq!(
             pipeline.handle(&record(invite), SystemTime::now(), None),
@@ -297,22 +263,5 @@ Content-Length: 0\r\n\r\n";
             Outcome::BadRecord(RecordError::TooShort(3))
         ));
         assert!(queue.is_empty());
-    }
-
-    #[test]
-    fn argument_checks_name_the_bad_value() {
-        let args = PipelineArgs {
-            extra_headers: vec!["X-Genesys-Foo".into(), "bad name".into()],
-            ..PipelineArgs::default()
-        };
-        assert_eq!(
-            args.validate().unwrap_err(),
-            "--extra-header `bad name` is not a valid header name"
-        );
-        let args = PipelineArgs {
-            dedup_max_entries: 0,
-            ..PipelineArgs::default()
-        };
-        assert!(args.validate().unwrap_err().contains("got 0"));
     }
 }

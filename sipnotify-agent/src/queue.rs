@@ -13,6 +13,7 @@ use std::{
     },
 };
 
+use metrics::Counter;
 use tokio::sync::Notify;
 
 use crate::event::Notification;
@@ -44,6 +45,9 @@ struct Inner {
     /// Notifications dropped to make room, since creation (for the drop log).
     dropped: AtomicU64,
     capacity: usize,
+    /// Drop counters, registered once rather than looked up on the overload path.
+    dropped_full: Counter,
+    dropped_closed: Counter,
 }
 
 /// A bounded multi-producer multi-consumer queue of notifications. Cloning shares the queue.
@@ -67,6 +71,8 @@ impl NotificationQueue {
                 room: Notify::new(),
                 dropped: AtomicU64::new(0),
                 capacity,
+                dropped_full: metrics::counter!("sipnotify_dropped_total", "reason" => "queue_full"),
+                dropped_closed: metrics::counter!("sipnotify_dropped_total", "reason" => "closed"),
             }),
         }
     }
@@ -96,12 +102,10 @@ impl NotificationQueue {
             Pushed::Queued => self.inner.ready.notify_one(),
             Pushed::DroppedOldest => {
                 self.inner.dropped.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("sipnotify_dropped_total", "reason" => "queue_full").increment(1);
+                self.inner.dropped_full.increment(1);
                 self.inner.ready.notify_one();
             }
-            Pushed::Closed => {
-                metrics::counter!("sipnotify_dropped_total", "reason" => "closed").increment(1);
-            }
+            Pushed::Closed => self.inner.dropped_closed.increment(1),
         }
         outcome
     }
@@ -163,7 +167,8 @@ impl NotificationQueue {
     }
 
     /// Waits until a consumer takes something (or the queue closes), if it is full now.
-    /// For one producer that must not drop (the spool refilling from disk).
+    /// For one producer that must not drop (the spool refilling from disk, a replay).
+    /// Cancel-safe.
     pub async fn wait_for_room(&self) {
         loop {
             let room = self.inner.room.notified();
@@ -291,6 +296,36 @@ mod tests {
         assert_eq!(queue.push(numbered(2)), Pushed::Closed);
         assert_eq!(queue.pop().await.map(|n| n.cseq), Some(1));
         assert_eq!(queue.pop().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_producer_waits_for_room_until_a_pop_or_close() {
+        let queue = NotificationQueue::new(2);
+        queue.push(numbered(0));
+        tokio::time::timeout(Duration::from_secs(2), queue.wait_for_room())
+            .await
+            .expect("room left: no wait");
+        queue.push(numbered(1));
+        let producer = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.wait_for_room().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!producer.is_finished(), "full: the producer waits");
+        assert_eq!(queue.pop().await.map(|n| n.cseq), Some(0));
+        let woke = tokio::time::timeout(Duration::from_secs(2), producer).await;
+        assert!(matches!(woke, Ok(Ok(()))), "a pop makes room");
+
+        queue.push(numbered(2));
+        let producer = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.wait_for_room().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!producer.is_finished());
+        queue.close();
+        let woke = tokio::time::timeout(Duration::from_secs(2), producer).await;
+        assert!(matches!(woke, Ok(Ok(()))), "closing ends the wait");
     }
 
     #[tokio::test]

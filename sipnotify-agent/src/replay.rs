@@ -21,42 +21,38 @@ use std::{
     collections::BTreeMap,
     fmt,
     fs::File,
+    future::Future,
     io::IsTerminal as _,
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant, SystemTime},
 };
 
-use clap::Args;
 use sipnotify_common::{Counter, CounterSet, FLAG_FIRST_FRAGMENT, decide::Skip};
-use tokio::{io::AsyncWrite, signal::unix::SignalKind};
+use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::{
     capture::{
-        Record,
+        Source,
         pcap::{self, CaptureError, CaptureReader, Filter, Inspection, LinkType},
+        record::Record,
     },
-    cli::{self, LogArgs},
-    pipeline::{Outcome, Pipeline, PipelineArgs},
+    logging::LogSettings,
+    pipeline::{Outcome, Pipeline, PipelineSettings},
     queue::NotificationQueue,
     reassembly::{Reassembly, ReassemblySettings, ReassemblyStats},
-    sink::{Delivery, DeliveryArgs, DeliveryReport, SinkSettings},
+    sink::{ClientError, Delivery, DeliveryReport, SinkSettings},
+    wiring,
 };
 
 /// Files at least this large get a progress bar (when stderr is a terminal).
 const PROGRESS_MIN_BYTES: u64 = 8 << 20;
-/// How often the reader looks again at a full queue.
-const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(1);
 /// The longest single sleep in real-time mode, so a stop request is seen promptly.
 const MAX_PACING_SLEEP: Duration = Duration::from_millis(100);
 
 /// How fast to replay.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Speed {
     /// Reproduce the gaps between packets (de-dup, batching and the bridge see live timing).
     Realtime,
@@ -65,42 +61,29 @@ pub enum Speed {
     Max,
 }
 
-/// `replay` flags.
-#[derive(Debug, Args)]
-pub struct ReplayArgs {
-    /// The capture to replay: pcap or pcapng, with Ethernet, Linux cooked (`tcpdump -i any`)
-    /// or raw IP frames.
-    #[arg(value_name = "FILE")]
+/// What `replay` runs with, validated by the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplaySettings {
+    /// The pcap or pcapng capture.
     pub file: PathBuf,
-
-    /// UDP destination port to watch (repeat for several, at most 16).
-    #[arg(long = "port", value_name = "PORT", default_values_t = [5061])]
+    /// UDP destination ports to watch, as the XDP program would.
     pub ports: Vec<u16>,
-
-    /// `max` replays as fast as delivery keeps up; `realtime` sleeps to reproduce the
-    /// capture's inter-packet gaps.
-    #[arg(long, value_enum, default_value_t = Speed::Max)]
+    /// Pacing.
     pub speed: Speed,
-
-    /// Logging.
-    #[command(flatten)]
-    pub log: LogArgs,
-
     /// Parsing and de-duplication.
-    #[command(flatten)]
-    pub pipeline: PipelineArgs,
-
-    /// Delivery to the bridge and stdout.
-    #[command(flatten)]
-    pub delivery: DeliveryArgs,
+    pub pipeline: PipelineSettings,
+    /// Delivery (with no age limit: captures are old by nature).
+    pub delivery: SinkSettings,
+    /// Logging.
+    pub log: LogSettings,
 }
 
 /// Why a replay failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    /// A flag value is invalid.
-    #[error("{0}")]
-    Config(String),
+    /// The bridge client could not be set up.
+    #[error(transparent)]
+    Client(#[from] ClientError),
     /// The file cannot be opened or read at all.
     #[error("cannot read capture `{}`: {reason}", path.display())]
     Open {
@@ -141,8 +124,8 @@ impl ReplayError {
     /// Process exit code (design.md: 2 for bad usage or configuration, 1 at run time).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Config(_) | Self::Open { .. } | Self::NotCapture { .. } => 2,
-            Self::Broken { .. } | Self::Delivery(_) => 1,
+            Self::Open { .. } | Self::NotCapture { .. } => 2,
+            Self::Client(_) | Self::Broken { .. } | Self::Delivery(_) => 1,
         }
     }
 }
@@ -281,10 +264,10 @@ impl fmt::Display for ReplaySummary {
     }
 }
 
-/// Replays `args.file`, printing JSON lines (with `--stdout`) on stdout and the summary on
-/// stderr.
-pub async fn replay(args: ReplayArgs) -> Result<ReplaySummary, ReplayError> {
-    let result = replay_to(args, tokio::io::stdout()).await;
+/// Replays `settings.file`, printing JSON lines (with `--stdout`) on stdout and the summary
+/// on stderr.
+pub async fn replay(settings: ReplaySettings) -> Result<ReplaySummary, ReplayError> {
+    let result = replay_to(settings, tokio::io::stdout()).await;
     match &result {
         Ok(summary) => eprintln!("{summary}"),
         Err(ReplayFailure {
@@ -314,68 +297,31 @@ impl From<ReplayError> for ReplayFailure {
     }
 }
 
-/// Replays `args.file` with the JSON lines going to `out`; prints nothing itself.
+/// Replays `settings.file` with the JSON lines going to `out`; prints nothing itself.
 pub async fn replay_to<W: AsyncWrite + Unpin + Send + 'static>(
-    args: ReplayArgs,
+    settings: ReplaySettings,
     out: W,
 ) -> Result<ReplaySummary, ReplayFailure> {
-    cli::check_ports(&args.ports).map_err(ReplayError::Config)?;
-    args.pipeline.validate().map_err(ReplayError::Config)?;
-    let mut settings =
-        SinkSettings::from_args(&args.delivery).map_err(|e| ReplayError::Config(e.to_string()))?;
-    // Captured long ago by definition: the live agent's freshness limit does not apply.
-    settings.max_age = None;
-    let delivery = Delivery::new(settings).map_err(|e| ReplayError::Config(e.to_string()))?;
+    let queue = NotificationQueue::new(settings.delivery.queue_capacity);
+    let delivery = Delivery::new(settings.delivery).map_err(ReplayError::from)?;
 
-    let path = args.file.clone();
+    let path = settings.file.clone();
     let (reader, size) = open(&path)?;
 
-    let queue = NotificationQueue::new(args.delivery.queue_capacity);
-    let pipeline = Pipeline::new(&args.pipeline, queue.clone()).log_sip(args.log.log_sip);
-    let stop_delivery = CancellationToken::new();
-    let delivery_ended = Arc::new(AtomicBool::new(false));
-    let delivery = {
-        let (queue, stop, ended) = (
-            queue.clone(),
-            stop_delivery.clone(),
-            Arc::clone(&delivery_ended),
-        );
-        tokio::spawn(async move {
-            let result = delivery.run_with_output(queue, stop, out).await;
-            ended.store(true, Ordering::Release);
-            result
-        })
-    };
-
-    // Signals are watched until delivery ends: once tokio handles SIGINT, its default action
-    // (exit) is gone for good, so an unwatched Ctrl-C during the final drain would be lost.
-    let interrupt = CancellationToken::new();
-    let signals = tokio::spawn(cancel_on_signal(interrupt.clone()));
-    let job = ReadJob {
-        filter: Filter::new(&args.ports),
-        ports: args.ports.clone(),
-        pipeline,
-        speed: args.speed,
-        stop: interrupt.clone(),
-        delivery_ended,
+    let pipeline = Pipeline::new(&settings.pipeline, queue).log_sip(settings.log.log_sip);
+    let source = FileSource {
+        reader,
+        filter: Filter::new(&settings.ports),
+        ports: settings.ports.clone(),
+        speed: settings.speed,
         progress: progress_bar(size),
     };
-    let read = tokio::task::spawn_blocking(move || job.run(reader)).await;
-
     // Everything read is delivered: with the bridge down, delivery keeps retrying until it
     // answers or a signal arrives, which leaves --shutdown-timeout to finish.
-    queue.close();
-    let mut delivery = delivery;
-    let delivered = tokio::select! {
-        result = &mut delivery => result,
-        () = interrupt.cancelled() => {
-            info!("interrupted: delivering what is queued within the shutdown timeout");
-            stop_delivery.cancel();
-            delivery.await
-        }
-    };
-    signals.abort();
-    let interrupted = interrupt.is_cancelled();
+    let finished = wiring::wire(source, pipeline, delivery, out)
+        .await
+        .map_err(|err| ReplayError::Delivery(format!("cannot install a signal handler: {err}")))?;
+    let (read, delivered, interrupted) = (finished.source, finished.delivery, finished.interrupted);
 
     let (stats, read_error) = match read {
         Ok((stats, error)) => (stats, error),
@@ -459,22 +405,6 @@ fn open(path: &Path) -> Result<(CaptureReader<File>, u64), ReplayFailure> {
     }
 }
 
-/// Cancels `interrupt` on SIGINT or SIGTERM.
-async fn cancel_on_signal(interrupt: CancellationToken) {
-    let (Ok(mut sigint), Ok(mut sigterm)) = (
-        tokio::signal::unix::signal(SignalKind::interrupt()),
-        tokio::signal::unix::signal(SignalKind::terminate()),
-    ) else {
-        // Without handlers the default action (exit) still applies.
-        return;
-    };
-    tokio::select! {
-        _ = sigint.recv() => {}
-        _ = sigterm.recv() => {}
-    }
-    interrupt.cancel();
-}
-
 /// A progress bar on stderr for a large file, when stderr is a terminal.
 fn progress_bar(size: u64) -> Option<indicatif::ProgressBar> {
     if size < PROGRESS_MIN_BYTES || !std::io::stderr().is_terminal() {
@@ -492,7 +422,49 @@ fn progress_bar(size: u64) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-/// The reading side, run on a blocking thread: file I/O and real-time sleeps.
+/// The capture file as a source: the kernel program's filter on each frame, then the
+/// pipeline. Reading runs on a blocking thread (file I/O and real-time sleeps).
+struct FileSource {
+    reader: CaptureReader<File>,
+    filter: Filter,
+    /// The watched ports, for reassembly.
+    ports: Vec<u16>,
+    speed: Speed,
+    progress: Option<indicatif::ProgressBar>,
+}
+
+impl Source for FileSource {
+    /// The counts, and the error that ended reading early, if any.
+    type Report = (ReplayStats, Option<CaptureError>);
+
+    fn feed(
+        self,
+        pipeline: Pipeline,
+        stop: CancellationToken,
+    ) -> impl Future<Output = Self::Report> + Send + 'static {
+        let runtime = tokio::runtime::Handle::current();
+        let job = ReadJob {
+            filter: self.filter,
+            ports: self.ports,
+            pipeline,
+            speed: self.speed,
+            stop,
+            progress: self.progress,
+            runtime,
+        };
+        let reader = self.reader;
+        async move {
+            match tokio::task::spawn_blocking(move || job.run(reader)).await {
+                Ok(report) => report,
+                // The blocking task panicked: resume the panic on this task, where the
+                // wiring's join reports it.
+                Err(join) => std::panic::resume_unwind(join.into_panic()),
+            }
+        }
+    }
+}
+
+/// The reading side, run on a blocking thread.
 struct ReadJob {
     filter: Filter,
     /// The watched ports, for reassembly.
@@ -500,8 +472,9 @@ struct ReadJob {
     pipeline: Pipeline,
     speed: Speed,
     stop: CancellationToken,
-    delivery_ended: Arc<AtomicBool>,
     progress: Option<indicatif::ProgressBar>,
+    /// For waiting on the queue from this blocking thread.
+    runtime: tokio::runtime::Handle,
 }
 
 impl ReadJob {
@@ -515,7 +488,7 @@ impl ReadJob {
         let mut last_timestamp = Duration::ZERO;
         let mut reassembly = Reassembly::new(ReassemblySettings::default(), &self.ports);
         let error = loop {
-            if self.stop.is_cancelled() || self.delivery_ended.load(Ordering::Acquire) {
+            if self.stop.is_cancelled() {
                 break None;
             }
             let packet = match reader.next_packet() {
@@ -607,60 +580,30 @@ impl ReadJob {
         }
     }
 
-    /// Waits while the queue is full, so nothing read is dropped; gives up when delivery has
-    /// ended (a fatal error) or a stop is requested.
+    /// Waits while the queue is full, so nothing read is dropped; gives up when a stop is
+    /// requested (a signal, or delivery ended on a fatal error).
     fn wait_for_room(&self) {
         let queue = self.pipeline.queue();
-        while queue.len() >= queue.capacity()
-            && !self.stop.is_cancelled()
-            && !self.delivery_ended.load(Ordering::Acquire)
-        {
-            std::thread::sleep(QUEUE_FULL_PAUSE);
-        }
+        self.runtime.block_on(async {
+            tokio::select! {
+                () = queue.wait_for_room() => {}
+                () = self.stop.cancelled() => {}
+            }
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser as _;
-
     use super::*;
-    use crate::cli::{Cli, Command};
-
-    #[test]
-    fn flags_default_to_port_5061_at_full_speed() {
-        let cli = Cli::try_parse_from(["sipnotify-agent", "replay", "x.pcap", "--stdout"]).unwrap();
-        let Command::Replay(args) = cli.command else {
-            panic!("not a replay");
-        };
-        assert_eq!(args.file, PathBuf::from("x.pcap"));
-        assert_eq!(args.ports, [5061]);
-        assert_eq!(args.speed, Speed::Max);
-        assert!(args.delivery.stdout);
-        let cli = Cli::try_parse_from([
-            "sipnotify-agent",
-            "replay",
-            "x.pcapng",
-            "--port",
-            "5060",
-            "--port",
-            "5070",
-            "--speed",
-            "realtime",
-        ])
-        .unwrap();
-        let Command::Replay(args) = cli.command else {
-            panic!("not a replay");
-        };
-        assert_eq!(args.ports, [5060, 5070]);
-        assert_eq!(args.speed, Speed::Realtime);
-        assert!(Cli::try_parse_from(["sipnotify-agent", "replay"]).is_err());
-    }
 
     #[test]
     fn exit_codes_follow_the_design() {
         let path = PathBuf::from("x.pcap");
-        assert_eq!(ReplayError::Config("bad".into()).exit_code(), 2);
+        let client = ReplayError::Client(ClientError {
+            reason: "no roots".into(),
+        });
+        assert_eq!(client.exit_code(), 1);
         let open = ReplayError::Open {
             path: path.clone(),
             reason: "no such file or directory (os error 2)".into(),

@@ -527,9 +527,7 @@ fn big_notify(call: u32, dn: &str) -> Vec<u8> {
 /// watched, complete NOTIFY is delivered exactly once and the incomplete one is counted.
 #[test]
 fn fragmented_and_tcp_notifies_are_reassembled_and_delivered_once() {
-    use sipnotify_testkit::frames::{
-        ethernet, ipv4, ipv4_fragments, ipv6_fragments, tcp, udp,
-    };
+    use sipnotify_testkit::frames::{ethernet, ipv4, ipv4_fragments, ipv6_fragments, tcp, udp};
     let t = |ms: u64| Duration::from_millis(1_700_000_000_000 + ms);
     let mut frames = Vec::new();
     let v4 = ipv4_fragments(

@@ -10,11 +10,12 @@ use std::{
 };
 
 use sipnotify_agent::{
+    cli::{DeliveryArgs, sink_settings},
     event::{CaptureMeta, Notification},
     queue::NotificationQueue,
     sink::{
-        BridgeCheck, BridgeConfigError, Delivery, DeliveryArgs, DeliveryFailed, DeliveryReport,
-        Fingerprint, SinkSettings, deliver,
+        BridgeCheck, BridgeConfigError, Delivery, DeliveryFailed, DeliveryReport, Fingerprint,
+        SinkSettings, deliver,
     },
 };
 use sipnotify_testkit::{
@@ -79,7 +80,7 @@ impl Fixture {
 }
 
 fn settings(args: &DeliveryArgs) -> SinkSettings {
-    SinkSettings::from_args_and_token_env(args, None).unwrap()
+    sink_settings(args, None).unwrap()
 }
 
 /// Queues `notifications`, closes the queue and delivers everything.

@@ -33,8 +33,7 @@ const VERIFIER_LINES: usize = 12;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sipnotify"));
 
 /// How to attach the program.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttachMode {
     /// Native (driver) mode when the driver supports it, generic otherwise.
     #[default]
@@ -518,7 +517,7 @@ pub fn attach(
     })
 }
 
-/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise it so a 16 MiB ring fits
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise it so the ring (8 MiB by default) fits
 /// (<https://lwn.net/Articles/837122/>). Newer kernels use memory cgroups and ignore it.
 fn raise_memlock() {
     let limit = libc::rlimit {

@@ -4,7 +4,7 @@
 //! Needs only CAP_NET_RAW and works on Linux 3.10 and later (TPACKET_V3 is from 3.2, and the
 //! filter is classic BPF). A packet socket receives copies: the host's own packets are never
 //! delayed, changed or dropped. Whatever passes the filter goes through the same capture
-//! decision as the XDP program's ([`super::inspect`]), and is counted the same way; drops
+//! decision as the XDP program's ([`super::frame::inspect`]), and is counted the same way; drops
 //! because the ring was full come from the socket's own `PACKET_STATISTICS` and are counted
 //! as `ringbuf_full`, as they are for XDP.
 //!
@@ -28,7 +28,11 @@ use sipnotify_common::{Counter, CounterSet, SipConfig};
 use tokio::io::{Interest, unix::AsyncFd};
 use tokio_util::sync::CancellationToken;
 
-use super::{Record, SplicedFrame, cbpf};
+use super::{
+    cbpf,
+    frame::{SplicedFrame, inspect},
+    record::Record,
+};
 
 /// Size of one ring block: it holds a 9 KiB jumbo NOTIFY and keeps the number of blocks (the
 /// slack a sparse, timer-retired block costs) high in a ring of a few MiB.
@@ -469,9 +473,7 @@ pub async fn read_ring(
         socket.drain(|frame| {
             let spliced = frame.spliced();
             let timestamp_ns = u64::try_from(frame.timestamp.as_nanos()).unwrap_or(u64::MAX);
-            if let Ok(record) =
-                super::inspect(&spliced, &config, &mut counts, timestamp_ns, ifindex)
-            {
+            if let Ok(record) = inspect(&spliced, &config, &mut counts, timestamp_ns, ifindex) {
                 on_record(&record, SystemTime::UNIX_EPOCH + frame.timestamp);
             }
         });

@@ -1,21 +1,145 @@
-//! Drains an attached program's ring buffer without ever blocking the kernel side.
+//! The live source: the XDP program attached to every interface, each ring buffer drained
+//! without ever blocking the kernel side.
 //!
 //! The XDP program submits records with `BPF_RB_NO_WAKEUP` and only forces a wake-up once a
 //! quarter of the ring is pending, so the reader combines two triggers: epoll readiness (the
 //! forced wake-ups) and a short poll timer that collects records at low rates with at most
 //! one timer period of added latency. Each wake-up drains everything that is there.
 
-use std::{io, os::fd::AsRawFd, time::Duration};
+use std::{
+    io,
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
-use tokio::io::{Interest, unix::AsyncFd};
-
-use crate::bpf::ProgramLogger;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-/// Default poll period: the latency floor at low rates, and cheap (1000 wake-ups a second).
-pub const DEFAULT_POLL: Duration = Duration::from_millis(1);
+use super::{CaptureSettings, MonotonicClock, Source};
+use crate::{
+    bpf::{
+        self, AttachedProgram, KernelStats, LoadError, ProgramGuard, ProgramLogger, ProgramSettings,
+    },
+    pipeline::Pipeline,
+};
+
+/// The program attached to every interface of the settings, ready to be drained.
+pub struct LiveSource {
+    rings: Vec<Ring>,
+    /// Kernel counters per interface, until the metrics endpoint takes them.
+    stats: Vec<(Arc<str>, KernelStats)>,
+    poll: Duration,
+    clock: MonotonicClock,
+    attached: Arc<AtomicBool>,
+}
+
+impl LiveSource {
+    /// Attaches the program to every interface (detached again if a later one fails).
+    pub fn attach(capture: &CaptureSettings) -> Result<Self, LoadError> {
+        let clock = MonotonicClock::new();
+        let program = ProgramSettings {
+            ports: capture.ports.clone(),
+            ring_bytes: capture.ring_bytes,
+        };
+        let mut rings = Vec::new();
+        let mut stats = Vec::new();
+        for iface in &capture.ifaces {
+            let AttachedProgram {
+                iface,
+                events,
+                stats: counters,
+                logger,
+                guard,
+                ..
+            } = bpf::attach(iface, capture.xdp_mode, &program)?;
+            stats.push((iface.clone(), counters));
+            rings.push(Ring {
+                iface,
+                events,
+                logger,
+                guard,
+            });
+        }
+        Ok(Self {
+            rings,
+            stats,
+            poll: capture.poll_interval,
+            clock,
+            attached: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
+    /// The kernel counters of every interface, for the metrics endpoint (taken once).
+    pub fn take_kernel_stats(&mut self) -> Vec<(Arc<str>, KernelStats)> {
+        std::mem::take(&mut self.stats)
+    }
+
+    /// True until the programs are detached at shutdown (for `/healthz`).
+    pub fn attached(&self) -> Arc<AtomicBool> {
+        self.attached.clone()
+    }
+}
+
+/// What reading one interface needs; `guard` keeps its program attached.
+struct Ring {
+    iface: Arc<str>,
+    events: RingBuf<MapData>,
+    logger: Option<ProgramLogger>,
+    guard: ProgramGuard,
+}
+
+impl Source for LiveSource {
+    type Report = ();
+
+    async fn feed(self, pipeline: Pipeline, stop: CancellationToken) {
+        let stop_readers = CancellationToken::new();
+        let mut readers = JoinSet::new();
+        let mut guards = Vec::new();
+        for ring in self.rings {
+            let Ring {
+                iface,
+                events,
+                logger,
+                guard,
+            } = ring;
+            guards.push(guard);
+            if let Some(logger) = logger {
+                readers.spawn(forward_program_log(logger, stop_readers.clone()));
+            }
+            let pipeline = pipeline.clone();
+            let cancel = stop_readers.clone();
+            let (poll, clock) = (self.poll, self.clock);
+            readers.spawn(async move {
+                let result = drain_ring(events, poll, cancel, |bytes| {
+                    pipeline.handle_bytes(
+                        bytes,
+                        |record| clock.wall_time(record.header.timestamp_ns),
+                        Some(&iface),
+                    );
+                })
+                .await;
+                if let Err(err) = result {
+                    warn!(%iface, error = %err, "ring buffer reader failed");
+                }
+            });
+        }
+        stop.cancelled().await;
+        // Detach first so nothing new arrives, then drain the rings one last time.
+        drop(guards);
+        self.attached.store(false, Ordering::Relaxed);
+        stop_readers.cancel();
+        while readers.join_next().await.is_some() {}
+    }
+}
 
 /// Calls `on_record` for every record until `cancel` fires, then drains what is left once
 /// more and returns.

@@ -29,8 +29,10 @@ use sipnotify_common::{
     net::{self, Bail, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, Frame as _},
 };
 
-use super::{Record, SplicedFrame};
-use crate::capture;
+use super::{
+    frame::{SplicedFrame, inspect},
+    record::Record,
+};
 
 /// The longest record (pcap packet or pcapng block) accepted; a longer one means a corrupt
 /// length field. libpcap caps packets at 256 KiB and Wireshark pcapng blocks at 16 MiB.
@@ -694,7 +696,7 @@ impl Filter {
             }
         };
         let timestamp_ns = u64::try_from(timestamp.as_nanos()).unwrap_or(u64::MAX);
-        match capture::inspect(&frame, &self.config, &mut self.counts, timestamp_ns, 0) {
+        match inspect(&frame, &self.config, &mut self.counts, timestamp_ns, 0) {
             Ok(record) => Inspection::Notify(record),
             Err(skip) => Inspection::Skip(skip),
         }

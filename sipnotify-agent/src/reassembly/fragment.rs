@@ -20,7 +20,7 @@ use std::{
 
 use sipnotify_common::net::{IPV6_AH, IPV6_DSTOPTS, IPV6_FRAGMENT, IPV6_HOPOPTS, IPV6_ROUTING};
 
-use super::Count;
+use super::tcp::Count;
 
 /// Bounds and timeout of the fragment reassembler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,12 +17,10 @@ use sipnotify_common::{
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
 
-use crate::capture::Record;
+use crate::capture::record::Record;
 use fragment::{FragmentReassembler, FragmentSettings, FragmentStats, IpPacket};
+pub use tcp::Count;
 use tcp::{FlowKey, TcpReassembler, TcpSettings, TcpStats};
-
-/// One counted outcome: a metric label and its value.
-pub type Count = (&'static str, u64);
 
 /// Settings of both reassemblers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

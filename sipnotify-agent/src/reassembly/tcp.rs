@@ -24,7 +24,8 @@ use std::{
 use memchr::memmem;
 use sipnotify_common::NOTIFY_PREFIX;
 
-use super::Count;
+/// One counted outcome: a metric label and its value.
+pub type Count = (&'static str, u64);
 
 /// Bounds and timeouts of the TCP reassembler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -20,9 +20,9 @@ use std::collections::{HashMap, HashSet, VecDeque, hash_map::Entry};
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::{BatchSettings, BodyMode};
+use super::settings::{BatchSettings, BodyMode};
 use crate::{
-    event::{JsonOptions, Notification},
+    event::{Fnv1a, JsonOptions, Notification},
     queue::NotificationQueue,
 };
 
@@ -73,22 +73,14 @@ pub(crate) fn idempotency_key(notifications: &[Notification], mode: BodyMode) ->
     match (mode, notifications) {
         (BodyMode::Object, [one]) => one.idempotency_key(),
         _ => {
-            // FNV-1a over what `Notification::idempotency_key` covers, without formatting a
-            // key per member (this runs for every batch of up to thousands).
-            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-            let mut mix = |bytes: &[u8]| {
-                for &byte in bytes {
-                    hash ^= u64::from(byte);
-                    hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-                }
-            };
+            // The members' transaction identities, as `Notification::idempotency_key` hashes
+            // them, without formatting a key per member (this runs for every batch of up to
+            // thousands).
+            let mut hash = Fnv1a::new();
             for n in notifications {
-                mix(n.call_id.as_bytes());
-                mix(b"\0");
-                mix(n.via_branch.as_deref().unwrap_or("").as_bytes());
-                mix(b"\0");
-                mix(&n.cseq.to_be_bytes());
+                n.hash_transaction(&mut hash);
             }
+            let hash = hash.finish();
             format!("batch-{hash:016x}-{}", notifications.len())
         }
     }

@@ -20,11 +20,12 @@
 use std::{
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
 };
 
+use metrics::{Counter, Histogram};
 use tokio::{
     io::AsyncWrite,
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -34,10 +35,11 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BodyMode, BridgeHealth, JsonLines, SinkConfigError, SinkSettings, TlsSettings,
     batch::{self, Batch, Batcher, call_key},
     http::{BatchOutcome, BridgeCheck, BridgeConfigError, HttpSink, SendError},
     retry::Backoff,
+    settings::{BodyMode, ClientError, RetrySettings, SinkSettings, TlsSettings},
+    stdout::JsonLines,
 };
 use crate::{
     event::{JsonOptions, Notification},
@@ -69,9 +71,9 @@ pub struct DeliveryReport {
 /// Why delivery stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
-    /// The settings cannot work.
+    /// The bridge client could not be built.
     #[error(transparent)]
-    Config(#[from] SinkConfigError),
+    Client(#[from] ClientError),
     /// The bridge's certificate is not trusted and the bridge has never answered.
     #[error("the tls certificate of the bridge at {url} is not trusted ({reason}): {remedy}")]
     UntrustedCertificate {
@@ -107,9 +109,8 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Validates `settings` and builds the HTTP client.
-    pub fn new(settings: SinkSettings) -> Result<Self, SinkConfigError> {
-        settings.validate()?;
+    /// Builds the HTTP client for `settings` (validated by the command line).
+    pub fn new(settings: SinkSettings) -> Result<Self, ClientError> {
         let http = match &settings.bridge {
             Some(bridge) => {
                 if bridge.tls == TlsSettings::Insecure {
@@ -202,6 +203,7 @@ impl Delivery {
                 retry: self.settings.retry,
                 health: self.health.clone(),
                 counters: Counters::default(),
+                metrics: Metrics::new(),
                 fatal: Mutex::new(None),
                 stop: CancellationToken::new(),
                 refusals: LogLimiter::default(),
@@ -263,6 +265,40 @@ struct Counters {
     in_flight: AtomicU64,
 }
 
+/// Metric handles, registered once rather than looked up for every request.
+#[derive(Debug)]
+struct Metrics {
+    delivered: Counter,
+    errored: Counter,
+    rejected: Counter,
+    retries: Counter,
+    dropped_rejected: Counter,
+    latency: Histogram,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let outcome = |label: &'static str| metrics::counter!("sipnotify_deliveries_total", "outcome" => label);
+        Self {
+            delivered: outcome("delivered"),
+            errored: outcome("errored"),
+            rejected: outcome("rejected"),
+            retries: metrics::counter!("sipnotify_retries_total"),
+            dropped_rejected: metrics::counter!("sipnotify_dropped_total", "reason" => "rejected"),
+            latency: metrics::histogram!("sipnotify_delivery_latency_seconds"),
+        }
+    }
+
+    /// `sipnotify_deliveries_total` for this outcome (labelled as [`BatchOutcome::label`]).
+    fn deliveries(&self, outcome: &BatchOutcome) -> &Counter {
+        match outcome {
+            BatchOutcome::Delivered { .. } => &self.delivered,
+            BatchOutcome::Errored { .. } => &self.errored,
+            BatchOutcome::Rejected { .. } => &self.rejected,
+        }
+    }
+}
+
 /// What the request tasks share.
 #[derive(Debug)]
 struct Shared {
@@ -270,9 +306,10 @@ struct Shared {
     mode: BodyMode,
     json: JsonOptions,
     max_age: Option<Duration>,
-    retry: super::RetrySettings,
+    retry: RetrySettings,
     health: BridgeHealth,
     counters: Counters,
+    metrics: Metrics,
     fatal: Mutex<Option<DeliveryError>>,
     /// Cancelled on a fatal error.
     stop: CancellationToken,
@@ -512,11 +549,11 @@ async fn send_batch(
         let key = batch::idempotency_key(&batch.notifications, shared.mode);
         counters.requests.fetch_add(1, Ordering::Relaxed);
         let outcome = shared.http.send(body, &key).await;
-        metrics::counter!("sipnotify_deliveries_total", "outcome" => outcome.label()).increment(1);
+        shared.metrics.deliveries(&outcome).increment(1);
         match outcome {
             BatchOutcome::Delivered { .. } => {
                 let now = SystemTime::now();
-                let latency = metrics::histogram!("sipnotify_delivery_latency_seconds");
+                let latency = &shared.metrics.latency;
                 for n in &batch.notifications {
                     let seconds = now
                         .duration_since(n.meta.captured_at)
@@ -534,8 +571,7 @@ async fn send_batch(
                 status,
                 body_excerpt,
             } => {
-                metrics::counter!("sipnotify_dropped_total", "reason" => "rejected")
-                    .increment(count);
+                shared.metrics.dropped_rejected.increment(count);
                 if let Some(suppressed) = shared.refusals.allow() {
                     tracing::warn!(
                         %status,
@@ -571,7 +607,7 @@ async fn send_batch(
                 let delay = retry_after.unwrap_or_else(|| backoff.next_delay());
                 shared.bridge_failed(&error, delay);
                 counters.retries.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("sipnotify_retries_total").increment(1);
+                shared.metrics.retries.increment(1);
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = shared.stop.cancelled() => return calls,
@@ -846,21 +882,52 @@ impl<W: AsyncWrite + Unpin + Send> Run<W> {
     }
 }
 
+/// Whether the bridge has answered at least once (any HTTP status), for `/healthz`.
+/// Cloning shares the flag.
+#[derive(Clone, Debug, Default)]
+pub struct BridgeHealth {
+    answered: Arc<AtomicBool>,
+}
+
+impl BridgeHealth {
+    /// True once any HTTP reply came back from the bridge.
+    pub fn has_answered(&self) -> bool {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_answered(&self) {
+        if !self.answered.load(Ordering::Relaxed) {
+            self.answered.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        event::tests::sample,
-        sink::{DeliveryArgs, SinkSettings},
-    };
+    use crate::{event::tests::sample, sink::settings::BatchSettings};
 
+    /// Stdout only, with this test's own values (`--stdout --no-bridge`).
     fn stdout_only() -> SinkSettings {
-        let args = DeliveryArgs {
+        SinkSettings {
+            bridge: None,
             stdout: true,
-            no_bridge: true,
-            ..DeliveryArgs::default()
-        };
-        SinkSettings::from_args_and_token_env(&args, None).unwrap()
+            mode: BodyMode::Object,
+            batch: BatchSettings {
+                max_events: 500,
+                max_bytes: 1 << 20,
+                linger: Duration::from_millis(1),
+            },
+            extras: false,
+            max_in_flight: 64,
+            max_age: Some(Duration::from_secs(60)),
+            retry: RetrySettings {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(5),
+            },
+            shutdown_timeout: Duration::from_secs(5),
+            queue_capacity: 100,
+        }
     }
 
     #[tokio::test]

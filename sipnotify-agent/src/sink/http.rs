@@ -16,8 +16,8 @@ use reqwest::{
 use rustls::ClientConfig;
 
 use super::{
-    BridgeSettings, SinkConfigError,
     retry::{self, StatusClass},
+    settings::{BridgeSettings, ClientError},
     tls,
 };
 
@@ -157,8 +157,8 @@ impl HttpSink {
     pub(crate) fn new(
         settings: &BridgeSettings,
         max_in_flight: usize,
-    ) -> Result<Self, SinkConfigError> {
-        let client_error = |reason: String| SinkConfigError::Client { reason };
+    ) -> Result<Self, ClientError> {
+        let client_error = |reason: String| ClientError { reason };
         let authorization = settings
             .token
             .as_ref()
@@ -166,7 +166,7 @@ impl HttpSink {
                 let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
                     .map_err(|_| client_error("the bearer token is not a header value".into()))?;
                 value.set_sensitive(true);
-                Ok::<_, SinkConfigError>(value)
+                Ok::<_, ClientError>(value)
             })
             .transpose()?;
         let client = client_builder(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::Rng as _;
 use reqwest::{StatusCode, header::HeaderMap};
 
-use super::RetrySettings;
+use super::settings::RetrySettings;
 
 /// A `Retry-After` longer than this is treated as this: the notification's max age drops it
 /// anyway, and a typo on the bridge side must not park a request for a day.

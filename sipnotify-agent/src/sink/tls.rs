@@ -14,8 +14,6 @@
 
 use std::{
     error::Error as StdError,
-    fmt,
-    str::FromStr,
     sync::{Arc, Mutex, PoisonError},
 };
 
@@ -30,7 +28,7 @@ use rustls::{
     server::ParsedCertificate,
 };
 
-use super::{SinkConfigError, TlsSettings};
+use super::settings::{ClientError, Fingerprint, TlsSettings};
 
 /// The crypto provider of every TLS connection here (ring: pure Rust plus a little assembly,
 /// no cmake or Go toolchain needed).
@@ -38,69 +36,10 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The SHA-256 fingerprint of a certificate's DER bytes: what
-/// `openssl x509 -noout -fingerprint -sha256 -in cert.pem` prints, and what `--pin-sha256`
-/// takes. Shown as colon-separated upper-case hex.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Fingerprint([u8; 32]);
-
-impl Fingerprint {
-    /// The fingerprint of `der`.
-    pub fn of(der: &[u8]) -> Self {
-        let digest = ring::digest::digest(&ring::digest::SHA256, der);
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(digest.as_ref());
-        Self(bytes)
-    }
-}
-
-impl FromStr for Fingerprint {
-    type Err = String;
-
-    /// 64 hex digits, in either case, with or without colons; openssl's whole output line
-    /// (`sha256 Fingerprint=AB:CD:…`) is accepted too.
-    fn from_str(text: &str) -> Result<Self, String> {
-        let value = text.rsplit('=').next().unwrap_or(text).trim();
-        let hex: Vec<u8> = value.bytes().filter(|&b| b != b':').collect();
-        let digit = |b: u8| char::from(b).to_digit(16);
-        if hex.len() != 64 || hex.iter().any(|&b| digit(b).is_none()) {
-            return Err(format!(
-                "`{text}` is not a sha-256 fingerprint (64 hex digits, colons allowed, as \
-                 `openssl x509 -noout -fingerprint -sha256 -in CERT` prints)"
-            ));
-        }
-        let mut bytes = [0u8; 32];
-        for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
-            let high = digit(pair[0]).unwrap_or(0);
-            let low = digit(pair[1]).unwrap_or(0);
-            *byte = u8::try_from((high << 4) | low).unwrap_or(0);
-        }
-        Ok(Self(bytes))
-    }
-}
-
-impl fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, byte) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(":")?;
-            }
-            write!(f, "{byte:02X}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Fingerprint({self})")
-    }
-}
-
 /// A client configuration for `settings`, offering HTTP/2 and HTTP/1.1 through ALPN.
-pub(crate) fn client_config(settings: &TlsSettings) -> Result<ClientConfig, SinkConfigError> {
+pub(crate) fn client_config(settings: &TlsSettings) -> Result<ClientConfig, ClientError> {
     let provider = provider();
-    let client_error = |e: rustls::Error| SinkConfigError::Client {
+    let client_error = |e: rustls::Error| ClientError {
         reason: e.to_string(),
     };
     let verifier = match settings {

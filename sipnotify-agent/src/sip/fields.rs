@@ -5,8 +5,8 @@
 //! borrows from it.
 
 use super::{
-    ParseError,
-    message::{find_any, find_byte, is_token, trim_lws},
+    error::ParseError,
+    scan::{find_any, find_byte, is_token, trim_lws},
 };
 
 /// The Content-Length value: `1*DIGIT` without sign or whitespace, overflow checked

@@ -5,7 +5,7 @@
 //! separators are deferred to [`Dn::bytes`] / [`Dn::to_string_lossy`], so parsing allocates
 //! nothing and decodes exactly once.
 
-use super::message::{find_any, find_byte, is_lws, trim_lws};
+use super::scan::{find_any, find_byte, is_lws, trim_lws};
 
 /// Why a To/From value yields no user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]

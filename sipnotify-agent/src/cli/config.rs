@@ -4,12 +4,16 @@
 //! Every long flag of every subcommand is a key of the config file (`bridge-url` or
 //! `bridge_url`) and an environment variable (`SIPNOTIFY_BRIDGE_URL`; lists are
 //! comma-separated). Rather than keep a second, hand-written settings struct in step with
-//! the flags, the file is turned into flag tokens for the keys that neither the command line
-//! nor the environment set, and the command line is parsed again; so a file value goes
-//! through exactly the same parsing and validation as the flag would.
+//! the flags, the environment and the file are turned into flag tokens for the keys that the
+//! command line did not set, and the command line is parsed again; so an environment or file
+//! value goes through exactly the same parsing and validation as the flag would.
+//!
+//! The environment and the default config path are parameters, never read here: `main`
+//! passes the process's, tests pass their own.
 
 use std::{
-    ffi::OsString,
+    collections::BTreeMap,
+    ffi::{OsStr, OsString},
     fs,
     path::{Path, PathBuf},
 };
@@ -18,17 +22,14 @@ use clap::{
     ArgAction, ArgMatches, Command, CommandFactory as _, FromArgMatches as _, parser::ValueSource,
 };
 
-use crate::cli::Cli;
+use super::args::Cli;
 
 /// The config file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG: &str = "/etc/sipnotify/sipnotify.toml";
 
-/// A bad command line, environment or config file; always exit code 2.
+/// A bad config file; always exit code 2 (it reaches `main` as a clap error).
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// clap rejected the command line or environment.
-    #[error("{0}")]
-    Usage(String),
+enum ConfigError {
     /// The config file cannot be read.
     #[error("cannot read config file {}: {source}", path.display())]
     Read {
@@ -66,6 +67,43 @@ pub enum ConfigError {
     },
 }
 
+/// The `SIPNOTIFY_*` environment variables the command line layers under its flags.
+#[derive(Clone, Debug, Default)]
+pub struct Environment {
+    vars: BTreeMap<String, OsString>,
+}
+
+impl Environment {
+    /// The process's `SIPNOTIFY_*` variables.
+    pub fn from_process() -> Self {
+        std::env::vars_os()
+            .filter_map(|(key, value)| Some((key.into_string().ok()?, value)))
+            .filter(|(key, _)| key.starts_with("SIPNOTIFY_"))
+            .collect()
+    }
+
+    /// The value of `name`, if set.
+    pub fn get(&self, name: &str) -> Option<&OsStr> {
+        self.vars.get(name).map(OsString::as_os_str)
+    }
+
+    /// The value of `name` as text, if set.
+    pub fn get_str(&self, name: &str) -> Option<String> {
+        self.get(name).map(|v| v.to_string_lossy().into_owned())
+    }
+}
+
+impl<K: Into<String>, V: Into<OsString>> FromIterator<(K, V)> for Environment {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self {
+            vars: iter
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+}
+
 /// The parsed command line and the config file it used, if any.
 #[derive(Debug)]
 pub struct Parsed {
@@ -77,81 +115,166 @@ pub struct Parsed {
     pub sources: Vec<(String, String, &'static str)>,
 }
 
-/// The command with a `SIPNOTIFY_*` variable attached to every long flag.
+impl Parsed {
+    /// `run --check-config`'s report: the config file, then every effective value and where
+    /// it came from.
+    pub fn effective(&self) -> String {
+        let mut out = String::new();
+        match &self.config_file {
+            Some(path) => out.push_str(&format!("# config file: {}\n", path.display())),
+            None => out.push_str("# no config file\n"),
+        }
+        let width = self
+            .sources
+            .iter()
+            .map(|(k, _, _)| k.len())
+            .max()
+            .unwrap_or(0);
+        for (key, value, source) in &self.sources {
+            out.push_str(&format!("{key:<width$} = {value}  # {source}\n"));
+        }
+        out
+    }
+}
+
+/// The environment variable of a long flag: `--bridge-url` reads `SIPNOTIFY_BRIDGE_URL`.
+fn env_name(long: &str) -> String {
+    format!("SIPNOTIFY_{}", long.replace('-', "_").to_uppercase())
+}
+
+/// Long flags that are not settings.
+fn is_setting(long: &str) -> bool {
+    !matches!(long, "help" | "version" | "config")
+}
+
+/// The command as `--help` shows it: every setting names its environment variable.
+///
+/// Parsing itself never uses these annotations (clap would read the process environment);
+/// the environment is applied by [`parse`] from the [`Environment`] it is given.
 pub fn command() -> Command {
     Cli::command().mut_subcommands(|sub| {
-        sub.mut_args(|arg| {
-            let Some(long) = arg.get_long() else {
-                return arg;
-            };
-            if matches!(long, "help" | "version" | "config") {
-                return arg;
+        sub.mut_args(|arg| match arg.get_long() {
+            Some(long) if is_setting(long) => {
+                let env = env_name(long);
+                arg.env(env)
             }
-            let env = format!("SIPNOTIFY_{}", long.replace('-', "_").to_uppercase());
-            let arg = if matches!(arg.get_action(), ArgAction::Append) {
-                arg.value_delimiter(',')
-            } else {
-                arg
-            };
-            arg.env(env)
+            _ => arg,
         })
     })
 }
 
-/// Parses `args` (with argv[0]) under the precedence rules.
-pub fn parse(args: Vec<OsString>) -> Result<Parsed, clap::Error> {
-    // A first pass finds the subcommand, the config file and which values flags and the
-    // environment set. Required flags may still come from the file, so a missing one only
-    // makes it retry leniently; help and every other error are the strict command's.
-    let first = match command().try_get_matches_from(&args) {
+/// Parses `args` (with argv[0]) under the precedence rules, with `env` as the environment
+/// and `default_config` as the file read when `--config` is not given (if it exists).
+pub fn parse(
+    args: Vec<OsString>,
+    env: &Environment,
+    default_config: &Path,
+) -> Result<Parsed, clap::Error> {
+    // A first pass finds the subcommand, the config file and which values flags set.
+    // Required flags may still come from the environment or the file, so a missing one only
+    // makes it retry leniently; every other error is the strict command's, and help is
+    // rendered by the annotated command so that it names the variables.
+    let first = match Cli::command().try_get_matches_from(&args) {
         Ok(matches) => matches,
-        Err(err) if err.kind() == clap::error::ErrorKind::MissingRequiredArgument => command()
+        Err(err) if err.kind() == clap::error::ErrorKind::MissingRequiredArgument => Cli::command()
             .mut_subcommands(|sub| sub.mut_args(|arg| arg.required(false)))
             .try_get_matches_from(&args)?,
-        Err(err) => return Err(err),
+        Err(err) if err.use_stderr() => return Err(err),
+        Err(err) => return Err(command().try_get_matches_from(&args).err().unwrap_or(err)),
     };
-    let config_path = first.get_one::<PathBuf>("config").cloned().or_else(|| {
-        Path::new(DEFAULT_CONFIG)
-            .exists()
-            .then(|| DEFAULT_CONFIG.into())
-    });
+    let config_path = first
+        .get_one::<PathBuf>("config")
+        .cloned()
+        .or_else(|| default_config.exists().then(|| default_config.to_owned()));
     let Some((sub_name, sub)) = first.subcommand() else {
-        return Err(command().error(
+        return Err(Cli::command().error(
             clap::error::ErrorKind::MissingSubcommand,
             "a subcommand is required",
         ));
     };
-    let (tokens, from_file) = match &config_path {
-        Some(path) => file_tokens(path, sub_name, sub).map_err(to_clap)?,
+    let (mut tokens, from_env) = env_tokens(env, sub_name, sub);
+    let (file, from_file) = match &config_path {
+        Some(path) => file_tokens(path, sub_name, sub, &from_env).map_err(to_clap)?,
         None => (Vec::new(), Vec::new()),
     };
-    let mut with_file = args.clone();
+    tokens.extend(file);
+    let mut layered = args.clone();
     let at = args
         .iter()
         .position(|a| a.to_str() == Some(sub_name))
         .map_or(args.len(), |i| i + 1);
-    with_file.splice(at..at, tokens);
-    let matches = command().try_get_matches_from(with_file).map_err(|err| {
-        let reason = first_line(&err.render().to_string());
-        match (&config_path, flag_in(&reason)) {
-            // The value that failed came from the file: say so, with its key.
-            (Some(path), Some(key)) if from_file.iter().any(|k| k.replace('-', "_") == key) => {
-                to_clap(ConfigError::BadValue {
-                    path: path.clone(),
-                    key,
-                    reason,
-                })
+    layered.splice(at..at, tokens);
+    let matches = Cli::command()
+        .try_get_matches_from(layered)
+        .map_err(|err| {
+            let reason = first_line(&err.render().to_string());
+            match (&config_path, flag_in(&reason)) {
+                // The value that failed came from the file: say so, with its key.
+                (Some(path), Some(key)) if from_file.iter().any(|k| k.replace('-', "_") == key) => {
+                    to_clap(ConfigError::BadValue {
+                        path: path.clone(),
+                        key,
+                        reason,
+                    })
+                }
+                _ => err,
             }
-            _ => err,
-        }
-    })?;
-    let sources = describe(&matches, config_path.as_ref().map(|_| from_file.as_slice()));
+        })?;
+    let sources = describe(
+        &matches,
+        &from_env,
+        config_path.as_ref().map(|_| from_file.as_slice()),
+    );
     let cli = Cli::from_arg_matches(&matches)?;
     Ok(Parsed {
         cli,
         config_file: config_path,
         sources,
     })
+}
+
+/// Flag tokens for the environment variables of the flags the command line did not set,
+/// and the long names of those flags. Lists are comma-separated; a flag without a value is
+/// set unless its variable is empty or one of `0`, `false`, `no`, `off`.
+fn env_tokens(env: &Environment, sub_name: &str, sub: &ArgMatches) -> (Vec<OsString>, Vec<String>) {
+    let root = Cli::command();
+    let Some(this) = root.find_subcommand(sub_name) else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut tokens = Vec::new();
+    let mut applied = Vec::new();
+    for arg in this.get_arguments() {
+        let Some(long) = arg.get_long().filter(|l| is_setting(l)) else {
+            continue;
+        };
+        if sub.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine) {
+            continue;
+        }
+        let Some(value) = env.get(&env_name(long)) else {
+            continue;
+        };
+        match arg.get_action() {
+            ArgAction::SetTrue => {
+                let text = value.to_string_lossy().to_lowercase();
+                if matches!(text.trim(), "" | "0" | "false" | "no" | "off" | "n" | "f") {
+                    continue;
+                }
+                tokens.push(OsString::from(format!("--{long}")));
+            }
+            ArgAction::Append => {
+                for item in value.to_string_lossy().split(',') {
+                    tokens.push(OsString::from(format!("--{long}={item}")));
+                }
+            }
+            _ => {
+                let mut token = OsString::from(format!("--{long}="));
+                token.push(value);
+                tokens.push(token);
+            }
+        }
+        applied.push(long.to_owned());
+    }
+    (tokens, applied)
 }
 
 /// The key of the first `'--flag <VALUE>'` a clap message names.
@@ -163,7 +286,7 @@ fn flag_in(message: &str) -> Option<String> {
 }
 
 fn to_clap(err: ConfigError) -> clap::Error {
-    command().error(clap::error::ErrorKind::ValueValidation, err.to_string())
+    Cli::command().error(clap::error::ErrorKind::ValueValidation, err.to_string())
 }
 
 /// The first line of a clap message, without its `error: ` prefix.
@@ -192,6 +315,7 @@ fn file_tokens(
     path: &Path,
     sub_name: &str,
     sub: &ArgMatches,
+    from_env: &[String],
 ) -> Result<(Vec<OsString>, Vec<String>), ConfigError> {
     let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
@@ -203,7 +327,7 @@ fn file_tokens(
             path: path.to_owned(),
             reason: first_line(&err.to_string()).trim().to_owned(),
         })?;
-    let root = command();
+    let root = Cli::command();
     let this = root
         .find_subcommand(sub_name)
         .ok_or_else(|| ConfigError::UnknownKey {
@@ -232,10 +356,7 @@ fn file_tokens(
             continue;
         };
         let id = arg.get_id().as_str();
-        if matches!(
-            sub.value_source(id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        ) {
+        if sub.value_source(id) == Some(ValueSource::CommandLine) || from_env.contains(&long) {
             continue;
         }
         let bad = |reason: &str| ConfigError::BadValue {
@@ -284,12 +405,13 @@ fn scalar(value: &toml::Value) -> Option<OsString> {
 /// `(key, value, source)` for every flag of the chosen subcommand.
 fn describe(
     matches: &ArgMatches,
+    from_env: &[String],
     from_file: Option<&[String]>,
 ) -> Vec<(String, String, &'static str)> {
     let Some((sub_name, sub)) = matches.subcommand() else {
         return Vec::new();
     };
-    let root = command();
+    let root = Cli::command();
     let Some(cmd) = root.find_subcommand(sub_name) else {
         return Vec::new();
     };
@@ -304,12 +426,14 @@ fn describe(
             continue;
         };
         let values: Vec<String> = raw.map(|v| v.to_string_lossy().into_owned()).collect();
+        let in_env = from_env.iter().any(|k| k == long);
         let in_file = from_file.is_some_and(|keys| keys.iter().any(|k| k == long));
         let source = match sub.value_source(id) {
-            // File values arrive as command-line tokens, but only for keys no flag set.
+            // Environment and file values arrive as command-line tokens, but only for keys
+            // no flag set.
+            Some(ValueSource::CommandLine) if in_env => "environment",
             Some(ValueSource::CommandLine) if in_file => "file",
             Some(ValueSource::CommandLine) => "flag",
-            Some(ValueSource::EnvVariable) => "environment",
             _ => "default",
         };
         let value = if values.len() == 1 {
@@ -327,10 +451,23 @@ mod tests {
     use std::io::Write as _;
 
     use super::*;
-    use crate::cli::Command as Sub;
+    use crate::cli::args::{Command as Sub, RunArgs};
 
     fn args(list: &[&str]) -> Vec<OsString> {
         list.iter().map(OsString::from).collect()
+    }
+
+    /// A default config path that does not exist: the tests never read the host's /etc.
+    fn no_default() -> PathBuf {
+        PathBuf::from("/nonexistent/sipnotify-test/sipnotify.toml")
+    }
+
+    fn parse_with(list: &[&str], env: &Environment) -> Result<Parsed, clap::Error> {
+        parse(args(list), env, &no_default())
+    }
+
+    fn parse_clean(list: &[&str]) -> Result<Parsed, clap::Error> {
+        parse_with(list, &Environment::default())
     }
 
     fn file(text: &str) -> tempfile::NamedTempFile {
@@ -339,35 +476,38 @@ mod tests {
         f
     }
 
-    fn run_args(parsed: &Parsed) -> &crate::cli::RunArgs {
+    fn run_args(parsed: &Parsed) -> &RunArgs {
         let Sub::Run(run) = &parsed.cli.command else {
             panic!("not a run");
         };
         run
     }
 
-    // Environment variables are process-wide: every test that sets one runs in this one test.
     #[test]
     fn flags_beat_environment_beat_file_beat_defaults() {
         let f = file(
             "port = [5060]\nbridge_url = \"https://file/x\"\nbatch_linger = \"20ms\"\nqueue_capacity = 7\n",
         );
         let path = f.path().to_str().unwrap();
-        // SAFETY: no other test reads these variables.
-        unsafe {
-            std::env::set_var("SIPNOTIFY_BRIDGE_URL", "https://env/x");
-            std::env::set_var("SIPNOTIFY_QUEUE_CAPACITY", "9");
-        }
-        let parsed = parse(args(&[
-            "sipnotify-agent",
-            "--config",
-            path,
-            "run",
-            "--iface",
-            "eth0",
-            "--queue-capacity",
-            "11",
-        ]))
+        let env: Environment = [
+            ("SIPNOTIFY_BRIDGE_URL", "https://env/x"),
+            ("SIPNOTIFY_QUEUE_CAPACITY", "9"),
+        ]
+        .into_iter()
+        .collect();
+        let parsed = parse_with(
+            &[
+                "sipnotify-agent",
+                "--config",
+                path,
+                "run",
+                "--iface",
+                "eth0",
+                "--queue-capacity",
+                "11",
+            ],
+            &env,
+        )
         .unwrap();
         let run = run_args(&parsed);
         assert_eq!(run.ports, [5060], "file beats default");
@@ -388,23 +528,39 @@ mod tests {
         assert_eq!(source("max_in_flight"), "default");
 
         // Lists from the environment are comma-separated.
-        // SAFETY: as above.
-        unsafe { std::env::set_var("SIPNOTIFY_IFACE", "a,b") };
-        let parsed = parse(args(&["sipnotify-agent", "run"])).unwrap();
+        let env: Environment = [("SIPNOTIFY_IFACE", "a,b")].into_iter().collect();
+        let parsed = parse_with(&["sipnotify-agent", "run"], &env).unwrap();
         assert_eq!(run_args(&parsed).ifaces, ["a", "b"]);
-        // SAFETY: as above.
-        unsafe {
-            std::env::remove_var("SIPNOTIFY_BRIDGE_URL");
-            std::env::remove_var("SIPNOTIFY_QUEUE_CAPACITY");
-            std::env::remove_var("SIPNOTIFY_IFACE");
-        }
+
+        // Flags without a value are set by any value but the false ones.
+        let env: Environment = [("SIPNOTIFY_STDOUT", "1"), ("SIPNOTIFY_EXTRAS", "false")]
+            .into_iter()
+            .collect();
+        let parsed = parse_with(&["sipnotify-agent", "run", "--iface", "a"], &env).unwrap();
+        assert!(run_args(&parsed).delivery.stdout);
+        assert!(!run_args(&parsed).delivery.extras);
 
         // Without the variable, a missing --iface is reported on one line.
-        let err = parse(args(&["sipnotify-agent", "run"])).unwrap_err();
+        let err = parse_clean(&["sipnotify-agent", "run"]).unwrap_err();
         assert_eq!(
             first_line(&err.render().to_string()),
             "the following required arguments were not provided: --iface <IFACE>"
         );
+    }
+
+    #[test]
+    fn the_default_file_is_read_only_when_it_exists() {
+        let f = file("iface = [\"file0\"]\n");
+        let parsed = parse(
+            args(&["sipnotify-agent", "run"]),
+            &Environment::default(),
+            f.path(),
+        )
+        .unwrap();
+        assert_eq!(run_args(&parsed).ifaces, ["file0"]);
+        assert_eq!(parsed.config_file.as_deref(), Some(f.path()));
+        let parsed = parse_clean(&["sipnotify-agent", "run", "--iface", "a"]).unwrap();
+        assert_eq!(parsed.config_file, None);
     }
 
     fn error_of(text: &str, extra: &[&str]) -> String {
@@ -418,7 +574,7 @@ mod tests {
             "eth0",
         ];
         list.extend_from_slice(extra);
-        first_line(&parse(args(&list)).unwrap_err().render().to_string())
+        first_line(&parse_clean(&list).unwrap_err().render().to_string())
             .replace(f.path().to_str().unwrap(), "FILE")
     }
 
@@ -438,20 +594,20 @@ mod tests {
         );
         assert!(error_of("port = [\n", &[]).starts_with("config file FILE is not valid TOML"));
         // A bad value the command line overrides is never parsed.
-        assert!(parse(args(&["sipnotify-agent", "run", "--iface", "eth0"])).is_ok());
+        assert!(parse_clean(&["sipnotify-agent", "run", "--iface", "eth0"]).is_ok());
     }
 
     #[test]
     fn keys_of_other_subcommands_are_accepted_and_flags_override_the_file() {
         let f = file("iface = [\"file0\"]\ninsecure = true\n");
-        let parsed = parse(args(&[
+        let parsed = parse_clean(&[
             "sipnotify-agent",
             "--config",
             f.path().to_str().unwrap(),
             "run",
             "--iface",
             "cli0",
-        ]))
+        ])
         .unwrap();
         let run = run_args(&parsed);
         assert_eq!(run.ifaces, ["cli0"]);
@@ -459,9 +615,16 @@ mod tests {
     }
 
     #[test]
+    fn help_names_the_environment_variables() {
+        let err = parse_clean(&["sipnotify-agent", "run", "--help"]).unwrap_err();
+        let help = err.render().to_string();
+        assert!(help.contains("SIPNOTIFY_BRIDGE_URL"), "{help}");
+    }
+
+    #[test]
     fn the_packaged_example_is_valid_and_documents_every_run_flag() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/sipnotify.toml");
-        let parsed = parse(args(&["sipnotify-agent", "--config", path, "run"])).unwrap();
+        let parsed = parse_clean(&["sipnotify-agent", "--config", path, "run"]).unwrap();
         assert_eq!(run_args(&parsed).ifaces, ["eth0"]);
         let text = fs::read_to_string(path).unwrap();
         let root = command();

@@ -1,0 +1,21 @@
+//! The command line (design.md's contract): `run`, `replay`, `doctor`. This module owns every
+//! clap type and every default; nothing outside it sees clap.
+//!
+//! - `args`: the clap types, their defaults and help;
+//! - `config`: flags over `SIPNOTIFY_*` environment variables over the config file;
+//! - `settings`: the parsed flags validated into one settings value per command
+//!   (`RunSettings`, `ReplaySettings`, `DoctorSettings`), which the command modules take.
+//!
+//! Flag names are part of the contract; every flag has a one-line help and, where the choice
+//! is not obvious, a longer one.
+
+mod args;
+mod config;
+mod settings;
+
+pub use args::{
+    Cli, Command, DEFAULT_BRIDGE_URL, DeliveryArgs, DoctorArgs, LogArgs, PipelineArgs, ReplayArgs,
+    RunArgs, TOKEN_ENV, parse_duration,
+};
+pub use config::{DEFAULT_CONFIG, Environment, Parsed, command, first_line, parse};
+pub use settings::{CommandSettings, SettingsError, sink_settings};

@@ -1,0 +1,703 @@
+//! Flags → validated settings: every check that clap cannot make, once, before anything runs.
+//! A value that cannot work is a [`SettingsError`] naming the flag and the value (exit 2).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use reqwest::Url;
+use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+
+use super::{
+    args::{
+        Command, DeliveryArgs, DoctorArgs, LogArgs, PipelineArgs, ReplayArgs, RunArgs, TOKEN_ENV,
+    },
+    config::{Environment, Parsed},
+};
+use crate::{
+    capture::CaptureSettings,
+    dedup::DedupSettings,
+    doctor::DoctorSettings,
+    logging::LogSettings,
+    pipeline::PipelineSettings,
+    replay::ReplaySettings,
+    run::RunSettings,
+    sink::{
+        BatchSettings, BearerToken, BodyMode, BridgeSettings, Fingerprint, RetrySettings,
+        SinkSettings, TlsSettings,
+    },
+    sip,
+};
+
+/// A body must hold at least one notification plus the array brackets.
+const MIN_BATCH_MAX_BYTES: usize = 256;
+
+/// A flag with a value that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// Too few or too many ports, or port 0.
+    #[error("{0}")]
+    Ports(String),
+    /// A ring size the kernel will not accept.
+    #[error("ring buffer size {0} must be a power of two of at least 4096 bytes")]
+    RingBytes(u32),
+    /// A header name that is not an RFC 3261 token.
+    #[error("--extra-header `{0}` is not a valid header name")]
+    ExtraHeader(String),
+    /// The de-duplicator must remember at least one transaction.
+    #[error("--dedup-max-entries must be at least 1, got {0}")]
+    DedupMaxEntries(usize),
+    /// `--metrics-listen` is neither an address nor `off`.
+    #[error("--metrics-listen `{0}` is not an address such as 127.0.0.1:9464 (or `off`)")]
+    MetricsListen(String),
+    /// The bridge URL does not parse.
+    #[error("invalid --bridge-url `{url}`: {reason}")]
+    BridgeUrl {
+        /// The value given.
+        url: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// `--insecure` and `--ca-file` together.
+    #[error("--insecure and --ca-file `{}` contradict each other: pick one", path.display())]
+    InsecureWithCaFile {
+        /// The CA file given.
+        path: PathBuf,
+    },
+    /// `--insecure` and `--pin-sha256` contradict each other.
+    #[error("--insecure and --pin-sha256 contradict each other: drop --insecure")]
+    InsecureWithPin,
+    /// A `--pin-sha256` value is not a fingerprint.
+    #[error("invalid --pin-sha256: {reason}")]
+    Pin {
+        /// Why.
+        reason: String,
+    },
+    /// The CA file cannot be read or holds no certificate.
+    #[error("cannot use --ca-file `{}`: {reason}", path.display())]
+    CaFile {
+        /// The CA file given.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The token file cannot be read or its content is not a usable token.
+    #[error("cannot use --bridge-token-file `{}`: {reason}", path.display())]
+    TokenFile {
+        /// The token file given.
+        path: PathBuf,
+        /// Why it cannot be used (never the token itself).
+        reason: String,
+    },
+    /// The token environment variable is not a usable token.
+    #[error("cannot use ${TOKEN_ENV}: {reason}")]
+    TokenEnv {
+        /// Why it cannot be used (never the token itself).
+        reason: String,
+    },
+    /// `--no-bridge` without `--stdout` would deliver nowhere.
+    #[error("--no-bridge without --stdout would deliver nowhere")]
+    NowhereToDeliver,
+    /// A count that must be at least some minimum.
+    #[error("--{flag} must be at least {min}, not {value}")]
+    TooSmall {
+        /// The flag, without dashes.
+        flag: &'static str,
+        /// The smallest usable value.
+        min: usize,
+        /// The value given.
+        value: usize,
+    },
+    /// A duration that must not be zero.
+    #[error("--{flag} must be longer than 0, not `{}`", humantime::format_duration(*value))]
+    ZeroDuration {
+        /// The flag, without dashes.
+        flag: &'static str,
+        /// The value given.
+        value: Duration,
+    },
+    /// The retry delays are the wrong way round.
+    #[error(
+        "--retry-initial `{}` is longer than --retry-max `{}`",
+        humantime::format_duration(*initial),
+        humantime::format_duration(*max)
+    )]
+    RetryOrder {
+        /// `--retry-initial`.
+        initial: Duration,
+        /// `--retry-max`.
+        max: Duration,
+    },
+}
+
+impl SettingsError {
+    /// Process exit code: always 2, a configuration error.
+    pub fn exit_code(&self) -> u8 {
+        2
+    }
+}
+
+/// What the chosen subcommand runs with.
+#[derive(Debug)]
+pub enum CommandSettings {
+    /// `run`.
+    Run(RunSettings),
+    /// `run --check-config`: validated, not run.
+    CheckConfig(RunSettings),
+    /// `replay`.
+    Replay(ReplaySettings),
+    /// `doctor`.
+    Doctor(DoctorSettings),
+}
+
+impl CommandSettings {
+    /// The logging settings of any command.
+    pub fn log(&self) -> &LogSettings {
+        match self {
+            Self::Run(s) | Self::CheckConfig(s) => &s.log,
+            Self::Replay(s) => &s.log,
+            Self::Doctor(s) => &s.log,
+        }
+    }
+}
+
+impl Parsed {
+    /// Validates the parsed command line into the chosen command's settings; `env` supplies
+    /// the bridge token variable.
+    pub fn settings(&self, env: &Environment) -> Result<CommandSettings, SettingsError> {
+        let token = env.get_str(TOKEN_ENV);
+        Ok(match &self.cli.command {
+            Command::Run(args) if args.check_config => {
+                CommandSettings::CheckConfig(run_settings(args, token)?)
+            }
+            Command::Run(args) => CommandSettings::Run(run_settings(args, token)?),
+            Command::Replay(args) => CommandSettings::Replay(replay_settings(args, token)?),
+            Command::Doctor(args) => CommandSettings::Doctor(doctor_settings(args)),
+        })
+    }
+}
+
+fn log_settings(args: &LogArgs) -> LogSettings {
+    LogSettings {
+        format: args.log_format,
+        log_sip: args.log_sip,
+    }
+}
+
+fn run_settings(args: &RunArgs, token: Option<String>) -> Result<RunSettings, SettingsError> {
+    check_ports(&args.ports)?;
+    if args.ring_bytes < 4096 || !args.ring_bytes.is_power_of_two() {
+        return Err(SettingsError::RingBytes(args.ring_bytes));
+    }
+    let pipeline = pipeline_settings(&args.pipeline)?;
+    let delivery = sink_settings(&args.delivery, token)?;
+    let metrics_listen = match args.metrics_listen.as_str() {
+        "off" => None,
+        addr => Some(
+            addr.parse::<SocketAddr>()
+                .map_err(|_| SettingsError::MetricsListen(addr.to_owned()))?,
+        ),
+    };
+    Ok(RunSettings {
+        capture: CaptureSettings {
+            ifaces: args.ifaces.clone(),
+            ports: args.ports.clone(),
+            xdp_mode: args.xdp_mode,
+            ring_bytes: args.ring_bytes,
+            poll_interval: args.poll_interval,
+        },
+        pipeline,
+        delivery,
+        metrics_listen,
+        log: log_settings(&args.log),
+    })
+}
+
+fn replay_settings(
+    args: &ReplayArgs,
+    token: Option<String>,
+) -> Result<ReplaySettings, SettingsError> {
+    check_ports(&args.ports)?;
+    let pipeline = pipeline_settings(&args.pipeline)?;
+    let mut delivery = sink_settings(&args.delivery, token)?;
+    // Captured long ago by definition: the live agent's freshness limit does not apply.
+    delivery.max_age = None;
+    Ok(ReplaySettings {
+        file: args.file.clone(),
+        ports: args.ports.clone(),
+        speed: args.speed,
+        pipeline,
+        delivery,
+        log: log_settings(&args.log),
+    })
+}
+
+/// Doctor reports a bad bridge flag as a failed check (with the reason) rather than refusing
+/// to run: the other checks are still worth having.
+fn doctor_settings(args: &DoctorArgs) -> DoctorSettings {
+    let bridge = (!args.no_bridge).then(|| {
+        let flags = DeliveryArgs {
+            bridge_url: args.bridge_url.clone(),
+            ca_file: args.ca_file.clone(),
+            pin_sha256: args.pin_sha256.clone(),
+            insecure: args.insecure,
+            request_timeout: args.request_timeout,
+            ..DeliveryArgs::default()
+        };
+        // The sink's own validation: the URL and CA file are judged as `run` would judge them.
+        bridge_settings(&flags, None).map_err(|err| err.to_string())
+    });
+    DoctorSettings {
+        ifaces: args.ifaces.clone(),
+        bridge,
+        insecure: args.insecure,
+        request_timeout: args.request_timeout,
+        log: log_settings(&args.log),
+    }
+}
+
+fn check_ports(ports: &[u16]) -> Result<(), SettingsError> {
+    if ports.is_empty() || ports.len() > sipnotify_common::MAX_PORTS {
+        return Err(SettingsError::Ports(format!(
+            "between 1 and {} ports may be watched, got {}",
+            sipnotify_common::MAX_PORTS,
+            ports.len()
+        )));
+    }
+    if let Some(zero) = ports.iter().find(|&&p| p == 0) {
+        return Err(SettingsError::Ports(format!(
+            "port {zero} is not a valid UDP port"
+        )));
+    }
+    Ok(())
+}
+
+fn pipeline_settings(args: &PipelineArgs) -> Result<PipelineSettings, SettingsError> {
+    if args.dedup_max_entries == 0 {
+        return Err(SettingsError::DedupMaxEntries(args.dedup_max_entries));
+    }
+    if let Some(bad) = args
+        .extra_headers
+        .iter()
+        .find(|name| !sip::is_token(name.as_bytes()))
+    {
+        return Err(SettingsError::ExtraHeader(bad.clone()));
+    }
+    Ok(PipelineSettings {
+        extra_headers: args.extra_headers.clone(),
+        allow_missing_call_uuid: args.allow_missing_call_uuid,
+        dedup: DedupSettings {
+            window: args.dedup_window,
+            max_entries: args.dedup_max_entries,
+        },
+    })
+}
+
+/// Validates the delivery flags, reading the CA and token files; `token_env` is the value of
+/// `$SIPNOTIFY_BRIDGE_TOKEN`, if set. Public for the tests and benches that deliver without
+/// a command line.
+pub fn sink_settings(
+    args: &DeliveryArgs,
+    token_env: Option<String>,
+) -> Result<SinkSettings, SettingsError> {
+    if args.no_bridge && !args.stdout {
+        return Err(SettingsError::NowhereToDeliver);
+    }
+    let bridge = if args.no_bridge {
+        None
+    } else {
+        Some(bridge_settings(args, token_env)?)
+    };
+    let at_least = |flag, min, value| {
+        if value < min {
+            Err(SettingsError::TooSmall { flag, min, value })
+        } else {
+            Ok(value)
+        }
+    };
+    let non_zero = |flag, value: Duration| {
+        if value.is_zero() {
+            Err(SettingsError::ZeroDuration { flag, value })
+        } else {
+            Ok(value)
+        }
+    };
+    let batch = BatchSettings {
+        max_events: at_least("batch-max-events", 1, args.batch_max_events)?,
+        max_bytes: at_least("batch-max-bytes", MIN_BATCH_MAX_BYTES, args.batch_max_bytes)?,
+        linger: args.batch_linger,
+    };
+    let max_in_flight = at_least("max-in-flight", 1, args.max_in_flight)?;
+    let queue_capacity = at_least("queue-capacity", 1, args.queue_capacity)?;
+    let retry = RetrySettings {
+        initial: non_zero("retry-initial", args.retry_initial)?,
+        max: non_zero("retry-max", args.retry_max)?,
+    };
+    if retry.initial > retry.max {
+        return Err(SettingsError::RetryOrder {
+            initial: retry.initial,
+            max: retry.max,
+        });
+    }
+    Ok(SinkSettings {
+        bridge,
+        stdout: args.stdout,
+        mode: if args.array_mode {
+            BodyMode::Array
+        } else {
+            BodyMode::Object
+        },
+        batch,
+        extras: args.extras,
+        max_in_flight,
+        max_age: (!args.max_age.is_zero()).then_some(args.max_age),
+        retry,
+        shutdown_timeout: args.shutdown_timeout,
+        queue_capacity,
+    })
+}
+
+fn bridge_settings(
+    args: &DeliveryArgs,
+    token_env: Option<String>,
+) -> Result<BridgeSettings, SettingsError> {
+    let url = parse_bridge_url(&args.bridge_url)?;
+    let tls = tls_settings(args)?;
+    let token = bearer_token(args.bridge_token_file.as_deref(), token_env)?;
+    if args.request_timeout.is_zero() {
+        return Err(SettingsError::ZeroDuration {
+            flag: "request-timeout",
+            value: args.request_timeout,
+        });
+    }
+    Ok(BridgeSettings {
+        url,
+        tls,
+        token,
+        request_timeout: args.request_timeout,
+    })
+}
+
+fn parse_bridge_url(raw: &str) -> Result<Url, SettingsError> {
+    let invalid = |reason: String| SettingsError::BridgeUrl {
+        url: raw.to_owned(),
+        reason,
+    };
+    let url = Url::parse(raw).map_err(|e| invalid(e.to_string()))?;
+    match url.scheme() {
+        "https" | "http" => {}
+        other => return Err(invalid(format!("scheme `{other}` is not http or https"))),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("it has no host".to_owned()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // Credentials in the URL would show up in logs and `ps`; the token file is the way.
+        return Err(invalid(
+            "credentials in the url are not supported; use --bridge-token-file".to_owned(),
+        ));
+    }
+    Ok(url)
+}
+
+fn tls_settings(args: &DeliveryArgs) -> Result<TlsSettings, SettingsError> {
+    let pins = args
+        .pin_sha256
+        .iter()
+        .map(|text| text.parse().map_err(|reason| SettingsError::Pin { reason }))
+        .collect::<Result<Vec<Fingerprint>, _>>()?;
+    match (&args.ca_file, args.insecure) {
+        (Some(path), true) => Err(SettingsError::InsecureWithCaFile { path: path.clone() }),
+        (None, true) if !pins.is_empty() => Err(SettingsError::InsecureWithPin),
+        (None, true) => Ok(TlsSettings::Insecure),
+        (None, false) => Ok(TlsSettings::Verify {
+            extra_roots: Vec::new(),
+            pins,
+        }),
+        (Some(path), false) => Ok(TlsSettings::Verify {
+            extra_roots: read_ca_file(path)?,
+            pins,
+        }),
+    }
+}
+
+fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, SettingsError> {
+    let fail = |reason: String| SettingsError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| fail(e.to_string().to_lowercase()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(format!("not a pem certificate file ({e})")))?;
+    if certs.is_empty() {
+        return Err(fail("no `BEGIN CERTIFICATE` block in it".to_owned()));
+    }
+    // Parse each root now so a bad file is a configuration error, not a failed handshake.
+    let mut store = rustls::RootCertStore::empty();
+    for cert in &certs {
+        store
+            .add(cert.clone())
+            .map_err(|e| fail(format!("unusable certificate ({e})")))?;
+    }
+    Ok(certs)
+}
+
+fn bearer_token(
+    file: Option<&Path>,
+    env: Option<String>,
+) -> Result<Option<BearerToken>, SettingsError> {
+    if let Some(path) = file {
+        let fail = |reason: String| SettingsError::TokenFile {
+            path: path.to_owned(),
+            reason,
+        };
+        let raw = std::fs::read_to_string(path).map_err(|e| fail(e.to_string().to_lowercase()))?;
+        return BearerToken::new(&raw).map(Some).map_err(fail);
+    }
+    match env {
+        Some(raw) if !raw.trim().is_empty() => BearerToken::new(&raw)
+            .map(Some)
+            .map_err(|reason| SettingsError::TokenEnv { reason }),
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::event::JsonOptions;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        delivery: DeliveryArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<DeliveryArgs, clap::Error> {
+        Flags::try_parse_from(std::iter::once("sipnotify").chain(args.iter().copied()))
+            .map(|flags| flags.delivery)
+    }
+
+    fn settings(args: &[&str]) -> Result<SinkSettings, String> {
+        let args = parse(args).map_err(|e| e.to_string())?;
+        sink_settings(&args, None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_match_the_flag_defaults() {
+        assert_eq!(parse(&[]).ok(), Some(DeliveryArgs::default()));
+    }
+
+    #[test]
+    fn default_settings_are_valid_and_verify_tls() {
+        let settings = settings(&[]).unwrap();
+        let bridge = settings.bridge.clone().unwrap();
+        assert_eq!(bridge.url.as_str(), super::super::args::DEFAULT_BRIDGE_URL);
+        assert_eq!(
+            bridge.tls,
+            TlsSettings::Verify {
+                extra_roots: Vec::new(),
+                pins: Vec::new(),
+            }
+        );
+        assert_eq!(settings.mode, BodyMode::Object);
+        assert_eq!(settings.max_age, Some(Duration::from_secs(60)));
+        assert!(!settings.json_options().with_id);
+    }
+
+    #[test]
+    fn durations_parse_in_human_units() {
+        let args = parse(&[
+            "--batch-linger",
+            "2ms",
+            "--max-age",
+            "0",
+            "--retry-max",
+            "1m",
+        ]);
+        let args = args.unwrap();
+        assert_eq!(args.batch_linger, Duration::from_millis(2));
+        assert_eq!(args.retry_max, Duration::from_secs(60));
+        let settings = sink_settings(&args, None).unwrap();
+        assert_eq!(settings.max_age, None);
+        assert!(parse(&["--request-timeout", "5 parsecs"]).is_err());
+    }
+
+    #[test]
+    fn bad_values_are_named_in_lowercase_messages() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--bridge-url", "ftp://x/y"],
+                "invalid --bridge-url `ftp://x/y`",
+            ),
+            (
+                &["--bridge-url", "not a url"],
+                "invalid --bridge-url `not a url`",
+            ),
+            (&["--bridge-url", "https://u:p@h/x"], "credentials"),
+            (
+                &["--batch-max-events", "0"],
+                "--batch-max-events must be at least 1, not 0",
+            ),
+            (
+                &["--batch-max-bytes", "10"],
+                "--batch-max-bytes must be at least 256, not 10",
+            ),
+            (
+                &["--max-in-flight", "0"],
+                "--max-in-flight must be at least 1",
+            ),
+            (
+                &["--queue-capacity", "0"],
+                "--queue-capacity must be at least 1",
+            ),
+            (
+                &["--request-timeout", "0s"],
+                "--request-timeout must be longer than 0",
+            ),
+            (
+                &["--retry-initial", "10s", "--retry-max", "1s"],
+                "--retry-initial `10s` is longer",
+            ),
+            (
+                &["--ca-file", "/nonexistent/ca.pem"],
+                "cannot use --ca-file `/nonexistent/ca.pem`",
+            ),
+            (
+                &["--bridge-token-file", "/nonexistent/token"],
+                "cannot use --bridge-token-file `/nonexistent/token`",
+            ),
+        ];
+        for (args, expected) in cases {
+            let message = settings(args).err().unwrap_or_default();
+            assert!(message.contains(expected), "{args:?}: {message}");
+            assert!(!message.starts_with(char::is_uppercase), "{message}");
+        }
+    }
+
+    #[test]
+    fn insecure_conflicts_with_ca_file() {
+        assert!(parse(&["--insecure", "--ca-file", "x.pem"]).is_err());
+        let args = DeliveryArgs {
+            insecure: true,
+            ca_file: Some("x.pem".into()),
+            ..DeliveryArgs::default()
+        };
+        let err = sink_settings(&args, None).err();
+        assert!(matches!(
+            err,
+            Some(SettingsError::InsecureWithCaFile { .. })
+        ));
+        let insecure = settings(&["--insecure"]).unwrap();
+        assert_eq!(insecure.bridge.unwrap().tls, TlsSettings::Insecure);
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "just text").unwrap();
+        let path = file.path().to_str().unwrap();
+        let message = settings(&["--ca-file", path]).err().unwrap();
+        assert!(
+            message.contains("no `BEGIN CERTIFICATE` block"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn token_comes_from_the_file_first_then_the_environment() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "  s3cret-token  ").unwrap();
+        let args = DeliveryArgs {
+            bridge_token_file: Some(file.path().to_owned()),
+            ..DeliveryArgs::default()
+        };
+        let from_file = sink_settings(&args, Some("env-token".into()));
+        let token = from_file.unwrap().bridge.unwrap().token.unwrap();
+        assert_eq!(token.expose(), "s3cret-token");
+        assert!(!format!("{token:?}").contains("s3cret"));
+
+        let from_env = sink_settings(&DeliveryArgs::default(), Some("env".into()));
+        assert_eq!(
+            from_env.unwrap().bridge.unwrap().token.unwrap().expose(),
+            "env"
+        );
+
+        let bad = sink_settings(&DeliveryArgs::default(), Some("two words".into()));
+        let message = bad.err().unwrap().to_string();
+        assert!(message.contains("$SIPNOTIFY_BRIDGE_TOKEN"), "{message}");
+        assert!(!message.contains("two words"), "{message}");
+    }
+
+    #[test]
+    fn no_bridge_needs_stdout() {
+        assert!(parse(&["--no-bridge"]).is_err());
+        let args = DeliveryArgs {
+            no_bridge: true,
+            ..DeliveryArgs::default()
+        };
+        assert!(matches!(
+            sink_settings(&args, None),
+            Err(SettingsError::NowhereToDeliver)
+        ));
+        let stdout_only = settings(&["--stdout", "--no-bridge"]).unwrap();
+        assert!(stdout_only.bridge.is_none() && stdout_only.stdout);
+    }
+
+    #[test]
+    fn array_mode_objects_carry_their_id() {
+        let settings = settings(&["--array-mode", "--extras"]).unwrap();
+        assert_eq!(settings.mode, BodyMode::Array);
+        assert_eq!(
+            settings.json_options(),
+            JsonOptions {
+                extras: true,
+                with_id: true
+            }
+        );
+    }
+
+    #[test]
+    fn port_ring_and_pipeline_checks_name_the_bad_value() {
+        assert!(check_ports(&[5061]).is_ok());
+        assert_eq!(
+            check_ports(&[0]).unwrap_err().to_string(),
+            "port 0 is not a valid UDP port"
+        );
+        assert!(
+            check_ports(&[1; 17])
+                .unwrap_err()
+                .to_string()
+                .contains("got 17")
+        );
+        assert_eq!(
+            SettingsError::RingBytes(5000).to_string(),
+            "ring buffer size 5000 must be a power of two of at least 4096 bytes"
+        );
+        let args = PipelineArgs {
+            extra_headers: vec!["X-Genesys-Foo".into(), "bad name".into()],
+            ..PipelineArgs::default()
+        };
+        assert_eq!(
+            pipeline_settings(&args).unwrap_err().to_string(),
+            "--extra-header `bad name` is not a valid header name"
+        );
+        let args = PipelineArgs {
+            dedup_max_entries: 0,
+            ..PipelineArgs::default()
+        };
+        assert!(
+            pipeline_settings(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("got 0")
+        );
+    }
+}

@@ -1,0 +1,105 @@
+//! One wiring for `run` and `replay`: a capture source feeds the pipeline, the pipeline the
+//! queue, delivery drains the queue to the sinks, and one shutdown sequence ends them.
+//!
+//! Shutdown, whatever starts it:
+//! - the source runs out (the end of a capture file): the queue is closed and delivery drains
+//!   it completely; a signal during the drain leaves `--shutdown-timeout` to finish;
+//! - SIGINT or SIGTERM: the source stops (a live source detaches first, then drains its rings
+//!   once more), the queue is closed, and delivery has `--shutdown-timeout` for what is left;
+//! - delivery ends early on a fatal error (an untrusted bridge certificate): the source stops.
+//!
+//! Signals are watched until delivery ends: once tokio handles SIGINT, its default action
+//! (exit) is gone for good, so an unwatched Ctrl-C during the final drain would be lost.
+
+use std::io;
+
+use tokio::{io::AsyncWrite, signal::unix::SignalKind, task::JoinError};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::{
+    capture::Source,
+    pipeline::Pipeline,
+    sink::{Delivery, DeliveryFailed, DeliveryReport},
+};
+
+/// How a wired run ended.
+#[derive(Debug)]
+pub struct Finished<R> {
+    /// The source's report, or why its task failed.
+    pub source: Result<R, JoinError>,
+    /// What delivery achieved, or why it stopped or its task failed.
+    pub delivery: Result<Result<DeliveryReport, DeliveryFailed>, JoinError>,
+    /// Whether a signal ended reading (or cut the final drain short).
+    pub interrupted: bool,
+}
+
+/// Runs `source → pipeline → queue → delivery` (JSON lines, if enabled, go to `out`) until the
+/// source runs out, a signal arrives or delivery fails, then shuts down as the module says.
+/// Fails only when the signal handlers cannot be installed, before anything starts.
+pub async fn wire<S, W>(
+    source: S,
+    pipeline: Pipeline,
+    delivery: Delivery,
+    out: W,
+) -> io::Result<Finished<S::Report>>
+where
+    S: Source,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let interrupt = CancellationToken::new();
+    let signals = watch_signals(interrupt.clone())?;
+    let queue = pipeline.queue().clone();
+    let stop_reading = CancellationToken::new();
+    let stop_delivery = CancellationToken::new();
+    let mut delivering =
+        tokio::spawn(delivery.run_with_output(queue.clone(), stop_delivery.clone(), out));
+    let mut reading = tokio::spawn(source.feed(pipeline, stop_reading.clone()));
+
+    // Reading, until the source runs out, a signal, or the end of delivery.
+    let mut source_report = None;
+    let mut delivery_result = None;
+    tokio::select! {
+        report = &mut reading => source_report = Some(report),
+        () = interrupt.cancelled() => info!("shutting down: stopping capture"),
+        result = &mut delivering => delivery_result = Some(result),
+    }
+    stop_reading.cancel();
+    let source = match source_report {
+        Some(report) => report,
+        None => reading.await,
+    };
+    queue.close();
+
+    // Draining: everything queued is delivered, unless a signal sets the shutdown deadline.
+    let delivery = match delivery_result {
+        Some(result) => result,
+        None => tokio::select! {
+            result = &mut delivering => result,
+            () = interrupt.cancelled() => {
+                info!("delivering what is queued within the shutdown timeout");
+                stop_delivery.cancel();
+                delivering.await
+            }
+        },
+    };
+    signals.abort();
+    Ok(Finished {
+        source,
+        delivery,
+        interrupted: interrupt.is_cancelled(),
+    })
+}
+
+/// Cancels `interrupt` on SIGINT or SIGTERM.
+fn watch_signals(interrupt: CancellationToken) -> io::Result<tokio::task::JoinHandle<()>> {
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+    Ok(tokio::spawn(async move {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+        }
+        interrupt.cancel();
+    }))
+}
