@@ -54,6 +54,9 @@ const CAP_BPF: u32 = 39;
 const FIX_PERMISSIONS: &str = "run as root, or grant the binary the capabilities: \
      `setcap cap_bpf,cap_net_admin,cap_perfmon+ep $(command -v sipnotify-agent)`";
 const FIX_KERNEL: &str = "XDP capture needs the BPF ring buffer of Linux 5.8 or newer";
+/// What `cargo xtask test-kernels` proves, boot by boot (README "Supported kernels").
+pub const SUPPORT_MATRIX: &str = "the kernel matrix covers Linux 5.10 (linear copy), 6.1, 6.12 \
+     and 7.x (bpf_xdp_load_bytes), native and generic XDP on virtio-net";
 
 /// What `doctor` checks, from the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,7 +241,7 @@ pub fn kernel_check(found: Result<KernelVersion, String>) -> Check {
     match found {
         Ok(version) => Check::ok(
             "kernel",
-            format!("Linux {version}; what it can do is probed below"),
+            format!("Linux {version}; what it can do is probed below; {SUPPORT_MATRIX}"),
         ),
         Err(err) => Check::warn(
             "kernel",
@@ -874,7 +877,13 @@ mod tests {
     fn kernel_version_is_reported_not_gated() {
         let old = kernel_check(Ok(KernelVersion::new(5, 10, 0)));
         assert_eq!(old.status, Status::Ok);
-        assert_eq!(old.detail, "Linux 5.10.0; what it can do is probed below");
+        assert!(
+            old.detail.starts_with(
+                "Linux 5.10.0; what it can do is probed below; the kernel matrix covers"
+            ),
+            "{}",
+            old.detail
+        );
         assert_eq!(kernel_check(Err("x".into())).status, Status::Warn);
     }
 

@@ -1,10 +1,12 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | build | build-and-load | test | demo | bench`.
+//! Project tasks: `cargo xtask setup | build-ebpf | build | build-and-load | test | test-kernels |
+//! demo | bench`.
 //!
 //! Every task first runs the idempotent `setup` checks, so a fresh machine (and CI) needs no
 //! manual step. The eBPF object itself is built by `sipnotify-agent/build.rs` (aya-build), the
 //! single source of truth; xtask only makes sure the toolchain it needs is there and asks for
 //! it to be mandatory with `SIPNOTIFY_REQUIRE_EBPF=1`.
 
+mod kernels;
 mod setup;
 
 use std::{
@@ -37,8 +39,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Run every check and test: fmt, clippy, unit, integration and privileged tests.
+    /// Run every check and test: fmt, clippy, unit, integration and privileged tests, and
+    /// the kernel matrix.
     Test,
+    /// Boot stock Debian kernels in QEMU and run the agent in each (the support matrix).
+    TestKernels(kernels::Args),
     /// Run the main job end to end in private network namespaces (see README).
     Demo,
     /// Run the benchmarks and print their figures.
@@ -59,6 +64,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Task::TestKernels(args) = &cli.task {
+        if let Some(agent) = args.guest_agent() {
+            // Inside a test VM: no toolchain, no setup.
+            return kernels::guest(agent);
+        }
+    }
     let root = workspace_root()?;
     setup::ensure(&root)?;
     match cli.task {
@@ -78,6 +89,10 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Task::Test => test(&root),
+        Task::TestKernels(args) => {
+            build_release(&root)?;
+            kernels::run(&root, &args)
+        }
         Task::Demo => {
             build_release(&root)?;
             cargo(
@@ -146,7 +161,7 @@ fn test(root: &Path) -> Result<()> {
     if failed > 0 {
         bail!("{failed} tests failed");
     }
-    Ok(())
+    kernels::run(root, &kernels::Args::default())
 }
 
 /// Runs `cargo test`, echoing its output, and sums its `test result:` lines.

@@ -18,11 +18,19 @@ use anyhow::{Context as _, Result, bail};
 
 /// Debian packages the tests and demo use: `ip` for namespaces, `tcpdump` for the baseline
 /// comparison with the field report's script, `openssl` for bridge certificates made the way
-/// operators make them.
+/// operators make them; QEMU, a static busybox, cpio and the module decompressors for the
+/// kernel matrix (`test-kernels`).
 const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("tcpdump", "tcpdump"),
     ("openssl", "openssl"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+    ("cpio", "cpio"),
+    ("xz", "xz-utils"),
+    ("zstd", "zstd"),
+    ("dpkg-deb", "dpkg"),
+    ("apt-get", "apt"),
 ];
 
 /// Runs every setup step that is not already satisfied.
