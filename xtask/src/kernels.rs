@@ -453,6 +453,8 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host
 for fs in proc sys dev; do mount -o bind /$fs /host/$fs; done
 mount -t tmpfs tmp /host/tmp
 mount -t tmpfs run /host/run
+# A default spool or state directory under /var/lib must be writable.
+mount -t tmpfs varlib /host/var/lib
 echo 4194304 > /proc/sys/net/core/rmem_default
 ip link set lo up
 ip link set eth0 up
