@@ -116,10 +116,10 @@ struct Report {
     elapsed: Duration,
 }
 
-/// Host side: boots every requested kernel and checks what its guest reports.
-pub(crate) fn run(root: &Path, args: &Args) -> Result<()> {
+/// Host side: boots every requested kernel and checks what its guest (running `agent`) reports.
+pub(crate) fn run(root: &Path, agent: &Path, args: &Args) -> Result<()> {
     let kernels = select(&args.kernels)?;
-    let agent = root.join("target/release/sipnotify-agent");
+    let agent = agent.to_path_buf();
     ensure!(
         agent.is_file(),
         "{} is missing (cargo xtask build)",

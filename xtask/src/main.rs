@@ -1,13 +1,15 @@
 //! Project tasks: `cargo xtask setup | build-ebpf | build | build-and-load | test | test-kernels |
-//! demo | bench`.
+//! demo | bench | dist`.
 //!
 //! Every task first runs the idempotent `setup` checks, so a fresh machine (and CI) needs no
 //! manual step. The eBPF object itself is built by `sipnotify-agent/build.rs` (aya-build), the
 //! single source of truth; xtask only makes sure the toolchain it needs is there and asks for
 //! it to be mandatory with `SIPNOTIFY_REQUIRE_EBPF=1`.
 
+mod dist;
 mod kernels;
 mod setup;
+mod userland;
 
 use std::{
     ffi::OsString,
@@ -27,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what the build and tests need (idempotent): rust-src, bpf-linker, packages.
+    /// Install what the build and tests need (idempotent): rust-src, bpf-linker, packages,
+    /// and the packaging tools of `dist`.
     Setup,
     /// Build the XDP program (through the agent's build script).
     BuildEbpf,
@@ -51,6 +54,8 @@ enum Task {
         /// Only benchmarks whose name contains this.
         filter: Option<String>,
     },
+    /// Build the agent for glibc 2.17+ and package it: .deb, .rpm, .tar.gz in target/dist/.
+    Dist,
 }
 
 fn main() -> ExitCode {
@@ -71,9 +76,9 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     let root = workspace_root()?;
-    setup::ensure(&root)?;
+    setup::ensure()?;
     match cli.task {
-        Task::Setup => Ok(()),
+        Task::Setup => setup::ensure_dist(),
         Task::BuildEbpf => cargo(&root, &["build", "-p", "sipnotify-agent", "--lib"]),
         Task::Build => build_release(&root),
         Task::BuildAndLoad { args } => {
@@ -91,7 +96,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test => test(&root),
         Task::TestKernels(args) => {
             build_release(&root)?;
-            kernels::run(&root, &args)
+            kernels::run(&root, &root.join("target/release/sipnotify-agent"), &args)
         }
         Task::Demo => {
             build_release(&root)?;
@@ -109,6 +114,7 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Task::Bench { filter } => bench(&root, filter.as_deref()),
+        Task::Dist => dist::dist(&root).map(drop),
     }
 }
 
@@ -152,16 +158,18 @@ fn test(root: &Path) -> Result<()> {
             "warnings",
         ],
     )?;
-    // The agent binary is what the end-to-end tests start in their namespaces.
-    build_release(root)?;
+    // The one release build of the run: the portable one, packaged and tried on Debian 11/12.
+    let dist = dist::dist(root)?;
+    let userland = userland::check(root, &dist)?;
     setup::fuzz_smoke(root)?;
     let (passed, failed) = cargo_test(root)?;
-    // One closing line for CI, summed over every test binary.
-    println!("{passed} passed, {failed} failed");
+    // One closing line for CI, summed over every test binary and the userland checks.
+    println!("{} passed, {failed} failed", passed + userland);
     if failed > 0 {
         bail!("{failed} tests failed");
     }
-    kernels::run(root, &kernels::Args::default())
+    // The kernel matrix runs the same portable binary that the packages ship.
+    kernels::run(root, &dist.binary, &kernels::Args::default())
 }
 
 /// Runs `cargo test`, echoing its output, and sums its `test result:` lines.
@@ -224,12 +232,12 @@ fn bench(root: &Path, filter: Option<&str>) -> Result<()> {
 }
 
 /// Runs cargo at the workspace root with the eBPF build made mandatory.
-fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+pub(crate) fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     run_in(root, &cargo.to_string_lossy(), args)
 }
 
-fn run_in(root: &Path, program: &str, args: &[&str]) -> Result<()> {
+pub(crate) fn run_in(root: &Path, program: &str, args: &[&str]) -> Result<()> {
     let status = Command::new(program)
         .args(args)
         .current_dir(root)

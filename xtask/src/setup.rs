@@ -6,6 +6,8 @@
 //! bpf-linker is built against the nightly toolchain's own LLVM (no system LLVM needed): the
 //! nightly ships `libLLVM.so.<major>.<minor>-rust-<version>`, and bpf-linker's build script
 //! wants an `LLVM_PREFIX` whose `lib/` holds `libLLVM.so`, so we make such a folder of links.
+//! bpf-linker keeps that folder as its library search path, so it lives in `CARGO_HOME`,
+//! beside the binary, not in a checkout's `target/` (removing one would break the linker).
 
 use std::{
     ffi::OsString,
@@ -34,14 +36,14 @@ const PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// Runs every setup step that is not already satisfied.
-pub(crate) fn ensure(root: &Path) -> Result<()> {
+pub(crate) fn ensure() -> Result<()> {
     ensure_rust_src().context("setup step `rust-src for nightly` failed")?;
-    ensure_bpf_linker(root).context("setup step `bpf-linker` failed")?;
+    ensure_bpf_linker().context("setup step `bpf-linker` failed")?;
     ensure_packages().context("setup step `debian packages` failed")?;
     Ok(())
 }
 
-fn output(program: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn output(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
         .args(args)
         .env("PATH", path_with_cargo_bin())
@@ -89,7 +91,7 @@ fn ensure_rust_src() -> Result<()> {
     )
 }
 
-fn ensure_bpf_linker(root: &Path) -> Result<()> {
+fn ensure_bpf_linker() -> Result<()> {
     if output("bpf-linker", &["--version"]).is_ok() {
         return Ok(());
     }
@@ -111,7 +113,9 @@ fn ensure_bpf_linker(root: &Path) -> Result<()> {
         .find(|name| name.starts_with(&format!("libLLVM.so.{major}")))
         .with_context(|| format!("no libLLVM.so.{major}* in {}", lib.display()))?;
 
-    let prefix = root.join("target/llvm-prefix");
+    let prefix = cargo_home()
+        .context("neither CARGO_HOME nor HOME is set")?
+        .join("llvm-prefix");
     let prefix_lib = prefix.join("lib");
     fs::create_dir_all(&prefix_lib)?;
     for link in ["libLLVM.so".to_owned(), soname.clone()] {
@@ -127,6 +131,8 @@ fn ensure_bpf_linker(root: &Path) -> Result<()> {
             "install",
             "bpf-linker",
             "--locked",
+            // An installed bpf-linker that does not run is replaced.
+            "--force",
             "--no-default-features",
             "--features",
             &feature,
@@ -136,7 +142,11 @@ fn ensure_bpf_linker(root: &Path) -> Result<()> {
 }
 
 fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    ensure_debian_packages(PACKAGES)
+}
+
+fn ensure_debian_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(binary, _)| which(binary).is_none())
         .map(|&(_, package)| package)
@@ -192,17 +202,93 @@ fn which(binary: &str) -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-/// `PATH` with `~/.cargo/bin` and the sbin directories in it (CI may start with a bare PATH).
+/// What `cargo xtask dist` and its checks need beyond the build: cargo-zigbuild and zig (from
+/// PyPI: both wheels ship their binaries, which saves CI a compile), cargo-deb and
+/// cargo-generate-rpm, and Debian's binutils (objdump, strip), rpm (to read the .rpm) and
+/// debootstrap (the Debian 11 and 12 userlands).
+pub(crate) fn ensure_dist() -> Result<()> {
+    ensure_debian_packages(DIST_PACKAGES)
+        .context("setup step `debian packages for dist` failed")?;
+    ensure_pip(DIST_WHEELS).context("setup step `zig and cargo-zigbuild` failed")?;
+    for &(subcommand, krate, version) in DIST_CRATES {
+        ensure_cargo_tool(subcommand, krate, version)
+            .with_context(|| format!("setup step `{krate}` failed"))?;
+    }
+    Ok(())
+}
+
+const DIST_PACKAGES: &[(&str, &str)] = &[
+    ("objdump", "binutils"),
+    ("rpm", "rpm"),
+    ("debootstrap", "debootstrap"),
+];
+/// Pinned: cargo-zigbuild follows zig's command line, which changes between zig releases.
+const DIST_WHEELS: &[(&str, &str)] = &[("ziglang", "0.17.1"), ("cargo-zigbuild", "0.24.1")];
+const DIST_CRATES: &[(&str, &str, &str)] = &[
+    ("deb", "cargo-deb", "3.8.0"),
+    ("generate-rpm", "cargo-generate-rpm", "0.21.1"),
+];
+
+fn ensure_pip(wheels: &[(&str, &str)]) -> Result<()> {
+    let installed = output("python3", &["-m", "pip", "list", "--format=freeze"])
+        .context("python3 with pip is required (PyPI serves zig and cargo-zigbuild)")?;
+    let wanted: Vec<String> = wheels
+        .iter()
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect();
+    if wanted.iter().all(|w| installed.lines().any(|l| l == w)) {
+        return Ok(());
+    }
+    let mut args = vec!["-m", "pip", "install", "--quiet"];
+    args.extend(wanted.iter().map(String::as_str));
+    run("python3", &args, &[])
+}
+
+fn ensure_cargo_tool(subcommand: &str, krate: &str, version: &str) -> Result<()> {
+    let reported = output("cargo", &[subcommand, "--version"]).unwrap_or_default();
+    if reported.contains(version) {
+        return Ok(());
+    }
+    run(
+        "cargo",
+        &["install", krate, "--version", version, "--locked"],
+        &[],
+    )
+}
+
+fn cargo_home() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+}
+
+/// Where pip puts the programs its wheels ship (cargo-zigbuild), if python3 is there.
+fn python_scripts_dir() -> Option<PathBuf> {
+    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import sysconfig; print(sysconfig.get_path('scripts'))",
+            ])
+            .output()
+            .ok()?;
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.success() && !dir.is_empty()).then(|| PathBuf::from(dir))
+    })
+    .clone()
+}
+
+/// `PATH` with `~/.cargo/bin`, pip's programs and the sbin directories in it (CI may start
+/// with a bare PATH).
 pub(crate) fn path_with_cargo_bin() -> OsString {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    let extra = home
+    let extra = cargo_home()
         .map(|h| h.join("bin"))
         .into_iter()
+        .chain(python_scripts_dir())
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
     for dir in extra {
         if !dirs.contains(&dir) {
