@@ -55,7 +55,11 @@ enum Task {
         filter: Option<String>,
     },
     /// Build the agent for glibc 2.17+ and package it: .deb, .rpm, .tar.gz in target/dist/.
-    Dist,
+    Dist {
+        /// Then try them on Debian 11 and 12 root filesystems (as `test` does).
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -114,7 +118,13 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Task::Bench { filter } => bench(&root, filter.as_deref()),
-        Task::Dist => dist::dist(&root).map(drop),
+        Task::Dist { check } => {
+            let dist = dist::dist(&root)?;
+            if check {
+                userland::check(&root, &dist)?;
+            }
+            Ok(())
+        }
     }
 }
 

@@ -44,10 +44,11 @@ const BULLSEYE: Suite = Suite {
     name: "bullseye",
     include: &["iproute2"],
 };
-/// `systemd-analyze` and `deb-systemd-helper` come with systemd.
+/// `systemd-analyze` and `deb-systemd-helper` come with systemd; with man-db, `verify`
+/// also opens the unit's `man:` documentation.
 const BOOKWORM: Suite = Suite {
     name: "bookworm",
-    include: &["systemd"],
+    include: &["systemd", "man-db"],
 };
 
 /// The corpus capture replayed on bullseye, and the one notification it must yield (SIP
