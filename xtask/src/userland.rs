@@ -65,8 +65,10 @@ const EXPECTED: [(&str, &str); 4] = [
 ];
 
 /// The worst `systemd-analyze security` exposure accepted for the unit (0 best, 10 worst):
-/// the score it has now, so that a change that weakens the sandbox fails here.
-const MAX_EXPOSURE: f64 = 1.9;
+/// the score it has now (systemd 252), so that a change that weakens the sandbox fails here.
+/// What remains is what capture needs: the host's network, CAP_BPF, CAP_NET_ADMIN,
+/// CAP_NET_RAW, AF_PACKET and netlink sockets, `bpf` and `perf_event_open`.
+const MAX_EXPOSURE: f64 = 2.2;
 
 /// Runs every userland check; returns how many passed (it stops at the first failure).
 pub(crate) fn check(root: &Path, dist: &Dist) -> Result<u64> {
