@@ -20,7 +20,7 @@ use etherparse::{
 };
 use sipnotify_agent::bpf::{self, CopyPath, LoadedProgram, ProgramSettings};
 use sipnotify_common::{
-    Counter, EVENT_HEADER_LEN, EVENTS_MAP, EventHeader, FLAG_FIRST_FRAGMENT, FLAG_QINQ,
+    Counter, CounterSet, EVENT_HEADER_LEN, EVENTS_MAP, EventHeader, FLAG_FIRST_FRAGMENT, FLAG_QINQ,
     FLAG_TRUNCATED, FLAG_VLAN, MAX_PAYLOAD, STATS_MAP,
 };
 
@@ -98,12 +98,19 @@ impl Harness {
         records
     }
 
+    /// The non-zero counters in index order, `packets_seen` summed from the outcomes as
+    /// the agent sums it.
     fn counters(&self) -> Vec<(Counter, u64)> {
         let map: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.loaded.ebpf.map(STATS_MAP).unwrap()).unwrap();
+        let mut counts = CounterSet::default();
+        for c in Counter::ALL {
+            counts.values[c as usize] = map.get(&(c as u32), 0).unwrap().iter().sum();
+        }
+        let counts = counts.with_total_from_outcomes();
         Counter::ALL
             .iter()
-            .map(|&c| (c, map.get(&(c as u32), 0).unwrap().iter().sum()))
+            .map(|&c| (c, counts.get(c)))
             .filter(|&(_, n)| n != 0)
             .collect()
     }
@@ -329,7 +336,15 @@ fn other_ports_and_protocols_are_passed_without_a_record() {
         h.run(&frame);
 
         assert!(h.records().is_empty());
-        assert_eq!(h.counters(), [(PacketsSeen, 3)]);
+        assert_eq!(
+            h.counters(),
+            [
+                (PacketsSeen, 3),
+                (NotUdpOrTcp, 1),
+                (PortNotWatched, 1),
+                (TcpSegment, 1)
+            ]
+        );
     }
 }
 
@@ -361,7 +376,15 @@ fn only_an_exact_notify_prefix_matches() {
             h.run(&udp4(5061, payload));
         }
         assert!(h.records().is_empty());
-        assert_eq!(h.counters(), [(PacketsSeen, 5), (UdpWatched, 5)]);
+        assert_eq!(
+            h.counters(),
+            [
+                (PacketsSeen, 5),
+                (EmptyPayload, 1),
+                (NotNotify, 4),
+                (UdpWatched, 5)
+            ]
+        );
     }
 }
 
@@ -624,5 +647,117 @@ fn a_verifier_rejection_names_the_kernel_and_quotes_the_verifier() {
             )
         );
         assert!(!text.contains("permission"), "{text}");
+    }
+}
+
+/// The first bytes of a TLS 1.2 ClientHello record, as `openssl s_client` sends it.
+const CLIENT_HELLO: &[u8] = &[
+    0x16, 0x03, 0x01, 0x00, 0xc4, 0x01, 0x00, 0x00, 0xc0, 0x03, 0x03, 0x5a, 0x5a,
+];
+
+fn tcp4(dst_port: u16, payload: &[u8]) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+        .ipv4(SRC4, DST4, 64)
+        .tcp(40000, dst_port, 1, 1000);
+    let mut frame = Vec::new();
+    builder.write(&mut frame, payload).unwrap();
+    frame
+}
+
+#[test]
+fn a_notify_after_leading_crlfs_is_copied_as_sent() {
+    for mut h in Harness::each("a_notify_after_leading_crlfs", &[5061], BOTH) {
+        let mut payload = b"\r\n\r\n".to_vec();
+        payload.extend_from_slice(NOTIFY);
+        h.run(&udp4(5061, &payload));
+        let mut too_many = b"\r\n".repeat(5);
+        too_many.extend_from_slice(NOTIFY);
+        h.run(&udp4(5061, &too_many));
+        let records = h.records();
+        assert_eq!(records.len(), 1);
+        assert_record(
+            &records[0],
+            expected_record(4, v4(SRC4, DST4), 5061, &payload, payload.len(), 0, 0),
+        );
+        assert_eq!(
+            h.counters(),
+            [
+                (PacketsSeen, 2),
+                (NotNotify, 1),
+                (Copied, 1),
+                (UdpWatched, 2),
+                (NotifyMatched, 1)
+            ]
+        );
+    }
+}
+
+#[test]
+fn a_tls_client_hello_to_the_watched_port_is_counted_as_tls() {
+    for mut h in Harness::each("a_tls_client_hello_is_counted_as_tls", &[5061], BOTH) {
+        h.run(&tcp4(5061, CLIENT_HELLO));
+        h.run(&udp4(5061, CLIENT_HELLO));
+        h.run(&udp4(5061, &[0x16, 0xfe, 0xfd, 0, 0, 0, 0]));
+        h.run(&tcp4(443, CLIENT_HELLO));
+        assert!(h.records().is_empty());
+        assert_eq!(
+            h.counters(),
+            [
+                (PacketsSeen, 4),
+                (PortNotWatched, 1),
+                (TlsRecord, 2),
+                (DtlsRecord, 1),
+                (UdpWatched, 2)
+            ]
+        );
+    }
+}
+
+#[test]
+fn every_exit_is_counted_and_the_outcomes_add_up() {
+    for mut h in Harness::each("every_exit_is_counted", &[5061], BOTH) {
+        let mut later = udp4(5061, NOTIFY);
+        later[20] = 0;
+        later[21] = 8;
+        let mut cut = udp4(5061, NOTIFY);
+        cut.truncate(14 + 10);
+        let mut arp = udp4(5061, NOTIFY);
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        let frames = [
+            udp4(5061, NOTIFY),
+            udp4(5060, NOTIFY),
+            udp4(5061, b"INVITE sip:a SIP/2.0\r\n\r\n"),
+            udp4(5061, b""),
+            udp4(5061, CLIENT_HELLO),
+            tcp4(5061, b""),
+            tcp4(5061, b"OPTIONS sip:a SIP/2.0\r\n\r\n"),
+            later,
+            cut,
+            arp,
+        ];
+        for frame in &frames {
+            h.run(frame);
+        }
+        let counters = h.counters();
+        // Every frame run is counted exactly once, by its outcome.
+        let outcome_sum: u64 = counters
+            .iter()
+            .filter(|(c, _)| c.kind() == sipnotify_common::CounterKind::Outcome)
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(outcome_sum, frames.len() as u64, "{counters:?}");
+        for expected in [
+            (Copied, 1),
+            (PortNotWatched, 1),
+            (NotNotify, 1),
+            (EmptyPayload, 2),
+            (TlsRecord, 1),
+            (TcpSegment, 1),
+            (LaterFragments, 1),
+            (BailShortHeader, 1),
+            (NotUdpOrTcp, 1),
+        ] {
+            assert!(counters.contains(&expected), "{expected:?} in {counters:?}");
+        }
     }
 }

@@ -154,10 +154,12 @@ impl SipConfig {
 /// metric names and the kinds cannot drift apart: each line is `Variant, "name", Kind`.
 macro_rules! counters {
     ($($(#[doc = $doc:literal])* $variant:ident, $name:literal, $kind:ident;)*) => {
-        /// Indices into [`STATS_MAP`]. Every packet the program sees adds one to
-        /// [`Counter::PacketsSeen`] and to exactly one [`CounterKind::Outcome`] counter, so
-        /// `packets_seen` equals the sum of the outcomes; [`CounterKind::Tally`] counters
-        /// annotate packets on their way (a NOTIFY is matched, then copied).
+        /// Indices into [`STATS_MAP`]. Every packet adds one to exactly one
+        /// [`CounterKind::Outcome`] counter, so [`Counter::PacketsSeen`] equals the sum of
+        /// the outcomes: userspace sources count it as well, the XDP program leaves it to the
+        /// agent to sum (one increment per packet is all an unwatched packet costs there).
+        /// [`CounterKind::Tally`] counters annotate packets on their way (a NOTIFY is
+        /// matched, then copied).
         #[repr(u32)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum Counter {
@@ -272,6 +274,13 @@ impl CounterSet {
     #[inline]
     pub fn get(&self, counter: Counter) -> u64 {
         self.values[counter as usize]
+    }
+
+    /// Sets `packets_seen` to the sum of the outcomes, for a source that counts only those:
+    /// the XDP program, where that saves an increment on every packet.
+    pub fn with_total_from_outcomes(mut self) -> Self {
+        self.values[Counter::PacketsSeen as usize] = self.outcomes();
+        self
     }
 
     /// The sum of every [`CounterKind::Outcome`] counter: equal to `packets_seen` when each

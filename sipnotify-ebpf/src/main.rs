@@ -1,11 +1,11 @@
 //! The sipnotify XDP program: find UDP datagrams to a watched port whose payload starts with
-//! `NOTIFY `, copy them into the `SIP_EVENTS` ring buffer, count every outcome, and pass every
-//! packet on untouched.
+//! `NOTIFY ` (after at most four keep-alive CRLFs), copy them into the `SIP_EVENTS` ring
+//! buffer, count every outcome, and pass every packet on untouched.
 //!
 //! ```text
-//! frame ─▶ walk (Ethernet, ≤2 VLAN tags, IPv4+options | IPv6+ext headers) ─▶ UDP header
-//!        ─▶ dst port in the SIP_CONFIG bitmap? ─▶ payload starts "NOTIFY "? ─▶ SIP_SCRATCH
-//!        ─▶ bpf_ringbuf_output(header + payload, right-sized) ─▶ agent
+//! frame ─▶ walk (Ethernet, ≤2 VLAN tags, IPv4+options | IPv6+ext headers) ─▶ UDP/TCP header
+//!        ─▶ dst port in the SIP_CONFIG bitmap? ─▶ empty? TLS/DTLS record? "NOTIFY "?
+//!        ─▶ SIP_SCRATCH ─▶ bpf_ringbuf_output(header + payload, right-sized) ─▶ agent
 //! ```
 //!
 //! The object holds the program twice, differing only in how the payload reaches the scratch
@@ -17,8 +17,9 @@
 //!
 //! This program is an observer on an Asterisk host: it returns `XDP_PASS` on every path,
 //! including errors, and never writes to the packet. Every SIP decision is left to the agent,
-//! where it can be tested; the header walk itself lives in `sipnotify-common` so the pcap
-//! replay runs the very same code.
+//! where it can be tested; the header walk and the capture decision live in
+//! `sipnotify-common` (`decide`), so AF_PACKET and the pcap replay run the very same code,
+//! and each packet ends in exactly one outcome counter.
 #![no_std]
 #![no_main]
 // Inline assembly for the linear copy's unaligned 8-byte moves (see `Linear`).
@@ -38,9 +39,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use sipnotify_common::{
-    Counter, DEFAULT_RING_BYTES, EVENT_HEADER_LEN, EventBuffer, EventHeader, FLAG_TRUNCATED,
-    MAX_PAYLOAD, NOTIFY_PREFIX, SCRATCH_PAYLOAD, SipConfig,
-    net::{self, Bail, Frame, Transport, Walk},
+    Counter, DEFAULT_RING_BYTES, EVENT_HEADER_LEN, EventBuffer, SCRATCH_PAYLOAD, SipConfig,
+    decide::{self, Capture, Decision, Ports},
+    net::{self, Frame},
 };
 
 #[map]
@@ -59,6 +60,16 @@ fn config_port_watched(port: u16) -> bool {
     // SAFETY: `word` < 1024 (a u16 shifted right by 6), inside the static array.
     let bits = unsafe { core::ptr::read_volatile(&raw const SIP_CONFIG.port_bitmap[word]) };
     bits & (1 << (port & 63)) != 0
+}
+
+/// The watched-port set as the shared decision asks for it.
+struct WatchedPorts;
+
+impl Ports for WatchedPorts {
+    #[inline(always)]
+    fn is_watched(&self, port: u16) -> bool {
+        config_port_watched(port)
+    }
 }
 
 #[inline(always)]
@@ -116,6 +127,9 @@ impl Frame for Packet {
     }
 }
 
+/// Every packet gets exactly one outcome counter, and a NOTIFY a few tallies on its way;
+/// `packets_seen` is not counted here but summed from the outcomes by the agent, so a packet
+/// for an unwatched port costs one increment.
 #[inline(always)]
 fn count(counter: Counter) {
     if let Some(value) = SIP_STATS.get_ptr_mut(counter as u32) {
@@ -127,94 +141,51 @@ fn count(counter: Counter) {
 
 #[inline(always)]
 fn inspect<P: PayloadCopy>(ctx: &XdpContext) {
-    count(Counter::PacketsSeen);
     let packet = Packet {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    let location = match net::walk(&packet) {
-        Walk::Found(location) if location.transport == Transport::Udp => location,
-        Walk::Found(_) | Walk::NotUdpOrTcp => return,
-        Walk::LaterFragment => return count(Counter::LaterFragments),
-        Walk::Bail(Bail::ShortHeader) => return count(Counter::BailShortHeader),
-        Walk::Bail(Bail::BadIpHeader) => return count(Counter::BailBadIpHeader),
-        Walk::Bail(Bail::ExtHeaderLimit) => return count(Counter::BailExtHeaderLimit),
-    };
-    let Some(dst_port) = net::dst_port(&packet, &location) else {
-        return count(Counter::BailShortHeader);
-    };
-    if !config_port_watched(dst_port) {
-        return;
+    match decide::decide(&packet, &WatchedPorts, &mut count) {
+        Decision::Skip(skip) => count(skip.counter()),
+        Decision::Capture(capture) => {
+            count(copy::<P>(ctx, &packet, &capture, config_wakeup_bytes()));
+        }
     }
-    let Some(udp) = net::udp_header(&packet, &location) else {
-        return count(Counter::BailShortHeader);
-    };
-    count(Counter::UdpWatched);
-    if location.flags & sipnotify_common::FLAG_FIRST_FRAGMENT != 0 {
-        count(Counter::FirstFragments);
-    }
-    let payload_offset = location.payload_offset();
-    if packet.load::<7>(payload_offset) != Some(*NOTIFY_PREFIX) {
-        return;
-    }
-    count(Counter::NotifyMatched);
-    copy::<P>(ctx, &packet, &location, &udp, config_wakeup_bytes());
 }
 
+/// Copies a NOTIFY into the ring buffer; returns the outcome to count.
 #[inline(always)]
 fn copy<P: PayloadCopy>(
     ctx: &XdpContext,
     packet: &Packet,
-    location: &net::Location,
-    udp: &net::UdpHeader,
+    capture: &Capture,
     wakeup_bytes: u64,
-) {
+) -> Counter {
     let Some(buffer) = SIP_SCRATCH.get_ptr_mut(0) else {
-        return;
+        return Counter::ScratchFailed;
     };
     // SAFETY: per-CPU scratch from the map; XDP programs do not nest on one CPU.
     let buffer = unsafe { &mut *buffer };
 
-    let payload_offset = location.payload_offset();
-    let present = P::present(ctx, packet, payload_offset);
-    let claimed = usize::from(udp.payload_len);
-    let mut len = if present < claimed { present } else { claimed };
-    if len > MAX_PAYLOAD {
-        len = MAX_PAYLOAD;
-    }
+    let payload_offset = capture.payload_offset();
+    let len = capture.captured_len(P::present(ctx, packet, payload_offset));
+    // The decision saw `NOTIFY ` inside the frame and the UDP length, so this never triggers;
+    // it keeps the copy below from ever being asked for nothing.
     if len == 0 {
-        return;
+        return Counter::EmptyPayload;
     }
     let len = verifier_bounded(len);
-
-    let Some((src_addr, dst_addr)) = net::addresses(packet, location) else {
-        return count(Counter::BailShortHeader);
-    };
-    let mut flags = location.flags;
-    if len < claimed {
-        flags |= FLAG_TRUNCATED;
-        count(Counter::Truncated);
-    }
-    buffer.header = EventHeader {
+    buffer.header = capture.header(
+        len,
         // SAFETY: plain helper call.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        unsafe { bpf_ktime_get_ns() },
         // SAFETY: reads the context the kernel handed us.
-        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
-        payload_len: claimed as u32,
-        captured_len: len as u32,
-        flags,
-        ip_version: location.ip_version,
-        _pad0: 0,
-        src_addr,
-        dst_addr,
-        src_port: udp.src_port,
-        dst_port: udp.dst_port,
-        vlan_tci: location.vlan_tci,
-        _pad1: [0; 2],
-    };
+        unsafe { (*ctx.ctx).ingress_ifindex },
+        &mut count,
+    );
 
     if !P::load(ctx, packet, payload_offset, &mut buffer.payload, len) {
-        return count(Counter::LoadFailed);
+        return Counter::LoadFailed;
     }
 
     // Waking the reader per record caps capture near 0.4 M/s; the agent polls every
@@ -236,10 +207,10 @@ fn copy<P: PayloadCopy>(
         )
     };
     match SIP_EVENTS.output::<[u8]>(record, wakeup.into()) {
-        Ok(()) => count(Counter::Copied),
+        Ok(()) => Counter::Copied,
         Err(_) => {
-            count(Counter::RingbufFull);
             log_ring_full(ctx);
+            Counter::RingbufFull
         }
     }
 }

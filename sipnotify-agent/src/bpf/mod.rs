@@ -306,14 +306,20 @@ pub struct KernelStats {
 }
 
 impl KernelStats {
-    /// Every counter summed over CPUs.
+    /// Wraps the program's `SIP_STATS` map.
+    pub fn new(map: PerCpuArray<MapData, u64>) -> Self {
+        Self { map }
+    }
+
+    /// Every counter summed over CPUs; `packets_seen` is the sum of the outcomes (the
+    /// program counts exactly one outcome per packet and nothing else per packet).
     pub fn read(&self) -> Result<CounterSet, aya::maps::MapError> {
         let mut totals = CounterSet::default();
         for counter in Counter::ALL {
             let values = self.map.get(&(counter as u32), 0)?;
             totals.values[counter as usize] = values.iter().sum();
         }
-        Ok(totals)
+        Ok(totals.with_total_from_outcomes())
     }
 }
 
@@ -511,7 +517,7 @@ pub fn attach(
         mode,
         copy,
         events,
-        stats: KernelStats { map: stats },
+        stats: KernelStats::new(stats),
         logger,
         guard: ProgramGuard(ebpf),
     })

@@ -73,7 +73,8 @@ impl Frame for SplicedFrame<'_> {
 }
 
 /// Runs the capture decision on one frame and counts it in `counts` as the XDP program counts
-/// in its map: `packets_seen`, the tallies, and one outcome (`copied` for a record).
+/// in its map (`packets_seen`, which the agent sums from the program's outcomes), the tallies,
+/// and one outcome (`copied` for a record).
 pub fn inspect<'a>(
     frame: &SplicedFrame<'a>,
     ports: &SipConfig,
