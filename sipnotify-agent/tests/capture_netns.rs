@@ -1,6 +1,8 @@
-//! End to end over a real veth pair: the agent attached to the receiving end prints every
-//! NOTIFY that crosses the wire, exactly once, and every datagram (NOTIFY or not) still
-//! reaches the socket bound on the receiving side: the XDP program observes and never drops.
+//! End to end over a real veth pair, on each capture path (`--capture xdp`, `--capture
+//! af-packet`, and `auto` falling back when another XDP program holds the interface): the
+//! agent on the receiving end prints every NOTIFY that crosses the wire exactly once (IPv4 and
+//! IPv6, untagged and 802.1Q-tagged), and every datagram (NOTIFY or not) still reaches the
+//! socket bound on the receiving side: capture observes and never drops.
 
 mod support;
 
@@ -15,7 +17,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{VethPair, call_id, call_uuid, genesys_notify, start_agent};
+use support::{
+    RECEIVER_MAC_TEXT, VethPair, call_id, call_uuid, genesys_notify, send_raw, start_agent,
+    tagged,
+};
 
 /// Counts datagrams arriving on `socket` until told to stop.
 fn count_received(socket: UdpSocket, done: Arc<AtomicUsize>) -> thread::JoinHandle<usize> {
@@ -35,43 +40,47 @@ fn count_received(socket: UdpSocket, done: Arc<AtomicUsize>) -> thread::JoinHand
     })
 }
 
-#[test]
-fn every_notify_is_printed_once_and_every_datagram_is_delivered() {
-    if !support::privileged("every_notify_is_printed_once_and_every_datagram_is_delivered") {
-        return;
-    }
-    let net = VethPair::new("cap");
-    let agent = start_agent(
-        &net.receiver,
-        &[
-            "run",
-            "--iface",
-            "veth1",
-            "--port",
-            "5061",
-            "--stdout",
-            "--no-bridge",
-        ],
-    );
+const V4: u32 = 300;
+const V6: u32 = 100;
+const TAGGED: u32 = 100;
+const OTHER: u32 = 100;
+const NOTIFIES: u32 = V4 + V6 + TAGGED;
 
+/// A veth pair whose receiving end has a fixed MAC, so raw tagged frames can reach it.
+fn network(tag: &str) -> VethPair {
+    let net = VethPair::new(tag);
+    net.receiver
+        .ip(&["link", "set", "veth1", "address", RECEIVER_MAC_TEXT]);
+    net
+}
+
+/// Sends the test traffic, checks the metrics and what every socket received while the
+/// agent runs, then stops it and checks that each NOTIFY was printed exactly once.
+/// `capture` is the label the counters must carry; `udp_watched` what they must count.
+fn send_and_check(net: &VethPair, agent: support::Agent, capture: &str, udp_watched: u32) {
     let done = Arc::new(AtomicUsize::new(0));
     let watched4 = count_received(net.receiver.udp("10.200.0.2:5061"), done.clone());
     let other4 = count_received(net.receiver.udp("10.200.0.2:5060"), done.clone());
     let watched6 = count_received(net.receiver.udp("[fd00:200::2]:5061"), done.clone());
 
-    const V4: u32 = 300;
-    const V6: u32 = 100;
-    const OTHER: u32 = 100;
     net.sender.enter(|| {
         let s4 = UdpSocket::bind("10.200.0.1:0").unwrap();
         let s6 = UdpSocket::bind("[fd00:200::1]:0").unwrap();
-        for i in 0..V4 + V6 {
+        for i in 0..NOTIFIES {
             let event = if i % 2 == 0 { "talk" } else { "hold" };
-            let message = genesys_notify(i, "1002", event);
+            let mut message = genesys_notify(i, "1002", event);
+            if i % 7 == 0 {
+                // Keep-alive CRLFs before the request line, in the same datagram.
+                message.splice(0..0, *b"\r\n\r\n");
+            }
             if i < V4 {
                 s4.send_to(&message, "10.200.0.2:5061").unwrap();
-            } else {
+            } else if i < V4 + V6 {
                 s6.send_to(&message, "[fd00:200::2]:5061").unwrap();
+            } else {
+                // VLAN 210, IPv4 and IPv6 in turn; the stack discards these after capture.
+                send_raw(&tagged(i % 2 == 1, &message));
+                send_raw(&tagged(i % 2 == 1, b"OPTIONS sip:x SIP/2.0\r\n\r\n"));
             }
             if i < OTHER {
                 // Traffic the agent must ignore: other methods, an unwatched port.
@@ -102,14 +111,33 @@ fn every_notify_is_printed_once_and_every_datagram_is_delivered() {
         support::metric(
             &text,
             "sipnotify_kernel_packets_total",
-            &[("iface", "veth1"), ("outcome", outcome)],
+            &[("iface", "veth1"), ("capture", capture), ("outcome", outcome)],
         )
     };
-    let notifies = f64::from(V4 + V6);
+    let notifies = f64::from(NOTIFIES);
     assert_eq!(kernel("notify_matched"), Some(notifies), "{text}");
     assert_eq!(kernel("copied"), Some(notifies));
-    assert_eq!(kernel("udp_watched"), Some(notifies + f64::from(OTHER)));
+    assert_eq!(kernel("udp_watched"), Some(f64::from(udp_watched)));
     assert_eq!(kernel("ringbuf_full"), Some(0.0));
+    let outcomes = [
+        "not_udp_or_tcp",
+        "later_fragments",
+        "bail_short_header",
+        "bail_bad_ip_header",
+        "bail_ext_header_limit",
+        "port_not_watched",
+        "empty_payload",
+        "tls_record",
+        "dtls_record",
+        "not_notify",
+        "tcp_segment",
+        "scratch_failed",
+        "load_failed",
+        "copied",
+        "ringbuf_full",
+    ];
+    let sum: f64 = outcomes.iter().map(|o| kernel(o).unwrap_or(0.0)).sum();
+    assert_eq!(kernel("packets_seen"), Some(sum), "packets_seen = the outcomes");
     assert_eq!(
         support::metric(&text, "sipnotify_notifications_total", &[]),
         Some(notifies)
@@ -130,12 +158,12 @@ fn every_notify_is_printed_once_and_every_datagram_is_delivered() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("each stdout line is JSON"))
         .collect();
-    assert_eq!(lines.len(), (V4 + V6) as usize, "one line per NOTIFY");
+    assert_eq!(lines.len(), NOTIFIES as usize, "one line per NOTIFY");
     let seen: BTreeSet<String> = lines
         .iter()
         .map(|v| v["call_id"].as_str().unwrap().to_owned())
         .collect();
-    let sent: BTreeSet<String> = (0..V4 + V6).map(call_id).collect();
+    let sent: BTreeSet<String> = (0..NOTIFIES).map(call_id).collect();
     assert_eq!(seen, sent);
     for line in &lines {
         let id = line["call_id"].as_str().unwrap();
@@ -144,4 +172,73 @@ fn every_notify_is_printed_once_and_every_datagram_is_delivered() {
         assert_eq!(line["call_uuid"], call_uuid(i));
         assert_eq!(line["event"], if i % 2 == 0 { "talk" } else { "hold" });
     }
+}
+
+const AGENT: [&str; 7] = [
+    "run",
+    "--iface",
+    "veth1",
+    "--port",
+    "5061",
+    "--stdout",
+    "--no-bridge",
+];
+
+fn agent_args(extra: &[&'static str]) -> Vec<&'static str> {
+    AGENT.iter().chain(extra).copied().collect()
+}
+
+#[test]
+fn every_notify_is_printed_once_and_every_datagram_is_delivered() {
+    if !support::privileged("every_notify_is_printed_once_and_every_datagram_is_delivered") {
+        return;
+    }
+    let net = network("cap");
+    let agent = start_agent(&net.receiver, &agent_args(&["--capture", "xdp"]));
+    // XDP sees every datagram to the port: the NOTIFYs, the INVITEs and the tagged OPTIONS.
+    send_and_check(&net, agent, "xdp", NOTIFIES + OTHER + TAGGED);
+}
+
+#[test]
+fn af_packet_capture_prints_every_notify_once_and_passes_every_datagram() {
+    if !support::privileged("af_packet_capture_prints_every_notify_once") {
+        return;
+    }
+    let net = network("afp");
+    let agent = start_agent(&net.receiver, &agent_args(&["--capture", "af-packet"]));
+    // The kernel's classic BPF filter shows only the NOTIFYs to the shared decision.
+    send_and_check(&net, agent, "af-packet", NOTIFIES);
+}
+
+/// An XDP program that passes everything, standing in for a DDoS filter or Cilium.
+static NOOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sipnotify-noop"));
+
+#[test]
+fn auto_falls_back_to_af_packet_when_another_xdp_program_holds_the_interface() {
+    if !support::privileged("auto_falls_back_to_af_packet") {
+        return;
+    }
+    let net = network("fbk");
+    let mut other = aya::Ebpf::load(NOOP).expect("load the stand-in XDP program");
+    let program: &mut aya::programs::Xdp = other
+        .program_mut("sipnotify_noop")
+        .unwrap()
+        .try_into()
+        .unwrap();
+    program.load().unwrap();
+    net.receiver.enter(|| {
+        let ifindex = sipnotify_agent::bpf::interface_index("veth1").unwrap();
+        program
+            .attach_to_if_index(ifindex, aya::programs::XdpMode::Skb)
+            .expect("attach the stand-in XDP program");
+    });
+
+    let mut agent = start_agent(&net.receiver, &AGENT);
+    let reason = agent.log_line("capturing with AF_PACKET");
+    assert!(
+        reason.contains("another XDP program"),
+        "the fallback names its reason: {reason}"
+    );
+    send_and_check(&net, agent, "af-packet", NOTIFIES);
+    drop(other);
 }

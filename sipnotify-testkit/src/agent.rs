@@ -70,6 +70,16 @@ impl Agent {
         );
     }
 
+    /// The first stderr line containing `needle`, among those seen so far or arriving
+    /// within 5 s.
+    pub fn log_line(&mut self, needle: &str) -> String {
+        if let Some(line) = self.stderr_seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        self.wait_for_log(needle, std::time::Duration::from_secs(5));
+        self.stderr_seen.last().cloned().unwrap_or_default()
+    }
+
     /// Sends SIGINT and returns stdout once the agent has exited successfully.
     pub fn stop(mut self) -> String {
         use std::io::Read as _;

@@ -76,6 +76,53 @@ pub fn fallback_reason(err: &LoadError) -> Option<String> {
     }
 }
 
+/// What `run` would capture an interface with, and why: what `doctor` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prediction {
+    /// The XDP program.
+    Xdp,
+    /// AF_PACKET; under `auto`, the reason XDP is not possible.
+    AfPacket {
+        /// Why not XDP (`None` when AF_PACKET was asked for).
+        fallback: Option<String>,
+    },
+    /// Neither path can start.
+    Neither {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Predicts the path for `mode` from what loading XDP and opening a packet socket found.
+pub fn predict(
+    mode: CaptureMode,
+    xdp: Result<(), &LoadError>,
+    af_packet: Result<(), &AfPacketError>,
+) -> Prediction {
+    let af = |fallback: Option<String>| match af_packet {
+        Ok(()) => Prediction::AfPacket { fallback },
+        Err(err) => Prediction::Neither {
+            reason: match fallback {
+                Some(why) => format!("xdp: {why}; af-packet: {err}"),
+                None => err.to_string(),
+            },
+        },
+    };
+    match (mode, xdp) {
+        (CaptureMode::AfPacket, _) => af(None),
+        (CaptureMode::Xdp | CaptureMode::Auto, Ok(())) => Prediction::Xdp,
+        (CaptureMode::Xdp, Err(err)) => Prediction::Neither {
+            reason: err.to_string(),
+        },
+        (CaptureMode::Auto, Err(err)) => match fallback_reason(err) {
+            Some(why) => af(Some(why)),
+            None => Prediction::Neither {
+                reason: err.to_string(),
+            },
+        },
+    }
+}
+
 /// An interface's capture, whichever path it took.
 pub enum Source {
     /// The XDP program, attached (boxed: it carries its maps and loader state).
@@ -174,6 +221,35 @@ mod tests {
             "pcap".parse::<CaptureMode>().unwrap_err(),
             "capture mode `pcap` is not one of auto, xdp, af-packet"
         );
+    }
+
+    #[test]
+    fn the_prediction_follows_the_mode_and_the_reasons() {
+        let busy = LoadError::InterfaceBusy("eth0".into());
+        let denied = AfPacketError::PermissionDenied {
+            iface: "eth0".into(),
+        };
+        assert_eq!(predict(CaptureMode::Auto, Ok(()), Ok(())), Prediction::Xdp);
+        assert_eq!(
+            predict(CaptureMode::AfPacket, Ok(()), Ok(())),
+            Prediction::AfPacket { fallback: None }
+        );
+        match predict(CaptureMode::Auto, Err(&busy), Ok(())) {
+            Prediction::AfPacket {
+                fallback: Some(why),
+            } => assert!(why.contains("another XDP program"), "{why}"),
+            other => panic!("expected a fallback, got {other:?}"),
+        }
+        match predict(CaptureMode::Auto, Err(&busy), Err(&denied)) {
+            Prediction::Neither { reason } => {
+                assert!(reason.contains("xdp: ") && reason.contains("CAP_NET_RAW"), "{reason}");
+            }
+            other => panic!("expected neither, got {other:?}"),
+        }
+        assert!(matches!(
+            predict(CaptureMode::Xdp, Err(&busy), Ok(())),
+            Prediction::Neither { .. }
+        ));
     }
 
     #[test]

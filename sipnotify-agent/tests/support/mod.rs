@@ -49,3 +49,66 @@ pub fn isolated_agent() -> (std::process::Command, tempfile::NamedTempFile) {
 pub fn start_agent(ns: &NetNs, args: &[&str]) -> Agent {
     Agent::start(env!("CARGO_BIN_EXE_sipnotify-agent"), ns, args)
 }
+
+/// The receiver's MAC, set by a test (`ip link set veth1 address`) so raw frames can be
+/// addressed to it.
+pub const RECEIVER_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
+/// [`RECEIVER_MAC`] as `ip` writes it.
+pub const RECEIVER_MAC_TEXT: &str = "02:00:00:00:02:02";
+
+/// An 802.1Q-tagged (VLAN 210) frame carrying `payload` to the receiver's :5061. Sent raw:
+/// this kernel has no VLAN devices (CONFIG_VLAN_8021Q), so the tag cannot come from a
+/// socket, and the receiving stack discards these frames after capture saw them.
+pub fn tagged(v6: bool, payload: &[u8]) -> Vec<u8> {
+    let eth = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 1, 1], RECEIVER_MAC)
+        .single_vlan(etherparse::VlanId::try_new(210).unwrap());
+    let mut frame = Vec::new();
+    if v6 {
+        let mut src = [0u8; 16];
+        src[..2].copy_from_slice(&[0xfd, 0]);
+        src[15] = 1;
+        let mut dst = src;
+        dst[15] = 2;
+        eth.ipv6(src, dst, 64)
+            .udp(40000, 5061)
+            .write(&mut frame, payload)
+            .unwrap();
+    } else {
+        eth.ipv4([10, 200, 0, 1], [10, 200, 0, 2], 64)
+            .udp(40000, 5061)
+            .write(&mut frame, payload)
+            .unwrap();
+    }
+    frame
+}
+
+/// Sends `frame` raw on the calling thread's `veth0`.
+pub fn send_raw(frame: &[u8]) {
+    // SAFETY: plain socket(2); checked, and closed at the end of this function.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is ours.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: an all-zero sockaddr_ll is valid; family and index are set.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = sipnotify_agent::bpf::interface_index("veth0").unwrap() as i32;
+    addr.sll_halen = 6;
+    // SAFETY: `frame` and `addr` are valid for the call.
+    let sent = unsafe {
+        libc::sendto(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(
+        sent,
+        frame.len() as isize,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+}
