@@ -31,6 +31,10 @@ use reqwest::StatusCode;
 
 use crate::{
     bpf::{self, CopyPath, LoadError, ProgramSettings},
+    capture::{
+        af_packet::{AfPacketSettings, PacketSocket},
+        source::{self, CaptureMode, Prediction},
+    },
     logging::LogSettings,
     sink::{
         BridgeSettings, TlsSettings,
@@ -225,14 +229,59 @@ fn system_checks(ifaces: &[String]) -> Vec<Check> {
         ring_bytes: 4096,
     };
     // The real program, loaded the way `run` loads it: its verdict is `run`'s.
-    checks.push(program_load_check(bpf::load(&settings).map(|l| l.copy)));
+    let loaded = bpf::load(&settings).map(|l| l.copy);
+    checks.push(program_load_check(loaded.as_ref().copied()));
     let existing = existing_interfaces();
     for iface in ifaces {
         let index = bpf::interface_index(iface);
         let xdp = index.is_ok().then(|| attached_xdp(iface));
+        let prediction = index.as_ref().ok().map(|&ifindex| {
+            let other_program = matches!(&xdp, Some(Ok(Some(prog)))
+                if prog.name.as_deref() != Some(sipnotify_common::PROGRAM_NAME));
+            let busy = LoadError::InterfaceBusy(iface.clone());
+            let xdp_verdict = match &loaded {
+                Err(err) => Err(err),
+                Ok(_) if other_program => Err(&busy),
+                Ok(_) => Ok(()),
+            };
+            // A real packet socket with the real filter, closed at once: its verdict is `run`'s.
+            let af = AfPacketSettings {
+                ports: vec![5061],
+                ring_bytes: 1 << 20,
+                block_timeout: Duration::from_millis(1),
+            };
+            let af_verdict = PacketSocket::open(iface, ifindex, &af).map(drop);
+            source::predict(CaptureMode::Auto, xdp_verdict, af_verdict.as_ref().copied())
+        });
         checks.push(interface_check(iface, index, xdp, &existing));
+        if let Some(prediction) = prediction {
+            checks.push(capture_path_check(iface, &prediction));
+        }
     }
     checks
+}
+
+/// Which path `run --capture auto` would take on `iface`, and why.
+pub fn capture_path_check(iface: &str, prediction: &Prediction) -> Check {
+    let name = format!("capture {iface}");
+    match prediction {
+        Prediction::Xdp => Check::ok(name, "run would capture with XDP"),
+        Prediction::AfPacket { fallback: None } => {
+            Check::ok(name, "run would capture with AF_PACKET")
+        }
+        Prediction::AfPacket {
+            fallback: Some(why),
+        } => Check::warn(
+            name,
+            format!("run would capture with AF_PACKET: {why}"),
+            "nothing to do unless you want XDP's lower cost per packet: fix the XDP rows above",
+        ),
+        Prediction::Neither { reason } => Check::fail(
+            name,
+            format!("run cannot capture here: {reason}"),
+            FIX_PERMISSIONS,
+        ),
+    }
 }
 
 /// The kernel release, for the record: what the agent can do is probed by the rows below,
@@ -414,7 +463,7 @@ pub fn copy_path_check(load_bytes: Result<bool, String>) -> Check {
 }
 
 /// Loading the embedded program, which runs the verifier on this kernel.
-pub fn program_load_check(result: Result<CopyPath, LoadError>) -> Check {
+pub fn program_load_check(result: Result<CopyPath, &LoadError>) -> Check {
     const NAME: &str = "program load";
     match result {
         Ok(copy) => Check::ok(
@@ -425,7 +474,7 @@ pub fn program_load_check(result: Result<CopyPath, LoadError>) -> Check {
             ),
         ),
         Err(err) => {
-            let fix = match &err {
+            let fix = match err {
                 LoadError::NoObject => "run `cargo xtask setup`, then rebuild".to_owned(),
                 LoadError::PermissionDenied => FIX_PERMISSIONS.to_owned(),
                 LoadError::RingBufUnsupported { .. } => FIX_KERNEL.to_owned(),
@@ -920,12 +969,12 @@ mod tests {
             probe_check("x", "X", Err("EPERM".into())).status,
             Status::Warn
         );
-        let load = program_load_check(Err(LoadError::PermissionDenied));
+        let load = program_load_check(Err(&LoadError::PermissionDenied));
         assert_eq!(load.status, Status::Fail);
         assert_eq!(load.fix.as_deref(), Some(FIX_PERMISSIONS));
         assert_eq!(copy_path_check(Ok(false)).status, Status::Ok);
         assert_eq!(copy_path_check(Ok(true)).status, Status::Ok);
-        let rejected = program_load_check(Err(LoadError::Rejected {
+        let rejected = program_load_check(Err(&LoadError::Rejected {
             kernel: "6.1.0-9-amd64".into(),
             program: "sipnotify_xdp",
             copy: CopyPath::LoadBytes,
@@ -942,6 +991,35 @@ mod tests {
                 .detail
                 .ends_with("    R3 min value is outside of the allowed memory range")
         );
+    }
+
+    #[test]
+    fn the_capture_row_names_the_path_and_the_reason() {
+        let xdp = capture_path_check("eth0", &Prediction::Xdp);
+        assert_eq!(
+            (xdp.name.as_str(), xdp.status),
+            ("capture eth0", Status::Ok)
+        );
+        assert!(xdp.detail.contains("XDP"), "{}", xdp.detail);
+        let fallback = capture_path_check(
+            "eth0",
+            &Prediction::AfPacket {
+                fallback: Some("the interface already has another XDP program attached".into()),
+            },
+        );
+        assert_eq!(fallback.status, Status::Warn);
+        assert!(
+            fallback
+                .detail
+                .contains("AF_PACKET: the interface already has another XDP")
+        );
+        let neither = capture_path_check(
+            "eth0",
+            &Prediction::Neither {
+                reason: "permission denied".into(),
+            },
+        );
+        assert_eq!(neither.status, Status::Fail);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The agent's top-level error and its exit code (design.md: 2 for bad usage or
 //! configuration, 1 for runtime failures).
 
-use crate::{bpf::LoadError, sink::ClientError, telemetry::TelemetryError};
+use crate::{
+    bpf::LoadError, capture::source::SourceError, sink::ClientError, telemetry::TelemetryError,
+};
 
 /// Everything that can end `run` once its settings are valid (bad settings never get here:
 /// the command line refuses them with exit code 2).
@@ -10,6 +12,9 @@ pub enum AgentError {
     /// The XDP program could not be loaded or attached, or an interface does not exist.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// No capture path could start on an interface (`--capture`).
+    #[error(transparent)]
+    Source(#[from] SourceError),
     /// The metrics endpoint could not start (its port is taken, say).
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
@@ -35,6 +40,7 @@ impl AgentError {
     pub fn exit_code(&self) -> u8 {
         match self {
             AgentError::Load(err) => err.exit_code(),
+            AgentError::Source(err) => err.exit_code(),
             AgentError::Telemetry(_)
             | AgentError::Client(_)
             | AgentError::Io { .. }

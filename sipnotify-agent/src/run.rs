@@ -70,18 +70,14 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
     if let Some(listener) = metrics_listener {
         let sources = Arc::new(telemetry::Sources {
             handle: recorder,
-            kernel: source
-                .take_kernel_stats()
-                .into_iter()
-                .map(|(iface, stats)| (iface, telemetry::CaptureCounters::Xdp(stats)))
-                .collect(),
+            kernel: source.take_kernel_stats(),
             queue,
             attached: source.attached(),
             bridge: bridge_health,
         });
         tokio::spawn(telemetry::serve(listener, sources, stop_telemetry.clone()));
     }
-    info!(interfaces = capture.ifaces.len(), ports = ?capture.ports, "capturing");
+    info!(interfaces = capture.ifaces.len(), ports = ?capture.ports, capture = %capture.mode, "capturing");
 
     let finished = wiring::wire(source, pipeline, delivery, tokio::io::stdout())
         .await

@@ -18,8 +18,7 @@ use std::{
 };
 
 use support::{
-    RECEIVER_MAC_TEXT, VethPair, call_id, call_uuid, genesys_notify, send_raw, start_agent,
-    tagged,
+    RECEIVER_MAC_TEXT, VethPair, call_id, call_uuid, genesys_notify, send_raw, start_agent, tagged,
 };
 
 /// Counts datagrams arriving on `socket` until told to stop.
@@ -111,7 +110,11 @@ fn send_and_check(net: &VethPair, agent: support::Agent, capture: &str, udp_watc
         support::metric(
             &text,
             "sipnotify_kernel_packets_total",
-            &[("iface", "veth1"), ("capture", capture), ("outcome", outcome)],
+            &[
+                ("iface", "veth1"),
+                ("capture", capture),
+                ("outcome", outcome),
+            ],
         )
     };
     let notifies = f64::from(NOTIFIES);
@@ -137,7 +140,11 @@ fn send_and_check(net: &VethPair, agent: support::Agent, capture: &str, udp_watc
         "ringbuf_full",
     ];
     let sum: f64 = outcomes.iter().map(|o| kernel(o).unwrap_or(0.0)).sum();
-    assert_eq!(kernel("packets_seen"), Some(sum), "packets_seen = the outcomes");
+    assert_eq!(
+        kernel("packets_seen"),
+        Some(sum),
+        "packets_seen = the outcomes"
+    );
     assert_eq!(
         support::metric(&text, "sipnotify_notifications_total", &[]),
         Some(notifies)
@@ -234,7 +241,8 @@ fn auto_falls_back_to_af_packet_when_another_xdp_program_holds_the_interface() {
     });
 
     let mut agent = start_agent(&net.receiver, &AGENT);
-    let reason = agent.log_line("capturing with AF_PACKET");
+    // Not "capturing …": the readiness line start_agent waits for comes after the socket opens.
+    let reason = agent.log_line("falling back to AF_PACKET");
     assert!(
         reason.contains("another XDP program"),
         "the fallback names its reason: {reason}"

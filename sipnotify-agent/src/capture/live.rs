@@ -1,5 +1,5 @@
-//! The live source: the XDP program attached to every interface, each ring buffer drained
-//! without ever blocking the kernel side.
+//! The live source: on every interface the capture path `--capture` chose (`source::open`),
+//! the XDP program or an AF_PACKET ring, each drained without ever blocking the kernel side.
 //!
 //! The XDP program submits records with `BPF_RB_NO_WAKEUP` and only forces a wake-up once a
 //! quarter of the ring is pending, so the reader combines two triggers: epoll readiness (the
@@ -24,53 +24,79 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{CaptureSettings, MonotonicClock, Source};
+use super::{
+    CaptureSettings, MonotonicClock, Source,
+    af_packet::{AfPacketStats, PacketSocket, read_ring},
+    source::{self, SourceError, SourceSettings},
+};
 use crate::{
-    bpf::{
-        self, AttachedProgram, KernelStats, LoadError, ProgramGuard, ProgramLogger, ProgramSettings,
-    },
+    bpf::{AttachedProgram, ProgramGuard, ProgramLogger},
     pipeline::Pipeline,
+    telemetry::CaptureCounters,
 };
 
-/// The program attached to every interface of the settings, ready to be drained.
+/// Every interface of the settings captured, ready to be drained.
 pub struct LiveSource {
     rings: Vec<Ring>,
-    /// Kernel counters per interface, until the metrics endpoint takes them.
-    stats: Vec<(Arc<str>, KernelStats)>,
+    sockets: Vec<Socket>,
+    ports: Vec<u16>,
+    /// Capture counters per interface, until the metrics endpoint takes them.
+    stats: Vec<(Arc<str>, CaptureCounters)>,
     poll: Duration,
     clock: MonotonicClock,
     attached: Arc<AtomicBool>,
 }
 
 impl LiveSource {
-    /// Attaches the program to every interface (detached again if a later one fails).
-    pub fn attach(capture: &CaptureSettings) -> Result<Self, LoadError> {
+    /// Opens the capture `capture.mode` asks for on every interface (closed again if a later
+    /// one fails).
+    pub fn attach(capture: &CaptureSettings) -> Result<Self, SourceError> {
         let clock = MonotonicClock::new();
-        let program = ProgramSettings {
+        let settings = SourceSettings {
+            mode: capture.mode,
+            xdp_mode: capture.xdp_mode,
             ports: capture.ports.clone(),
             ring_bytes: capture.ring_bytes,
+            poll: capture.poll_interval,
         };
         let mut rings = Vec::new();
+        let mut sockets = Vec::new();
         let mut stats = Vec::new();
-        for iface in &capture.ifaces {
-            let AttachedProgram {
-                iface,
-                events,
-                stats: counters,
-                logger,
-                guard,
-                ..
-            } = bpf::attach(iface, capture.xdp_mode, &program)?;
-            stats.push((iface.clone(), counters));
-            rings.push(Ring {
-                iface,
-                events,
-                logger,
-                guard,
-            });
+        for name in &capture.ifaces {
+            match source::open(name, &settings)? {
+                source::Source::Xdp(attached) => {
+                    let AttachedProgram {
+                        iface,
+                        events,
+                        stats: counters,
+                        logger,
+                        guard,
+                        ..
+                    } = *attached;
+                    stats.push((iface.clone(), CaptureCounters::Xdp(counters)));
+                    rings.push(Ring {
+                        iface,
+                        events,
+                        logger,
+                        guard,
+                    });
+                }
+                source::Source::AfPacket(socket) => {
+                    let iface: Arc<str> = name.as_str().into();
+                    let counters = Arc::new(AfPacketStats::default());
+                    stats.push((iface.clone(), CaptureCounters::AfPacket(counters.clone())));
+                    sockets.push(Socket {
+                        iface,
+                        socket,
+                        stats: counters,
+                    });
+                }
+            }
         }
         Ok(Self {
             rings,
+            sockets,
+            ports: capture.ports.clone(),
             stats,
             poll: capture.poll_interval,
             clock,
@@ -78,8 +104,8 @@ impl LiveSource {
         })
     }
 
-    /// The kernel counters of every interface, for the metrics endpoint (taken once).
-    pub fn take_kernel_stats(&mut self) -> Vec<(Arc<str>, KernelStats)> {
+    /// The capture counters of every interface, for the metrics endpoint (taken once).
+    pub fn take_kernel_stats(&mut self) -> Vec<(Arc<str>, CaptureCounters)> {
         std::mem::take(&mut self.stats)
     }
 
@@ -95,6 +121,13 @@ struct Ring {
     events: RingBuf<MapData>,
     logger: Option<ProgramLogger>,
     guard: ProgramGuard,
+}
+
+/// What reading one AF_PACKET interface needs; dropping `socket` stops its capture.
+struct Socket {
+    iface: Arc<str>,
+    socket: PacketSocket,
+    stats: Arc<AfPacketStats>,
 }
 
 impl Source for LiveSource {
@@ -129,6 +162,25 @@ impl Source for LiveSource {
                 .await;
                 if let Err(err) = result {
                     warn!(%iface, error = %err, "ring buffer reader failed");
+                }
+            });
+        }
+        for Socket {
+            iface,
+            socket,
+            stats,
+        } in self.sockets
+        {
+            let pipeline = pipeline.clone();
+            let cancel = stop_readers.clone();
+            let (poll, ports) = (self.poll, self.ports.clone());
+            readers.spawn(async move {
+                let result = read_ring(socket, &ports, poll, stats, cancel, |record, at| {
+                    pipeline.handle(record, at, Some(&iface));
+                })
+                .await;
+                if let Err(err) = result {
+                    warn!(%iface, error = %err, "packet ring reader failed");
                 }
             });
         }

@@ -26,8 +26,8 @@ pub use record::{Record, RecordError};
 
 use crate::{bpf::AttachMode, pipeline::Pipeline};
 
-/// Where records come from: live XDP rings ([`live::LiveSource`]) or a capture file
-/// (`replay`); an AF_PACKET ring plugs in the same way.
+/// Where records come from: live XDP or AF_PACKET rings ([`live::LiveSource`]) or a capture
+/// file (`replay`).
 pub trait Source: Send + 'static {
     /// What the source reports when it ends (its counts, the error that ended it).
     type Report: Send + 'static;
@@ -46,6 +46,8 @@ pub trait Source: Send + 'static {
 pub struct CaptureSettings {
     /// Interfaces to capture on.
     pub ifaces: Vec<String>,
+    /// Which capture path (`--capture`).
+    pub mode: source::CaptureMode,
     /// UDP destination ports to watch (1..=MAX_PORTS of them).
     pub ports: Vec<u16>,
     /// How the XDP program is attached.

@@ -189,7 +189,7 @@ pub fn open(iface: &str, settings: &SourceSettings) -> Result<Source, SourceErro
             Ok(attached) => return Ok(Source::Xdp(Box::new(attached))),
             Err(err) => match fallback_reason(&err) {
                 Some(reason) => {
-                    warn!(iface, reason = %reason, "XDP capture is not possible here; capturing with AF_PACKET");
+                    warn!(iface, reason = %reason, "XDP capture is not possible here; falling back to AF_PACKET");
                     Some(reason)
                 }
                 None => return Err(err.into()),
@@ -242,7 +242,10 @@ mod tests {
         }
         match predict(CaptureMode::Auto, Err(&busy), Err(&denied)) {
             Prediction::Neither { reason } => {
-                assert!(reason.contains("xdp: ") && reason.contains("CAP_NET_RAW"), "{reason}");
+                assert!(
+                    reason.contains("xdp: ") && reason.contains("CAP_NET_RAW"),
+                    "{reason}"
+                );
             }
             other => panic!("expected neither, got {other:?}"),
         }

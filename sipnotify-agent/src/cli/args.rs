@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum, builder::PossibleValue};
 
-use crate::{bpf::AttachMode, logging::LogFormat, replay::Speed};
+use crate::{bpf::AttachMode, capture::source::CaptureMode, logging::LogFormat, replay::Speed};
 
 /// The bridge endpoint of the reference site (design.md).
 pub const DEFAULT_BRIDGE_URL: &str = "https://127.0.0.1:8000/genesys-call-notify";
@@ -66,6 +66,14 @@ pub struct RunArgs {
     /// UDP destination port to watch (repeat for several, at most 16).
     #[arg(long = "port", value_name = "PORT", default_values_t = [5061])]
     pub ports: Vec<u16>,
+
+    /// Which capture path to use.
+    ///
+    /// `auto` uses XDP where the kernel and the interface allow it, and otherwise falls back
+    /// to AF_PACKET, logging why (the kernel lacks a feature, the interface has another XDP
+    /// program, or BPF loading is not permitted). `doctor` tells which path `run` would take.
+    #[arg(long, value_enum, default_value_t = CaptureMode::Auto)]
+    pub capture: CaptureMode,
 
     /// How to attach the XDP program.
     ///
@@ -349,6 +357,12 @@ value_enum!(AttachMode {
     Auto => "auto": "Native (driver) mode when the driver supports it, generic otherwise",
     Native => "native": "Native (driver) mode only",
     Generic => "generic": "Generic (skb) mode only",
+});
+
+value_enum!(CaptureMode {
+    Auto => "auto": "XDP where the kernel and interface allow it, AF_PACKET otherwise (logged with the reason)",
+    Xdp => "xdp": "XDP only: fail when it cannot run",
+    AfPacket => "af-packet": "AF_PACKET with a classic BPF filter (Linux 3.10 and later, needs only CAP_NET_RAW)",
 });
 
 value_enum!(Speed {

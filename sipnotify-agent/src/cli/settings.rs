@@ -203,6 +203,7 @@ fn run_settings(args: &RunArgs, token: Option<String>) -> Result<RunSettings, Se
     Ok(RunSettings {
         capture: CaptureSettings {
             ifaces: args.ifaces.clone(),
+            mode: args.capture,
             ports: args.ports.clone(),
             xdp_mode: args.xdp_mode,
             ring_bytes: args.ring_bytes,
