@@ -67,6 +67,8 @@ pub const SUPPORT_MATRIX: &str = "the kernel matrix covers Linux 5.10 (linear co
 pub struct DoctorSettings {
     /// Interfaces the agent will capture on.
     pub ifaces: Vec<String>,
+    /// The capture path `run` will be asked for (`--capture`).
+    pub capture: CaptureMode,
     /// The bridge to probe: `None` skips it (`--no-bridge`); an error is a bridge flag that
     /// cannot work, reported as a failed check.
     pub bridge: Option<Result<BridgeSettings, String>>,
@@ -181,8 +183,9 @@ pub async fn doctor(settings: DoctorSettings) -> Result<(), DoctorError> {
 /// Runs every check and returns the rows, in report order.
 pub async fn run_checks(settings: &DoctorSettings) -> Result<Vec<Check>, DoctorError> {
     let ifaces = settings.ifaces.clone();
+    let capture = settings.capture;
     // Syscalls, /proc reads, `ip` and the verifier: off the async workers.
-    let mut checks = tokio::task::spawn_blocking(move || system_checks(&ifaces))
+    let mut checks = tokio::task::spawn_blocking(move || system_checks(&ifaces, capture))
         .await
         .map_err(|e| DoctorError::Internal(e.to_string()))?;
     if let Some(bridge) = &settings.bridge {
@@ -191,7 +194,7 @@ pub async fn run_checks(settings: &DoctorSettings) -> Result<Vec<Check>, DoctorE
     Ok(checks)
 }
 
-fn system_checks(ifaces: &[String]) -> Vec<Check> {
+fn system_checks(ifaces: &[String], capture: CaptureMode) -> Vec<Check> {
     let kernel = KernelVersion::current().map_err(|err| err.to_string());
     let version = kernel.as_ref().ok().copied();
     let mut checks = vec![
@@ -251,18 +254,18 @@ fn system_checks(ifaces: &[String]) -> Vec<Check> {
                 block_timeout: Duration::from_millis(1),
             };
             let af_verdict = PacketSocket::open(iface, ifindex, &af).map(drop);
-            source::predict(CaptureMode::Auto, xdp_verdict, af_verdict.as_ref().copied())
+            source::predict(capture, xdp_verdict, af_verdict.as_ref().copied())
         });
         checks.push(interface_check(iface, index, xdp, &existing));
         if let Some(prediction) = prediction {
-            checks.push(capture_path_check(iface, &prediction));
+            checks.push(capture_path_check(iface, capture, &prediction));
         }
     }
     checks
 }
 
-/// Which path `run --capture auto` would take on `iface`, and why.
-pub fn capture_path_check(iface: &str, prediction: &Prediction) -> Check {
+/// Which path `run --capture MODE` would take on `iface`, and why.
+pub fn capture_path_check(iface: &str, mode: CaptureMode, prediction: &Prediction) -> Check {
     let name = format!("capture {iface}");
     match prediction {
         Prediction::Xdp => Check::ok(name, "run would capture with XDP"),
@@ -278,7 +281,7 @@ pub fn capture_path_check(iface: &str, prediction: &Prediction) -> Check {
         ),
         Prediction::Neither { reason } => Check::fail(
             name,
-            format!("run cannot capture here: {reason}"),
+            format!("run --capture {mode} cannot capture here: {reason}"),
             FIX_PERMISSIONS,
         ),
     }
@@ -995,7 +998,7 @@ mod tests {
 
     #[test]
     fn the_capture_row_names_the_path_and_the_reason() {
-        let xdp = capture_path_check("eth0", &Prediction::Xdp);
+        let xdp = capture_path_check("eth0", CaptureMode::Auto, &Prediction::Xdp);
         assert_eq!(
             (xdp.name.as_str(), xdp.status),
             ("capture eth0", Status::Ok)
@@ -1003,6 +1006,7 @@ mod tests {
         assert!(xdp.detail.contains("XDP"), "{}", xdp.detail);
         let fallback = capture_path_check(
             "eth0",
+            CaptureMode::Auto,
             &Prediction::AfPacket {
                 fallback: Some("the interface already has another XDP program attached".into()),
             },
@@ -1015,6 +1019,7 @@ mod tests {
         );
         let neither = capture_path_check(
             "eth0",
+            CaptureMode::Xdp,
             &Prediction::Neither {
                 reason: "permission denied".into(),
             },

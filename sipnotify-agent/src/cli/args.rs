@@ -149,6 +149,11 @@ pub struct DoctorArgs {
     #[arg(long = "iface", value_name = "IFACE")]
     pub ifaces: Vec<String>,
 
+    /// The capture path `run` will be asked for: each interface's row says which path `run`
+    /// would take with it, and why.
+    #[arg(long, value_enum, default_value_t = CaptureMode::Auto)]
+    pub capture: CaptureMode,
+
     /// The bridge endpoint to try (one HEAD request, no notification is sent).
     #[arg(long, value_name = "URL", default_value = DEFAULT_BRIDGE_URL)]
     pub bridge_url: String,

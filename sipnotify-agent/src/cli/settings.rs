@@ -252,6 +252,7 @@ fn doctor_settings(args: &DoctorArgs) -> DoctorSettings {
     });
     DoctorSettings {
         ifaces: args.ifaces.clone(),
+        capture: args.capture,
         bridge,
         insecure: args.insecure,
         request_timeout: args.request_timeout,
