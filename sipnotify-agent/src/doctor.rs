@@ -29,6 +29,8 @@ use aya::{
 };
 use reqwest::StatusCode;
 
+use sipnotify_common::{Counter, CounterSet};
+
 use crate::{
     bpf::{self, CopyPath, LoadError, ProgramSettings},
     capture::{
@@ -256,9 +258,21 @@ fn system_checks(ifaces: &[String], capture: CaptureMode) -> Vec<Check> {
             let af_verdict = PacketSocket::open(iface, ifindex, &af).map(drop);
             source::predict(capture, xdp_verdict, af_verdict.as_ref().copied())
         });
+        // A running agent's program: what has it seen on the watched ports?
+        let running = match &xdp {
+            Some(Ok(Some(XdpProgram {
+                id: Some(id),
+                name: Some(name),
+                ..
+            }))) if name == sipnotify_common::PROGRAM_NAME => u32::try_from(*id).ok(),
+            _ => None,
+        };
         checks.push(interface_check(iface, index, xdp, &existing));
         if let Some(prediction) = prediction {
             checks.push(capture_path_check(iface, capture, &prediction));
+        }
+        if let Some(id) = running {
+            checks.push(tls_on_port_check(iface, bpf::program_counters(id)));
         }
     }
     checks
@@ -617,6 +631,37 @@ pub fn interface_check(
             name,
             format!("index {index}; cannot tell whether an XDP program is attached: {err}"),
             "install iproute2 (`ip`), or check with `bpftool net show`",
+        ),
+    }
+}
+
+/// Whether the running agent's program on `iface` saw TLS on the watched ports.
+pub fn tls_on_port_check(iface: &str, counters: Result<CounterSet, String>) -> Check {
+    let name = format!("tls on {iface}");
+    match counters {
+        Ok(counters) => {
+            let tls = counters.get(Counter::TlsRecord) + counters.get(Counter::DtlsRecord);
+            if tls == 0 {
+                Check::ok(
+                    name,
+                    "nothing on the watched ports looks like TLS or DTLS since the agent started",
+                )
+            } else {
+                Check::warn(
+                    name,
+                    format!(
+                        "{tls} packets to a watched port started like a TLS or DTLS record since \
+                         the agent started: the port carries TLS; sipnotify can only read \
+                         plaintext SIP"
+                    ),
+                    "configure the SIP Server's trunk to this host as UDP or TCP",
+                )
+            }
+        }
+        Err(reason) => Check::warn(
+            name,
+            format!("cannot read the running agent's counters: {reason}"),
+            "run doctor as root (or with CAP_BPF and CAP_SYS_ADMIN) to read them",
         ),
     }
 }

@@ -23,4 +23,5 @@ pub mod sink;
 pub mod sip;
 pub mod spool;
 pub mod telemetry;
+pub mod tls_alarm;
 pub mod wiring;

@@ -15,7 +15,7 @@ use crate::{
     pipeline::{Pipeline, PipelineSettings},
     queue::NotificationQueue,
     sink::{Delivery, SinkSettings},
-    telemetry, wiring,
+    telemetry, tls_alarm, wiring,
 };
 
 /// What `run` runs with, validated by the command line.
@@ -67,10 +67,16 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
 
     let stop_telemetry = CancellationToken::new();
     tokio::spawn(telemetry::upkeep(recorder.clone(), stop_telemetry.clone()));
+    let kernel: Arc<[_]> = source.take_kernel_stats().into();
+    tokio::spawn(tls_alarm::watch(
+        kernel.clone(),
+        capture.ports.clone(),
+        stop_telemetry.clone(),
+    ));
     if let Some(listener) = metrics_listener {
         let sources = Arc::new(telemetry::Sources {
             handle: recorder,
-            kernel: source.take_kernel_stats(),
+            kernel,
             queue,
             attached: source.attached(),
             bridge: bridge_health,

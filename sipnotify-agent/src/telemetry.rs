@@ -113,7 +113,7 @@ pub struct Sources {
     /// The recorder's renderer.
     pub handle: PrometheusHandle,
     /// Capture counters per interface.
-    pub kernel: Vec<(Arc<str>, CaptureCounters)>,
+    pub kernel: Arc<[(Arc<str>, CaptureCounters)]>,
     /// The delivery queue.
     pub queue: NotificationQueue,
     /// Set once every program is attached.
@@ -124,7 +124,7 @@ pub struct Sources {
 
 impl Sources {
     fn render(&self) -> String {
-        for (iface, stats) in &self.kernel {
+        for (iface, stats) in self.kernel.iter() {
             match stats.read() {
                 Ok(values) => {
                     for counter in Counter::ALL {

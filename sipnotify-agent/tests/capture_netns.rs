@@ -3,6 +3,7 @@
 //! agent on the receiving end prints every NOTIFY that crosses the wire exactly once (IPv4 and
 //! IPv6, untagged and 802.1Q-tagged), and every datagram (NOTIFY or not) still reaches the
 //! socket bound on the receiving side: capture observes and never drops.
+//! A TLS ClientHello on the watched port is counted, explained in the log and by doctor.
 
 mod support;
 
@@ -249,4 +250,85 @@ fn auto_falls_back_to_af_packet_when_another_xdp_program_holds_the_interface() {
     );
     send_and_check(&net, agent, "af-packet", NOTIFIES);
     drop(other);
+}
+
+/// The bytes a TLS client opens with: rustls's ClientHello for `name`.
+fn client_hello(name: &str) -> Vec<u8> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let server = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let mut connection = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
+    let mut hello = Vec::new();
+    connection.write_tls(&mut hello).unwrap();
+    hello
+}
+
+/// A SIP Server whose trunk was switched to TLS: the ClientHello on TCP 5061 is counted by
+/// the program, the agent says what it means and what to do, and doctor reports it.
+#[test]
+fn a_tls_client_hello_on_the_watched_port_is_counted_and_explained() {
+    if !support::privileged("a_tls_client_hello_on_the_watched_port_is_counted_and_explained") {
+        return;
+    }
+    let net = VethPair::new("tls");
+    let mut agent = start_agent(
+        &net.receiver,
+        &["run", "--iface", "veth1", "--stdout", "--no-bridge"],
+    );
+    let listener = net
+        .receiver
+        .enter(|| std::net::TcpListener::bind("10.200.0.2:5061").unwrap());
+    let hello = client_hello("asterisk.example");
+    assert_eq!(&hello[..2], &[0x16, 0x03], "a TLS record");
+    net.sender.enter(|| {
+        use std::io::Write as _;
+        let mut stream = std::net::TcpStream::connect("10.200.0.2:5061").unwrap();
+        stream.write_all(&hello).unwrap();
+    });
+    let (_accepted, _) = listener.accept().unwrap();
+
+    agent.wait_for_log(
+        "port 5061 carries TLS; sipnotify can only read plaintext SIP: configure the SIP \
+         Server's trunk to this host as UDP or TCP",
+        Duration::from_secs(15),
+    );
+    let (status, metrics) = net.receiver.http_get("127.0.0.1:9464", "/metrics");
+    assert!(status.contains("200"), "{status}");
+    let tls = support::metric(
+        &metrics,
+        "sipnotify_kernel_packets_total",
+        &[("iface", "veth1"), ("outcome", "tls_record")],
+    );
+    assert_eq!(tls, Some(1.0), "{metrics}");
+
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let doctor = net
+        .receiver
+        .command(env!("CARGO_BIN_EXE_sipnotify-agent"))
+        .arg("--config")
+        .arg(config.path())
+        .args(["doctor", "--iface", "veth1", "--no-bridge"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    let row = report
+        .lines()
+        .skip_while(|l| !l.starts_with("tls on veth1"))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(row.contains("WARN"), "{report}");
+    assert!(
+        row.contains("1 packets to a watched port started like a TLS"),
+        "{report}"
+    );
+    assert!(
+        row.contains("fix: configure the SIP Server's trunk"),
+        "{report}"
+    );
+    agent.stop();
 }

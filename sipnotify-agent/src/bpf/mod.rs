@@ -323,6 +323,36 @@ impl KernelStats {
     }
 }
 
+/// The counters of the loaded sipnotify program with id `program_id` (a running agent's, as
+/// `ip link` names it), read through its stats map; for `doctor`.
+pub fn program_counters(program_id: u32) -> Result<CounterSet, String> {
+    let program = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|program| program.id() == program_id)
+        .ok_or_else(|| format!("cannot find program {program_id} among the loaded programs"))?;
+    let maps = program
+        .map_ids()
+        .map_err(|e| format!("cannot list the maps of program {program_id}: {e}"))?
+        .unwrap_or_default();
+    for id in maps {
+        let Ok(map) = MapData::from_id(id) else {
+            continue;
+        };
+        let named = map
+            .info()
+            .is_ok_and(|info| info.name_as_str() == Some(STATS_MAP));
+        if !named {
+            continue;
+        }
+        let map = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(map))
+            .map_err(|e| format!("map {id} of program {program_id}: {e}"))?;
+        return KernelStats { map }
+            .read()
+            .map_err(|e| format!("cannot read map {id} of program {program_id}: {e}"));
+    }
+    Err(format!("program {program_id} has no {STATS_MAP} map"))
+}
+
 /// Checks what can be checked before loading: the object, and the BPF ring buffer.
 pub fn preflight() -> Result<(), LoadError> {
     if OBJECT.is_empty() {
