@@ -84,7 +84,7 @@ fn run(
     let ca_file = dir.join(format!("{}.pem", case.name.replace(['/', ' '], "-")));
     bridge.write_ca_file(&ca_file)?;
     let mut args = DeliveryArgs {
-        bridge_url: bridge.url().to_owned(),
+        bridge_url: Some(bridge.url().to_owned()),
         ca_file: Some(ca_file),
         array_mode: case.array_mode,
         queue_capacity: case.count as usize,

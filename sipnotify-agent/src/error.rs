@@ -2,7 +2,10 @@
 //! configuration, 1 for runtime failures).
 
 use crate::{
-    bpf::LoadError, capture::source::SourceError, sink::ClientError, telemetry::TelemetryError,
+    bpf::LoadError,
+    capture::source::SourceError,
+    sink::{BridgeConfigError, ClientError},
+    telemetry::TelemetryError,
 };
 
 /// Everything that can end `run` once its settings are valid (bad settings never get here:
@@ -21,6 +24,10 @@ pub enum AgentError {
     /// The bridge client could not be set up.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The check before capture found a configuration error at the bridge (an untrusted
+    /// certificate, no endpoint at the URL): nothing was attached.
+    #[error(transparent)]
+    Bridge(#[from] BridgeConfigError),
     /// Delivery stopped with an error.
     #[error("{0}")]
     Delivery(String),
@@ -41,6 +48,7 @@ impl AgentError {
         match self {
             AgentError::Load(err) => err.exit_code(),
             AgentError::Source(err) => err.exit_code(),
+            AgentError::Bridge(_) => 2,
             AgentError::Telemetry(_)
             | AgentError::Client(_)
             | AgentError::Io { .. }

@@ -84,6 +84,9 @@ pub enum ReplayError {
     /// The bridge client could not be set up.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The check before reading found a configuration error at the bridge.
+    #[error(transparent)]
+    Bridge(#[from] crate::sink::BridgeConfigError),
     /// The file cannot be opened or read at all.
     #[error("cannot read capture `{}`: {reason}", path.display())]
     Open {
@@ -124,7 +127,7 @@ impl ReplayError {
     /// Process exit code (design.md: 2 for bad usage or configuration, 1 at run time).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::Open { .. } | Self::NotCapture { .. } => 2,
+            Self::Open { .. } | Self::NotCapture { .. } | Self::Bridge(_) => 2,
             Self::Client(_) | Self::Broken { .. } | Self::Delivery(_) => 1,
         }
     }
@@ -307,6 +310,10 @@ pub async fn replay_to<W: AsyncWrite + Unpin + Send + 'static>(
 
     let path = settings.file.clone();
     let (reader, size) = open(&path)?;
+    delivery
+        .check_before_capture()
+        .await
+        .map_err(ReplayError::from)?;
 
     let pipeline = Pipeline::new(&settings.pipeline, queue).log_sip(settings.log.log_sip);
     let source = FileSource {

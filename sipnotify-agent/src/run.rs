@@ -61,6 +61,9 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
     let has_bridge = delivery.bridge.is_some();
     let queue = NotificationQueue::new(delivery.queue_capacity);
     let delivery = Delivery::new(delivery)?;
+    // Before attaching: a certificate or URL that cannot work is a configuration error now,
+    // not a loss of every notification later.
+    delivery.check_before_capture().await?;
     let bridge_health = has_bridge.then(|| delivery.health());
     let pipeline = Pipeline::new(&pipeline, queue.clone()).log_sip(log.log_sip);
     let mut source = LiveSource::attach(&capture)?;

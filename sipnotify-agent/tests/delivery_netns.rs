@@ -234,3 +234,78 @@ fn the_openssl_one_liner_certificate_as_ca_file_delivers_exactly_once() {
     assert_eq!(received.len(), 1, "{received:?}");
     assert_eq!(received[0].object["call_uuid"], call_uuid(7));
 }
+
+/// A --ca-file that does not trust the bridge's certificate is found before the program is
+/// attached: `run` exits 2 with the remedy, and the interface never had XDP on it.
+#[test]
+fn a_wrong_certificate_makes_run_exit_2_before_attaching() {
+    let test = "a_wrong_certificate_makes_run_exit_2_before_attaching";
+    if !support::privileged(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let other = openssl_one_liner(dir.path(), "other", "bridge", "IP:10.200.0.2");
+    let Some(other) = openssl_or_skip(test, other) else {
+        return;
+    };
+    let net = VethPair::new("wrong");
+    let options = BridgeOptions {
+        addr: "10.200.0.2:0".parse().unwrap(),
+        ..BridgeOptions::default()
+    };
+    let bridge = NamespacedBridge::start(&net.receiver, options, "wrong-bridge");
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let mut child = net
+        .receiver
+        .command(env!("CARGO_BIN_EXE_sipnotify-agent"))
+        .env("NO_COLOR", "1")
+        .arg("--config")
+        .arg(config.path())
+        .args([
+            "run",
+            "--iface",
+            "veth1",
+            "--bridge-url",
+            bridge.bridge.url(),
+        ])
+        .arg("--ca-file")
+        .arg(&other.ca_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("sipnotify: the tls certificate of the bridge at https://10.200.0.2:"),
+        "{stderr}"
+    );
+    assert!(
+        last.contains("--ca-file") && last.contains("--insecure"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("attached"),
+        "attached before the check:\n{stderr}"
+    );
+    assert!(!stderr.contains("capturing"), "{stderr}");
+    let link = net
+        .receiver
+        .command("ip")
+        .args(["-d", "link", "show", "dev", "veth1"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
+        "{}",
+        String::from_utf8_lossy(&link.stdout)
+    );
+    assert!(bridge.bridge.requests().is_empty());
+}

@@ -448,9 +448,10 @@ async fn the_bridge_gets_the_notification_once() {
     );
     assert!(received[0].idempotency_key.is_some());
 
-    // Without the CA the certificate is untrusted: exit 1 naming both remedies.
+    // Without the CA the certificate is untrusted: a configuration error found before
+    // reading (exit 2), naming both remedies.
     let output = replay_async(file, vec!["--bridge-url".into(), bridge.url().to_owned()]).await;
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     let error = last_line(&output);
     assert!(
         error.contains("--ca-file PEM") && error.contains("--insecure"),
@@ -603,4 +604,49 @@ fn fragmented_and_tcp_notifies_are_reassembled_and_delivered_once() {
         "{log}"
     );
     assert!(log.contains("fragment_incomplete 1"), "{log}");
+}
+
+/// `replay F --stdout` means print, not post: run in a network namespace of its own where
+/// something listens on the default bridge address (127.0.0.1:8000), it prints the
+/// notification and that listener never sees a connection.
+#[test]
+fn stdout_alone_makes_no_network_connection() {
+    if !support::privileged("stdout_alone_makes_no_network_connection") {
+        return;
+    }
+    let ns = support::NetNs::new("nonet");
+    let listener = ns.enter(|| std::net::TcpListener::bind("127.0.0.1:8000").unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let config = tempfile::NamedTempFile::new().unwrap();
+    let mut command = ns.command(env!("CARGO_BIN_EXE_sipnotify-agent"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SIPNOTIFY_") {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command
+        .arg("--config")
+        .arg(config.path())
+        .arg("replay")
+        .arg(pcaps().join(RETRANSMISSIONS))
+        .arg("--stdout")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A replay that posts would retry against the silent listener until stopped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let connection = listener.accept();
+    assert!(
+        matches!(&connection, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "replay --stdout connected to the default bridge address: {connection:?}\n{}",
+        stderr(&output)
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(objects(&output).len(), 1);
 }

@@ -70,7 +70,7 @@ impl Fixture {
     /// Verified TLS with `--ca-file`, quick retries for short tests.
     fn args(&self) -> DeliveryArgs {
         DeliveryArgs {
-            bridge_url: self.bridge.url().to_owned(),
+            bridge_url: Some(self.bridge.url().to_owned()),
             ca_file: Some(self.ca_file.clone()),
             retry_initial: Duration::from_millis(10),
             retry_max: Duration::from_millis(200),
@@ -251,22 +251,23 @@ async fn a_400_is_rejected_without_retry() {
     assert!(f.bridge.received().is_empty());
 }
 
+/// Checks the bridge as `run` does before capturing; the configuration error's message.
+async fn check_error(args: &DeliveryArgs) -> String {
+    let delivery = Delivery::new(settings(args)).unwrap();
+    let error = delivery.check_bridge().await.unwrap_err();
+    let message = error.to_string();
+    eprintln!("{message}");
+    message
+}
+
 #[tokio::test]
-async fn an_untrusted_certificate_stops_with_both_remedies() {
+async fn an_untrusted_certificate_is_a_configuration_error_naming_both_remedies() {
     let f = fixture(BridgeOptions::default()).await;
     let args = DeliveryArgs {
         ca_file: None,
         ..f.args()
     };
-    let queue = NotificationQueue::new(10);
-    queue.push(notification(1));
-    queue.close();
-    let started = Instant::now();
-    let failed = deliver(queue, settings(&args), CancellationToken::new())
-        .await
-        .err()
-        .unwrap();
-    let message = failed.to_string();
+    let message = check_error(&args).await;
     assert!(message.contains("--ca-file PEM"), "{message}");
     assert!(message.contains("--insecure"), "{message}");
     assert!(message.contains("not trusted"), "{message}");
@@ -275,9 +276,32 @@ async fn an_untrusted_certificate_stops_with_both_remedies() {
         message.contains("unknown certificate authority"),
         "{message}"
     );
-    eprintln!("{message}");
-    assert_eq!(failed.report.undelivered, 1);
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(f.bridge.requests().is_empty());
+}
+
+/// Found only at delivery time (the certificate changed after the check), an untrusted
+/// certificate loses nothing: delivery keeps the notification and retries until shutdown.
+#[tokio::test]
+async fn an_untrusted_certificate_at_delivery_time_keeps_the_notifications() {
+    let f = fixture(BridgeOptions::default()).await;
+    let args = DeliveryArgs {
+        ca_file: None,
+        shutdown_timeout: Duration::from_millis(200),
+        ..f.args()
+    };
+    let queue = NotificationQueue::new(10);
+    queue.push(notification(1));
+    let shutdown = CancellationToken::new();
+    let delivering = tokio::spawn(deliver(queue.clone(), settings(&args), shutdown.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !delivering.is_finished(),
+        "delivery gave up on a certificate error"
+    );
+    shutdown.cancel();
+    let report = delivering.await.unwrap().unwrap();
+    assert_eq!((report.delivered, report.undelivered), (0, 1), "{report:?}");
+    assert!(report.retries >= 2, "{report:?}");
     assert!(f.bridge.requests().is_empty());
 }
 
@@ -288,20 +312,12 @@ async fn a_certificate_for_another_name_is_untrusted_too() {
         ..BridgeOptions::default()
     })
     .await;
-    let queue = NotificationQueue::new(10);
-    queue.push(notification(1));
-    queue.close();
-    let failed = deliver(queue, settings(&f.args()), CancellationToken::new())
-        .await
-        .err()
-        .unwrap();
-    let message = failed.to_string();
+    let message = check_error(&f.args()).await;
     assert!(
         message.contains("--ca-file PEM") && message.contains("--insecure"),
         "{message}"
     );
     assert!(message.contains("not valid for name"), "{message}");
-    eprintln!("{message}");
 }
 
 /// The check before capture, through the delivery client: a wrong path or an untrusted
@@ -322,7 +338,7 @@ async fn the_bridge_check_tells_configuration_errors_from_an_absent_bridge() {
     assert!(f.bridge.received().is_empty(), "the check posts nothing");
 
     let wrong_path = DeliveryArgs {
-        bridge_url: f.bridge.url().replace("/genesys-call-notify", "/notify"),
+        bridge_url: Some(f.bridge.url().replace("/genesys-call-notify", "/notify")),
         ..f.args()
     };
     let error = check(wrong_path).await.unwrap_err();
@@ -349,7 +365,7 @@ async fn the_bridge_check_tells_configuration_errors_from_an_absent_bridge() {
         listener.local_addr().unwrap().port()
     };
     let down = DeliveryArgs {
-        bridge_url: format!("https://127.0.0.1:{port}/genesys-call-notify"),
+        bridge_url: Some(format!("https://127.0.0.1:{port}/genesys-call-notify")),
         ..f.args()
     };
     let unreachable = check(down).await;
@@ -600,7 +616,7 @@ async fn bridge_serving(identity: &ServerIdentity) -> TestBridge {
 
 fn tls_args(bridge: &TestBridge, ca_file: Option<PathBuf>, pins: &[String]) -> DeliveryArgs {
     DeliveryArgs {
-        bridge_url: bridge.url().to_owned(),
+        bridge_url: Some(bridge.url().to_owned()),
         ca_file,
         pin_sha256: pins.to_vec(),
         retry_initial: Duration::from_millis(10),
@@ -693,11 +709,7 @@ async fn the_wrong_certificate_fails_naming_both_remedies() {
         return;
     };
     let bridge = bridge_serving(&served.identity).await;
-    let failed = deliver_one(&tls_args(&bridge, Some(other.ca_file), &[]))
-        .await
-        .unwrap_err();
-    let message = failed.to_string();
-    eprintln!("{message}");
+    let message = check_error(&tls_args(&bridge, Some(other.ca_file), &[])).await;
     assert!(
         message.contains("a self-signed (CA:TRUE) certificate that is not the one in --ca-file"),
         "{message}"
@@ -718,11 +730,7 @@ async fn a_certificate_for_another_name_fails_naming_the_host() {
         return;
     };
     let bridge = bridge_serving(&made.identity).await;
-    let failed = deliver_one(&tls_args(&bridge, Some(made.ca_file), &[]))
-        .await
-        .unwrap_err();
-    let message = failed.to_string();
-    eprintln!("{message}");
+    let message = check_error(&tls_args(&bridge, Some(made.ca_file), &[])).await;
     assert!(
         message.contains("not valid for name \"127.0.0.1\""),
         "{message}"

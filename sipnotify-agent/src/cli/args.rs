@@ -216,8 +216,12 @@ pub struct PipelineArgs {
 #[command(next_help_heading = "Delivery")]
 pub struct DeliveryArgs {
     /// The bridge endpoint that receives each notification (HTTP POST of JSON).
-    #[arg(long, value_name = "URL", default_value = DEFAULT_BRIDGE_URL)]
-    pub bridge_url: String,
+    ///
+    /// Without --stdout it defaults to https://127.0.0.1:8000/genesys-call-notify. With
+    /// --stdout nothing is posted unless a bridge URL is given (as a flag, in
+    /// SIPNOTIFY_BRIDGE_URL or in the config file): `--stdout` alone only prints.
+    #[arg(long, value_name = "URL")]
+    pub bridge_url: Option<String>,
 
     /// Do not verify the bridge's TLS certificate (a warning is logged at start).
     #[arg(long, conflicts_with = "ca_file")]
@@ -244,11 +248,13 @@ pub struct DeliveryArgs {
     #[arg(long, value_name = "PATH")]
     pub bridge_token_file: Option<PathBuf>,
 
-    /// Print each notification as one JSON line on stdout (the object the bridge gets).
+    /// Print each notification as one JSON line on stdout (the object the bridge gets). Alone
+    /// it posts nothing; with a --bridge-url (flag, environment or config file) it does both.
     #[arg(long)]
     pub stdout: bool,
 
-    /// Do not post to the bridge (with --stdout: print only).
+    /// Do not post to the bridge even if a bridge URL is configured (with --stdout: print
+    /// only).
     #[arg(long, requires = "stdout")]
     pub no_bridge: bool,
 
@@ -396,7 +402,7 @@ mod tests {
     #[test]
     fn every_flag_group_has_parseable_defaults() {
         let delivery = DeliveryArgs::default();
-        assert_eq!(delivery.bridge_url, DEFAULT_BRIDGE_URL);
+        assert_eq!(delivery.bridge_url, None);
         assert_eq!(delivery.max_in_flight, 64);
         assert_eq!(delivery.queue_capacity, 20_000);
         let pipeline = PipelineArgs::default();

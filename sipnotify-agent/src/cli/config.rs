@@ -512,7 +512,8 @@ mod tests {
         let run = run_args(&parsed);
         assert_eq!(run.ports, [5060], "file beats default");
         assert_eq!(
-            run.delivery.bridge_url, "https://env/x",
+            run.delivery.bridge_url.as_deref(),
+            Some("https://env/x"),
             "environment beats file"
         );
         assert_eq!(run.delivery.queue_capacity, 11, "flag beats environment");

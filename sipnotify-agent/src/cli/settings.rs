@@ -240,7 +240,7 @@ fn replay_settings(
 fn doctor_settings(args: &DoctorArgs) -> DoctorSettings {
     let bridge = (!args.no_bridge).then(|| {
         let flags = DeliveryArgs {
-            bridge_url: args.bridge_url.clone(),
+            bridge_url: Some(args.bridge_url.clone()),
             ca_file: args.ca_file.clone(),
             pin_sha256: args.pin_sha256.clone(),
             insecure: args.insecure,
@@ -248,7 +248,7 @@ fn doctor_settings(args: &DoctorArgs) -> DoctorSettings {
             ..DeliveryArgs::default()
         };
         // The sink's own validation: the URL and CA file are judged as `run` would judge them.
-        bridge_settings(&flags, None).map_err(|err| err.to_string())
+        bridge_settings(&args.bridge_url, &flags, None).map_err(|err| err.to_string())
     });
     DoctorSettings {
         ifaces: args.ifaces.clone(),
@@ -307,10 +307,17 @@ pub fn sink_settings(
     if args.no_bridge && !args.stdout {
         return Err(SettingsError::NowhereToDeliver);
     }
-    let bridge = if args.no_bridge {
-        None
-    } else {
-        Some(bridge_settings(args, token_env)?)
+    // Output means what it says: --stdout alone prints and posts nothing; a bridge URL given
+    // anywhere (flag, environment, config file) asks for the bridge too.
+    let url = match (&args.bridge_url, args.stdout) {
+        _ if args.no_bridge => None,
+        (Some(url), _) => Some(url.as_str()),
+        (None, false) => Some(super::DEFAULT_BRIDGE_URL),
+        (None, true) => None,
+    };
+    let bridge = match url {
+        None => None,
+        Some(url) => Some(bridge_settings(url, args, token_env)?),
     };
     let at_least = |flag, min, value| {
         if value < min {
@@ -362,10 +369,11 @@ pub fn sink_settings(
 }
 
 fn bridge_settings(
+    url: &str,
     args: &DeliveryArgs,
     token_env: Option<String>,
 ) -> Result<BridgeSettings, SettingsError> {
-    let url = parse_bridge_url(&args.bridge_url)?;
+    let url = parse_bridge_url(url)?;
     let tls = tls_settings(args)?;
     let token = bearer_token(args.bridge_token_file.as_deref(), token_env)?;
     if args.request_timeout.is_zero() {

@@ -74,16 +74,6 @@ pub enum DeliveryError {
     /// The bridge client could not be built.
     #[error(transparent)]
     Client(#[from] ClientError),
-    /// The bridge's certificate is not trusted and the bridge has never answered.
-    #[error("the tls certificate of the bridge at {url} is not trusted ({reason}): {remedy}")]
-    UntrustedCertificate {
-        /// The bridge URL.
-        url: String,
-        /// What the verifier said.
-        reason: String,
-        /// What the operator can do about it.
-        remedy: &'static str,
-    },
 }
 
 /// Delivery stopped with an error; `report` says what happened until then.
@@ -159,6 +149,28 @@ impl Delivery {
     pub fn with_drop_log(mut self, drops: Arc<DropLog>) -> Self {
         self.drops = drops;
         self
+    }
+
+    /// [`Delivery::check_bridge`] as `run` and `replay` use it before capturing: a
+    /// configuration error is returned (exit 2, nothing captured); a bridge that does not
+    /// answer gets one warning, and capture goes on (what comes waits for it).
+    pub async fn check_before_capture(&self) -> Result<(), BridgeConfigError> {
+        let Some(http) = &self.http else {
+            return Ok(());
+        };
+        match self.check_bridge().await? {
+            Some(BridgeCheck::Answered { status }) => {
+                tracing::info!(url = %http.url(), %status, "the bridge answers");
+            }
+            Some(BridgeCheck::Unreachable { error }) => tracing::warn!(
+                url = %http.url(),
+                %error,
+                "the bridge does not answer; capturing anyway: notifications are kept and \
+                 delivered when it does"
+            ),
+            None => {}
+        }
+        Ok(())
     }
 
     /// Whether the bridge has answered at least once; shared with the running delivery.
@@ -401,6 +413,22 @@ impl Shared {
         };
         metrics::gauge!("sipnotify_bridge_up").set(0.0);
         let check = what_to_check(error, self.http.url());
+        if let SendError::UntrustedCertificate { .. } = error {
+            // A configuration error found after capture began (the check before capture
+            // passed, or the certificate changed since): never fatal, so nothing captured is
+            // lost to it, but loud, every time the limiter lets it through.
+            if started.is_ok() || self.failures.allow().is_some() {
+                tracing::error!(
+                    url = %self.http.url(),
+                    %error,
+                    backlog = self.backlog(),
+                    keeping = if self.acks.is_some() { "in the spool" } else { "in memory" },
+                    "the bridge's tls certificate is refused: nothing reaches the bridge until \
+                     this is fixed; notifications are kept and retried meanwhile"
+                );
+            }
+            return;
+        }
         match started {
             Ok(()) => {
                 // Keep the next failures out of the log for a while: this line said it.
@@ -427,14 +455,6 @@ impl Shared {
                 }
             }
         }
-    }
-
-    fn fail(&self, error: DeliveryError) {
-        let mut fatal = self.fatal.lock().unwrap_or_else(PoisonError::into_inner);
-        if fatal.is_none() {
-            *fatal = Some(error);
-        }
-        self.stop.cancel();
     }
 
     fn take_fatal(&self) -> Option<DeliveryError> {
@@ -592,17 +612,6 @@ async fn send_batch(
             BatchOutcome::Errored { error, retry_after } => {
                 if let SendError::Status { .. } = error {
                     shared.health.mark_answered();
-                }
-                if let SendError::UntrustedCertificate { reason, remedy } = &error {
-                    if !shared.health.has_answered() {
-                        shared.fail(DeliveryError::UntrustedCertificate {
-                            url: shared.http.url().to_string(),
-                            reason: reason.clone(),
-                            remedy,
-                        });
-                        // Still in flight: counted as undelivered.
-                        return calls;
-                    }
                 }
                 let delay = retry_after.unwrap_or_else(|| backoff.next_delay());
                 shared.bridge_failed(&error, delay);
