@@ -10,11 +10,14 @@ use support::{NetNs, VethPair, start_agent};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_sipnotify-agent");
 
-/// The agent on the test's veth, without a metrics port that could collide with another.
+/// The agent on the test's veth, on the XDP path only (`auto` would fall back to AF_PACKET),
+/// without a metrics port that could collide with another.
 const RUN_ON_VETH1: &[&str] = &[
     "run",
     "--iface",
     "veth1",
+    "--capture",
+    "xdp",
     "--stdout",
     "--no-bridge",
     "--metrics-listen",
@@ -95,5 +98,38 @@ fn loading_without_privileges_says_which_capabilities_are_missing() {
         stderr_line(&output),
         "sipnotify: permission denied loading the XDP program: run as root or grant \
          CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON"
+    );
+}
+
+#[test]
+fn auto_without_privileges_says_why_each_capture_path_failed() {
+    if !support::privileged("auto_without_privileges_says_why_each_capture_path_failed") {
+        return;
+    }
+    let net = VethPair::new("perma");
+    let output = run_in(
+        &net.receiver,
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ],
+        &[
+            "run",
+            "--iface",
+            "veth1",
+            "--stdout",
+            "--no-bridge",
+            "--metrics-listen",
+            "off",
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(
+        stderr_line(&output),
+        "sipnotify: xdp: loading BPF programs is not permitted; af-packet: permission denied \
+         opening a packet socket on `veth1`: run as root or grant CAP_NET_RAW"
     );
 }
