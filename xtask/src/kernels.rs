@@ -65,8 +65,12 @@ const MATRIX: &[Kernel] = &[
 /// The capture modes the agent runs in, in one boot, one after the other: a name and the
 /// `run` flags that select it.
 const CAPTURE_MODES: &[(&str, &[&str])] = &[
-    ("xdp native", &["--xdp-mode", "native"]),
-    ("xdp generic", &["--xdp-mode", "generic"]),
+    ("xdp native", &["--capture", "xdp", "--xdp-mode", "native"]),
+    (
+        "xdp generic",
+        &["--capture", "xdp", "--xdp-mode", "generic"],
+    ),
+    ("af-packet", &["--capture", "af-packet"]),
 ];
 
 const HOST_ADDR: &str = "10.201.0.1";
@@ -1031,30 +1035,42 @@ fn guest_mode(agent: &Path, batch: usize, flags: &[&str], sockets: &[UdpSocket])
         }
     });
 
-    // Attached: the agent logs the mode and the copy path it chose.
+    // Capturing: the agent logs "capturing" once every interface is open; before that, on the
+    // XDP path, the XDP mode and the copy path it chose.
     let mut log = Vec::new();
-    let attached = loop {
+    let mut attached = String::new();
+    loop {
         match log_rx.recv_timeout(GUEST_WAIT) {
             Ok(line) => {
-                let found = line.contains("XDP program attached");
+                if line.contains("XDP program attached") {
+                    attached.clone_from(&line);
+                }
+                let capturing = line.contains("capturing");
                 log.push(line);
-                if found {
-                    break log.last().cloned().unwrap_or_default();
+                if capturing {
+                    break;
                 }
             }
-            Err(_) => bail!("the agent did not attach: {}", log.join(" / ")),
+            Err(_) => bail!("the agent did not start capturing: {}", log.join(" / ")),
         }
+    }
+    let (mode, copy) = if flags.contains(&"af-packet") {
+        // No XDP copy on this path: the host checks the copy path of the XDP modes only.
+        ("af-packet", None)
+    } else {
+        let copy = ["bpf_xdp_load_bytes", "linear copy"]
+            .into_iter()
+            .find(|c| attached.contains(c))
+            .unwrap_or("unknown");
+        let mode = ["native", "generic"]
+            .into_iter()
+            .find(|m| {
+                attached.contains(&format!("mode={m}"))
+                    || attached.contains(&format!("mode=\"{m}\""))
+            })
+            .unwrap_or("unknown");
+        (mode, Some(copy))
     };
-    let copy = ["bpf_xdp_load_bytes", "linear copy"]
-        .into_iter()
-        .find(|c| attached.contains(c))
-        .unwrap_or("unknown");
-    let mode = ["native", "generic"]
-        .into_iter()
-        .find(|m| {
-            attached.contains(&format!("mode={m}")) || attached.contains(&format!("mode=\"{m}\""))
-        })
-        .unwrap_or("unknown");
     println!("{MARK}ready {batch}");
 
     let expected = traffic(batch);
@@ -1113,8 +1129,9 @@ fn guest_mode(agent: &Path, batch: usize, flags: &[&str], sockets: &[UdpSocket])
         let tail: Vec<&String> = log.iter().rev().take(5).collect();
         bail!("{}; agent log tail: {tail:?}", problems.join("; "));
     }
+    let copy = copy.map(|c| format!("copy={c}; ")).unwrap_or_default();
     Ok(format!(
-        "mode={mode}; copy={copy}; {NOTIFYS}/{NOTIFYS} NOTIFYs captured once; {}/{} datagrams delivered",
+        "mode={mode}; {copy}{NOTIFYS}/{NOTIFYS} NOTIFYs captured once; {}/{} datagrams delivered",
         received.len(),
         expected.len()
     ))
