@@ -62,7 +62,7 @@ const FIX_PERMISSIONS: &str = "run as root, or grant the binary the capabilities
 const FIX_KERNEL: &str = "XDP capture needs the BPF ring buffer of Linux 5.8 or newer";
 /// What `cargo xtask test-kernels` proves, boot by boot (README "Supported kernels").
 pub const SUPPORT_MATRIX: &str = "the kernel matrix covers Linux 5.10 (linear copy), 6.1, 6.12 \
-     and 7.x (bpf_xdp_load_bytes), native and generic XDP on virtio-net";
+     and 7.x (bpf_xdp_load_bytes), native and generic XDP and AF_PACKET on virtio-net";
 
 /// What `doctor` checks, from the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
