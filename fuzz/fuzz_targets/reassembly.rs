@@ -18,6 +18,7 @@ const FRAGMENTS: FragmentSettings = FragmentSettings {
     timeout: Duration::from_secs(30),
     max_datagram_bytes: 4096,
     max_fragments: 16,
+    max_datagrams: 64,
     max_total_bytes: 16 << 10,
 };
 const TCP: TcpSettings = TcpSettings {
@@ -26,6 +27,7 @@ const TCP: TcpSettings = TcpSettings {
     max_early_segments: 8,
     gap_timeout: Duration::from_secs(1),
     idle_timeout: Duration::from_secs(60),
+    max_flows: 64,
     max_total_bytes: 32 << 10,
 };
 
