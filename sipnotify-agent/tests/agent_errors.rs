@@ -24,6 +24,15 @@ const RUN_ON_VETH1: &[&str] = &[
     "off",
 ];
 
+/// Drops from root to `nobody` with no capabilities.
+const AS_NOBODY: &[&str] = &[
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all",
+];
+
 fn stderr_line(output: &Output) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr);
     stderr
@@ -82,17 +91,7 @@ fn loading_without_privileges_says_which_capabilities_are_missing() {
     }
     let net = VethPair::new("perm");
     // Enter the namespace as root, then drop to `nobody` with no capabilities.
-    let output = run_in(
-        &net.receiver,
-        &[
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ],
-        RUN_ON_VETH1,
-    );
+    let output = run_in(&net.receiver, AS_NOBODY, RUN_ON_VETH1);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert_eq!(
         stderr_line(&output),
@@ -109,13 +108,7 @@ fn auto_without_privileges_says_why_each_capture_path_failed() {
     let net = VethPair::new("perma");
     let output = run_in(
         &net.receiver,
-        &[
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ],
+        AS_NOBODY,
         &[
             "run",
             "--iface",
