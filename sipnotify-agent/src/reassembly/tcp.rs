@@ -214,7 +214,7 @@ struct Flow {
 }
 
 impl Flow {
-    fn new(next_seq: u32, syncing: bool, now: Duration) -> Self {
+    fn new(next_seq: u32, syncing: bool, now: Duration, tick: u64) -> Self {
         Self {
             next_seq,
             buf: Vec::new(),
@@ -224,7 +224,7 @@ impl Flow {
             syncing,
             skip: 0,
             last_seen: now,
-            tick: 0,
+            tick,
             held: FLOW_OVERHEAD,
         }
     }
@@ -329,18 +329,20 @@ impl TcpReassembler {
             // A SYN far from the stream's place: the ports were reused by a new connection.
             self.close(&key, deliver, false);
         }
+        // A fresh tick for every segment: a new flow must not start on a tick another flow
+        // still holds in the LRU order.
+        let tick = self.next_tick;
+        self.next_tick += 1;
         if !self.flows.contains_key(&key) {
             if self.flows.len() >= self.max_flows {
                 self.evict_oldest();
             }
             // Without the SYN the capture joined mid-stream: find a start line first.
-            let flow = Box::new(Flow::new(data_seq, !segment.syn, now));
+            let flow = Box::new(Flow::new(data_seq, !segment.syn, now, tick));
             self.memory += flow.held;
             self.flows.insert(key, flow);
         }
         let settings = self.settings;
-        let tick = self.next_tick;
-        self.next_tick += 1;
         let Some(flow) = self.flows.get_mut(&key) else {
             return;
         };
@@ -792,6 +794,24 @@ mod tests {
             .windows(2)
             .map(|w| s.data(stream, w[0], w[1]))
             .collect()
+    }
+
+    #[test]
+    fn finish_releases_every_flow_opened_without_a_syn() {
+        // Found by the fuzzer: a second new flow took the first one's place in the LRU
+        // order, so closing all flows left the first one's memory charged.
+        let mut r = TcpReassembler::new(TcpSettings::default());
+        let mut data = Sender {
+            key: key(40_000),
+            isn: 7,
+        }
+        .data(b"x", 0, 1);
+        run(&mut r, &[data]);
+        data.key = key(40_001);
+        run(&mut r, &[data]);
+        assert_eq!(r.flows(), 2);
+        r.finish(&mut |_, _| {});
+        assert_eq!((r.flows(), r.memory()), (0, r.empty_memory()));
     }
 
     #[test]
