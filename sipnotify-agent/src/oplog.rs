@@ -13,6 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::{sink::DeliveryReport, spool::Leftover};
+
 /// At most one drop line per this long.
 pub const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -35,6 +37,37 @@ pub fn human(d: Duration) -> String {
         return format!("{}m {}s", secs / 60, secs % 60);
     }
     format!("{}h {}m", secs / 3_600, (secs % 3_600) / 60)
+}
+
+/// The shutdown line: every outcome, each drop reason, and what the spool keeps.
+pub fn summary(
+    report: &DeliveryReport,
+    drops: &BTreeMap<&'static str, u64>,
+    leftover: Leftover,
+    spooled: bool,
+) {
+    let dropped: u64 = drops.values().sum();
+    let mut by_reason = String::new();
+    for (reason, count) in drops {
+        if !by_reason.is_empty() {
+            by_reason.push(' ');
+        }
+        let _ = write!(by_reason, "{reason}={count}");
+    }
+    if by_reason.is_empty() {
+        by_reason.push_str("none");
+    }
+    tracing::info!(
+        delivered = report.delivered,
+        rejected = report.rejected,
+        expired = report.expired,
+        dropped,
+        dropped_by_reason = %by_reason,
+        left_in_spool = leftover.in_spool,
+        spool_bytes = leftover.spool_bytes,
+        spool = if spooled { "on" } else { "off" },
+        "delivery finished"
+    );
 }
 
 /// What an operator can do about drops of this reason.

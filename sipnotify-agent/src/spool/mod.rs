@@ -62,6 +62,11 @@ pub async fn run(
         if !spool.caught_up() && !output.is_closed() && output.room() > 0 {
             read.clear();
             match spool.read_pending(output.room().min(BATCH), &mut read) {
+                Ok(0) => {
+                    // Nothing readable although records are pending: never spin the runtime.
+                    tracing::debug!(next = spool.next_id(), "spool read-back found nothing");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 Ok(_) => {
                     for (id, mut n) in read.drain(..) {
                         n.spool_id = Some(id);
