@@ -5,6 +5,7 @@ use crate::{
     bpf::LoadError,
     capture::source::SourceError,
     sink::{BridgeConfigError, ClientError},
+    spool::SpoolError,
     telemetry::TelemetryError,
 };
 
@@ -28,6 +29,10 @@ pub enum AgentError {
     /// certificate, no endpoint at the URL): nothing was attached.
     #[error(transparent)]
     Bridge(#[from] BridgeConfigError),
+    /// The spool cannot be used: its directory is not writable or is in use (exit 2), or
+    /// what an earlier run left cannot be read (exit 1).
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
     /// Delivery stopped with an error.
     #[error("{0}")]
     Delivery(String),
@@ -49,6 +54,8 @@ impl AgentError {
             AgentError::Load(err) => err.exit_code(),
             AgentError::Source(err) => err.exit_code(),
             AgentError::Bridge(_) => 2,
+            AgentError::Spool(err) if err.is_config() => 2,
+            AgentError::Spool(_) => 1,
             AgentError::Telemetry(_)
             | AgentError::Client(_)
             | AgentError::Io { .. }

@@ -40,9 +40,9 @@ use crate::{
     },
     logging::LogSettings,
     pipeline::{Outcome, Pipeline, PipelineSettings},
-    queue::NotificationQueue,
     reassembly::{Reassembly, ReassemblySettings, ReassemblyStats},
     sink::{ClientError, Delivery, DeliveryReport, SinkSettings},
+    spool::SpoolSettings,
     wiring,
 };
 
@@ -74,6 +74,8 @@ pub struct ReplaySettings {
     pub pipeline: PipelineSettings,
     /// Delivery (with no age limit: captures are old by nature).
     pub delivery: SinkSettings,
+    /// The durable spool; `None` (the default) keeps the backlog in memory only.
+    pub spool: Option<SpoolSettings>,
     /// Logging.
     pub log: LogSettings,
 }
@@ -87,6 +89,9 @@ pub enum ReplayError {
     /// The check before reading found a configuration error at the bridge.
     #[error(transparent)]
     Bridge(#[from] crate::sink::BridgeConfigError),
+    /// The spool (`--spool on`) cannot be used.
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
     /// The file cannot be opened or read at all.
     #[error("cannot read capture `{}`: {reason}", path.display())]
     Open {
@@ -128,6 +133,8 @@ impl ReplayError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Open { .. } | Self::NotCapture { .. } | Self::Bridge(_) => 2,
+            Self::Spool(err) if err.is_config() => 2,
+            Self::Spool(_) => 1,
             Self::Client(_) | Self::Broken { .. } | Self::Delivery(_) => 1,
         }
     }
@@ -305,7 +312,7 @@ pub async fn replay_to<W: AsyncWrite + Unpin + Send + 'static>(
     settings: ReplaySettings,
     out: W,
 ) -> Result<ReplaySummary, ReplayFailure> {
-    let queue = NotificationQueue::new(settings.delivery.queue_capacity);
+    let capacity = settings.delivery.queue_capacity;
     let delivery = Delivery::new(settings.delivery).map_err(ReplayError::from)?;
 
     let path = settings.file.clone();
@@ -315,7 +322,10 @@ pub async fn replay_to<W: AsyncWrite + Unpin + Send + 'static>(
         .await
         .map_err(ReplayError::from)?;
 
-    let pipeline = Pipeline::new(&settings.pipeline, queue).log_sip(settings.log.log_sip);
+    let (stage, delivery) =
+        wiring::open_stage(settings.spool, capacity, delivery).map_err(ReplayError::from)?;
+    let pipeline =
+        Pipeline::new(&settings.pipeline, stage.input().clone()).log_sip(settings.log.log_sip);
     let source = FileSource {
         reader,
         filter: Filter::new(&settings.ports),
@@ -325,10 +335,11 @@ pub async fn replay_to<W: AsyncWrite + Unpin + Send + 'static>(
     };
     // Everything read is delivered: with the bridge down, delivery keeps retrying until it
     // answers or a signal arrives, which leaves --shutdown-timeout to finish.
-    let finished = wiring::wire(source, pipeline, delivery, out)
+    let finished = wiring::wire(source, pipeline, delivery, stage, out)
         .await
         .map_err(|err| ReplayError::Delivery(format!("cannot install a signal handler: {err}")))?;
     let (read, delivered, interrupted) = (finished.source, finished.delivery, finished.interrupted);
+    let finished_in_spool = finished.leftover.in_spool;
 
     let (stats, read_error) = match read {
         Ok((stats, error)) => (stats, error),
@@ -363,11 +374,14 @@ pub async fn replay_to<W: AsyncWrite + Unpin + Send + 'static>(
             source,
             delivered: report.delivered,
         }),
-        // Stopped by a signal (or the deadline) before everything read was delivered.
-        (None, None) if report.undelivered > 0 => Some(ReplayError::Delivery(format!(
-            "{} notification(s) were still undelivered at the shutdown deadline",
-            report.undelivered
-        ))),
+        // Stopped by a signal (or the deadline) before everything read was delivered, and
+        // not kept in a spool for the next start.
+        (None, None) if report.undelivered > 0 && finished_in_spool == 0 => {
+            Some(ReplayError::Delivery(format!(
+                "{} notification(s) were still undelivered at the shutdown deadline",
+                report.undelivered
+            )))
+        }
         (None, None) => None,
     };
     match error {

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     bpf,
@@ -13,8 +13,8 @@ use crate::{
     error::AgentError,
     logging::LogSettings,
     pipeline::{Pipeline, PipelineSettings},
-    queue::NotificationQueue,
     sink::{Delivery, SinkSettings},
+    spool::SpoolSettings,
     telemetry, tls_alarm, wiring,
 };
 
@@ -29,6 +29,8 @@ pub struct RunSettings {
     pub delivery: SinkSettings,
     /// Where to serve `/metrics` and `/healthz`; `None` for no endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// The durable spool; `None` keeps the backlog in memory only.
+    pub spool: Option<SpoolSettings>,
     /// Logging.
     pub log: LogSettings,
 }
@@ -49,6 +51,7 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
         pipeline,
         delivery,
         metrics_listen,
+        spool,
         log,
     } = settings;
     check_interfaces(&capture)?;
@@ -59,13 +62,14 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
         None => None,
     };
     let has_bridge = delivery.bridge.is_some();
-    let queue = NotificationQueue::new(delivery.queue_capacity);
+    let capacity = delivery.queue_capacity;
     let delivery = Delivery::new(delivery)?;
-    // Before attaching: a certificate or URL that cannot work is a configuration error now,
-    // not a loss of every notification later.
+    // Before attaching: a certificate or URL that cannot work, or a spool directory that
+    // cannot be written, is a configuration error now, not a loss of notifications later.
     delivery.check_before_capture().await?;
+    let (stage, delivery) = wiring::open_stage(spool, capacity, delivery)?;
     let bridge_health = has_bridge.then(|| delivery.health());
-    let pipeline = Pipeline::new(&pipeline, queue.clone()).log_sip(log.log_sip);
+    let pipeline = Pipeline::new(&pipeline, stage.input().clone()).log_sip(log.log_sip);
     let mut source = LiveSource::attach(&capture)?;
 
     let stop_telemetry = CancellationToken::new();
@@ -80,7 +84,7 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
         let sources = Arc::new(telemetry::Sources {
             handle: recorder,
             kernel,
-            queue,
+            queue: stage.output().clone(),
             attached: source.attached(),
             bridge: bridge_health,
         });
@@ -88,7 +92,7 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
     }
     info!(interfaces = capture.ifaces.len(), ports = ?capture.ports, capture = %capture.mode, "capturing");
 
-    let finished = wiring::wire(source, pipeline, delivery, tokio::io::stdout())
+    let finished = wiring::wire(source, pipeline, delivery, stage, tokio::io::stdout())
         .await
         .map_err(|source| AgentError::Io {
             context: "cannot install a signal handler",
@@ -96,21 +100,7 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
         })?;
     stop_telemetry.cancel();
     match finished.delivery {
-        Ok(Ok(report)) => {
-            info!(
-                delivered = report.delivered,
-                rejected = report.rejected,
-                expired = report.expired,
-                "delivery finished"
-            );
-            if report.undelivered > 0 {
-                warn!(
-                    undelivered = report.undelivered,
-                    "notifications still undelivered at the shutdown deadline"
-                );
-            }
-            Ok(())
-        }
+        Ok(Ok(_)) => Ok(()),
         Ok(Err(failed)) => Err(AgentError::Delivery(failed.to_string())),
         Err(join) => Err(AgentError::Delivery(format!(
             "the delivery task failed: {join}"

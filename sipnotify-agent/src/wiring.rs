@@ -1,5 +1,6 @@
 //! One wiring for `run` and `replay`: a capture source feeds the pipeline, the pipeline the
-//! queue, delivery drains the queue to the sinks, and one shutdown sequence ends them.
+//! stage (the durable spool, or with `--spool off` one in-memory queue), delivery drains the
+//! stage to the sinks, and one shutdown sequence ends them with one summary line.
 //!
 //! Shutdown, whatever starts it:
 //! - the source runs out (the end of a capture file): the queue is closed and delivery drains
@@ -8,10 +9,12 @@
 //!   once more), the queue is closed, and delivery has `--shutdown-timeout` for what is left;
 //! - delivery ends early on a fatal error (an untrusted bridge certificate): the source stops.
 //!
+//! With the spool, what delivery has not settled when it ends stays on disk for the next start.
+//!
 //! Signals are watched until delivery ends: once tokio handles SIGINT, its default action
 //! (exit) is gone for good, so an unwatched Ctrl-C during the final drain would be lost.
 
-use std::io;
+use std::{io, sync::Arc};
 
 use tokio::{io::AsyncWrite, signal::unix::SignalKind, task::JoinError};
 use tokio_util::sync::CancellationToken;
@@ -19,9 +22,28 @@ use tracing::info;
 
 use crate::{
     capture::Source,
+    oplog::{self, DropLog},
     pipeline::Pipeline,
     sink::{Delivery, DeliveryFailed, DeliveryReport},
+    spool::{Leftover, SpoolError, SpoolSettings, Stage},
 };
+
+/// Opens the stage between the pipeline and `delivery` (the spool in `spool`, or a memory
+/// queue of `capacity`) and connects delivery to its acknowledgements and drop log. Called
+/// before anything attaches: a spool directory that cannot be used is a configuration error.
+pub fn open_stage(
+    spool: Option<SpoolSettings>,
+    capacity: usize,
+    delivery: Delivery,
+) -> Result<(Stage, Delivery), SpoolError> {
+    let drops = Arc::new(DropLog::default());
+    let stage = Stage::open(spool, capacity, Arc::clone(&drops))?;
+    let mut delivery = delivery.with_drop_log(drops);
+    if let Some(acks) = stage.acks() {
+        delivery = delivery.with_spool_acks(acks);
+    }
+    Ok((stage, delivery))
+}
 
 /// How a wired run ended.
 #[derive(Debug)]
@@ -32,15 +54,20 @@ pub struct Finished<R> {
     pub delivery: Result<Result<DeliveryReport, DeliveryFailed>, JoinError>,
     /// Whether a signal ended reading (or cut the final drain short).
     pub interrupted: bool,
+    /// What the spool keeps for the next start.
+    pub leftover: Leftover,
 }
 
-/// Runs `source → pipeline → queue → delivery` (JSON lines, if enabled, go to `out`) until the
-/// source runs out, a signal arrives or delivery fails, then shuts down as the module says.
-/// Fails only when the signal handlers cannot be installed, before anything starts.
+/// Runs `source → pipeline → stage → delivery` (JSON lines, if enabled, go to `out`) until the
+/// source runs out, a signal arrives or delivery fails, then shuts down as the module says and
+/// logs the summary of every outcome. `pipeline` pushes into `stage.input()` and `delivery`
+/// comes from [`open_stage`]. Fails only when the signal handlers cannot be installed, before
+/// anything starts.
 pub async fn wire<S, W>(
     source: S,
     pipeline: Pipeline,
     delivery: Delivery,
+    stage: Stage,
     out: W,
 ) -> io::Result<Finished<S::Report>>
 where
@@ -49,7 +76,7 @@ where
 {
     let interrupt = CancellationToken::new();
     let signals = watch_signals(interrupt.clone())?;
-    let queue = pipeline.queue().clone();
+    let queue = stage.output().clone();
     let stop_reading = CancellationToken::new();
     let stop_delivery = CancellationToken::new();
     let mut delivering =
@@ -69,7 +96,7 @@ where
         Some(report) => report,
         None => reading.await,
     };
-    queue.close();
+    stage.input().close();
 
     // Draining: everything queued is delivered, unless a signal sets the shutdown deadline.
     let delivery = match delivery_result {
@@ -84,10 +111,20 @@ where
         },
     };
     signals.abort();
+    let spooled = stage.spooled();
+    let drops = stage.drops();
+    let leftover = stage.finish().await;
+    let report = match &delivery {
+        Ok(Ok(report)) => *report,
+        Ok(Err(failed)) => failed.report,
+        Err(_) => DeliveryReport::default(),
+    };
+    oplog::summary(&report, &drops.totals(), leftover, spooled);
     Ok(Finished {
         source,
         delivery,
         interrupted: interrupt.is_cancelled(),
+        leftover,
     })
 }
 

@@ -11,7 +11,8 @@ use support::{NetNs, VethPair, start_agent};
 const AGENT: &str = env!("CARGO_BIN_EXE_sipnotify-agent");
 
 /// The agent on the test's veth, on the XDP path only (`auto` would fall back to AF_PACKET),
-/// without a metrics port that could collide with another.
+/// without a metrics port that could collide with another, and without a spool (which an
+/// unprivileged agent could not write, failing before the capture error under test).
 const RUN_ON_VETH1: &[&str] = &[
     "run",
     "--iface",
@@ -21,6 +22,8 @@ const RUN_ON_VETH1: &[&str] = &[
     "--stdout",
     "--no-bridge",
     "--metrics-listen",
+    "off",
+    "--spool",
     "off",
 ];
 
@@ -116,6 +119,8 @@ fn auto_without_privileges_says_why_each_capture_path_failed() {
             "--stdout",
             "--no-bridge",
             "--metrics-listen",
+            "off",
+            "--spool",
             "off",
         ],
     );

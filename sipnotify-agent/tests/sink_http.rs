@@ -516,10 +516,14 @@ async fn shutdown_gives_up_at_the_deadline_and_counts_the_rest() {
 #[tokio::test]
 async fn notifications_older_than_max_age_are_dropped_and_counted() {
     let f = fixture(BridgeOptions::default()).await;
+    let args = DeliveryArgs {
+        max_age: Duration::from_secs(60),
+        ..f.args()
+    };
     let mut old = notification(1);
     old.meta.captured_at = SystemTime::now() - Duration::from_secs(120);
     let fresh = notification(2);
-    let report = deliver_all(&f.args(), &[old, fresh.clone()]).await;
+    let report = deliver_all(&args, &[old, fresh.clone()]).await;
     assert_eq!((report.expired, report.delivered), (1, 1));
     assert_received_exactly_once(&f.bridge, &[fresh]);
 }

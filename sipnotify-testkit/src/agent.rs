@@ -1,5 +1,6 @@
 //! The agent binary running as a child process in a network namespace: started, watched
-//! through its log, stopped with SIGINT, and killed on drop if a test fails first.
+//! through its log, stopped with SIGINT, and killed on drop if a test fails first. Each one
+//! spools into its own temporary directory, never the host's /var/lib/sipnotify.
 
 use crate::NetNs;
 
@@ -8,15 +9,19 @@ pub struct Agent {
     child: std::process::Child,
     stderr: std::sync::mpsc::Receiver<String>,
     stderr_seen: Vec<String>,
+    /// The spool directory (`SIPNOTIFY_SPOOL_DIR`; a `--spool-dir` flag wins), removed on drop.
+    _spool: tempfile::TempDir,
 }
 
 impl Agent {
     /// Starts the agent `binary` with `args` in `ns` and waits until it is capturing.
     pub fn start(binary: &str, ns: &NetNs, args: &[&str]) -> Self {
         use std::io::BufRead as _;
+        let spool = tempfile::tempdir().expect("a spool directory");
         let mut child = ns
             .command(binary)
             .args(args)
+            .env("SIPNOTIFY_SPOOL_DIR", spool.path())
             .env("SIPNOTIFY_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::piped())
@@ -39,6 +44,7 @@ impl Agent {
             child,
             stderr: rx,
             stderr_seen: Vec::new(),
+            _spool: spool,
         };
         agent.wait_for_log("capturing", std::time::Duration::from_secs(20));
         agent

@@ -110,6 +110,10 @@ pub struct RunArgs {
     /// Delivery to the bridge and stdout.
     #[command(flatten)]
     pub delivery: DeliveryArgs,
+
+    /// The durable spool (on unless `--spool off`).
+    #[command(flatten)]
+    pub spool: SpoolArgs,
 }
 
 /// `replay` flags.
@@ -140,6 +144,44 @@ pub struct ReplayArgs {
     /// Delivery to the bridge and stdout.
     #[command(flatten)]
     pub delivery: DeliveryArgs,
+
+    /// The durable spool (off unless `--spool on`: the capture file is its own copy).
+    #[command(flatten)]
+    pub spool: SpoolArgs,
+}
+
+/// The spool's directory under the systemd unit (its `StateDirectory`).
+const DEFAULT_SPOOL_DIR: &str = "/var/lib/sipnotify";
+
+/// On or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Toggle {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// The durable spool's flags, shared by `run` (on by default) and `replay` (off by default).
+#[derive(Clone, Debug, PartialEq, Eq, Args)]
+#[command(next_help_heading = "Spool")]
+pub struct SpoolArgs {
+    /// Keep every notification on disk until the bridge accepted or refused it, so a slow or
+    /// absent bridge and an agent restart or crash lose nothing [default: on for `run`, off
+    /// for `replay`].
+    ///
+    /// `off` keeps notifications in memory only (a bounded queue that drops its oldest).
+    #[arg(long, value_enum, value_name = "on|off")]
+    pub spool: Option<Toggle>,
+
+    /// Where the spool lives; it must be writable (the systemd unit's StateDirectory).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_SPOOL_DIR)]
+    pub spool_dir: PathBuf,
+
+    /// The most disk space the spool uses; beyond it the oldest notifications are dropped,
+    /// counted and logged (1 GiB holds hours of a large site's traffic).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::spool::DEFAULT_MAX_BYTES)]
+    pub spool_max_bytes: u64,
 }
 
 /// `doctor` flags.
@@ -285,7 +327,10 @@ pub struct DeliveryArgs {
 
     /// Drop (and count) notifications captured longer ago than this instead of delivering
     /// them late; 0 disables the limit.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    ///
+    /// An hour outlasts any routine bridge restart or deploy, so an outage does not expire
+    /// what the spool kept for it; a CallUUID older than that is no use to an agent's screen.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub max_age: Duration,
 
     /// First retry delay (exponential backoff with full jitter).

@@ -12,7 +12,8 @@ use rustls::pki_types::{CertificateDer, pem::PemObject as _};
 
 use super::{
     args::{
-        Command, DeliveryArgs, DoctorArgs, LogArgs, PipelineArgs, ReplayArgs, RunArgs, TOKEN_ENV,
+        Command, DeliveryArgs, DoctorArgs, LogArgs, PipelineArgs, ReplayArgs, RunArgs, SpoolArgs,
+        TOKEN_ENV, Toggle,
     },
     config::{Environment, Parsed},
 };
@@ -29,6 +30,7 @@ use crate::{
         SinkSettings, TlsSettings,
     },
     sip,
+    spool::{SpoolError, SpoolSettings},
 };
 
 /// A body must hold at least one notification plus the array brackets.
@@ -118,6 +120,9 @@ pub enum SettingsError {
         /// The value given.
         value: Duration,
     },
+    /// A spool setting that cannot work.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
     /// The retry delays are the wrong way round.
     #[error(
         "--retry-initial `{}` is longer than --retry-max `{}`",
@@ -212,8 +217,28 @@ fn run_settings(args: &RunArgs, token: Option<String>) -> Result<RunSettings, Se
         pipeline,
         delivery,
         metrics_listen,
+        spool: spool_settings(&args.spool, true)?,
         log: log_settings(&args.log),
     })
+}
+
+/// The spool's settings, or `None` when it is off (`on_by_default` for the command).
+fn spool_settings(
+    args: &SpoolArgs,
+    on_by_default: bool,
+) -> Result<Option<SpoolSettings>, SettingsError> {
+    let on = args
+        .spool
+        .map_or(on_by_default, |toggle| toggle == Toggle::On);
+    if !on {
+        return Ok(None);
+    }
+    let settings = SpoolSettings {
+        max_bytes: args.spool_max_bytes,
+        ..SpoolSettings::new(&args.spool_dir)
+    };
+    settings.validate()?;
+    Ok(Some(settings))
 }
 
 fn replay_settings(
@@ -231,6 +256,7 @@ fn replay_settings(
         speed: args.speed,
         pipeline,
         delivery,
+        spool: spool_settings(&args.spool, false)?,
         log: log_settings(&args.log),
     })
 }
@@ -518,7 +544,7 @@ mod tests {
             }
         );
         assert_eq!(settings.mode, BodyMode::Object);
-        assert_eq!(settings.max_age, Some(Duration::from_secs(60)));
+        assert_eq!(settings.max_age, Some(Duration::from_secs(3600)));
         assert!(!settings.json_options().with_id);
     }
 
@@ -709,5 +735,48 @@ mod tests {
                 .to_string()
                 .contains("got 0")
         );
+    }
+
+    fn command_settings(list: &[&str]) -> Result<CommandSettings, String> {
+        let args: Vec<std::ffi::OsString> = list.iter().map(Into::into).collect();
+        let env = Environment::default();
+        let parsed = super::super::config::parse(args, &env, Path::new("/nonexistent/sipnotify"))
+            .map_err(|e| e.to_string())?;
+        parsed.settings(&env).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_spool_is_on_for_run_and_off_for_replay_unless_asked() {
+        let run = |extra: &[&str]| {
+            let list = [&["sipnotify-agent", "run", "--iface", "eth0"], extra].concat();
+            match command_settings(&list)? {
+                CommandSettings::Run(run) => Ok::<_, String>(run.spool),
+                other => panic!("{other:?}"),
+            }
+        };
+        let on = run(&[]).unwrap().unwrap();
+        assert_eq!(on.dir, Path::new("/var/lib/sipnotify"));
+        assert_eq!(on.max_bytes, 1 << 30);
+        assert_eq!(run(&["--spool", "off"]).unwrap(), None);
+        let custom = run(&["--spool-dir", "/srv/spool", "--spool-max-bytes", "2097152"]);
+        let custom = custom.unwrap().unwrap();
+        assert_eq!(
+            (custom.dir.as_path(), custom.max_bytes),
+            (Path::new("/srv/spool"), 2 << 20)
+        );
+        assert_eq!(
+            run(&["--spool-max-bytes", "1000"]).unwrap_err(),
+            "--spool-max-bytes must be at least 1048576, not 1000"
+        );
+
+        let replay = |extra: &[&str]| {
+            let list = [&["sipnotify-agent", "replay", "x.pcap"], extra].concat();
+            match command_settings(&list) {
+                Ok(CommandSettings::Replay(replay)) => replay.spool,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(replay(&[]), None);
+        assert!(replay(&["--spool", "on"]).is_some());
     }
 }

@@ -280,6 +280,11 @@ impl Stage {
         self.acks.clone()
     }
 
+    /// Where drops are counted and logged.
+    pub fn drops(&self) -> Arc<DropLog> {
+        Arc::clone(&self.drops)
+    }
+
     /// Whether notifications go through a spool.
     pub fn spooled(&self) -> bool {
         self.acks.is_some()
