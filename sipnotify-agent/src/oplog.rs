@@ -74,7 +74,8 @@ pub fn summary(
 pub fn remedy(reason: &str) -> &'static str {
     match reason {
         "queue_full" => {
-            "the in-memory queue was full: turn the spool on (--spool on) or raise --queue-capacity"
+            "the in-memory queue was full: with --spool off, turn the spool on or raise \
+             --queue-capacity; with the spool on, the disk under --spool-dir fell behind capture"
         }
         "spool_full" => {
             "the spool reached --spool-max-bytes while the bridge was down or slow: check the \

@@ -9,6 +9,8 @@ pub struct Agent {
     child: std::process::Child,
     stderr: std::sync::mpsc::Receiver<String>,
     stderr_seen: Vec<String>,
+    /// Reads stdout as it comes (a full pipe would stall the stdout sink); `stop` joins it.
+    stdout: Option<std::thread::JoinHandle<String>>,
     /// The spool directory (`SIPNOTIFY_SPOOL_DIR`; a `--spool-dir` flag wins), removed on drop.
     _spool: tempfile::TempDir,
 }
@@ -28,6 +30,13 @@ impl Agent {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start the agent");
+        let mut out = child.stdout.take().expect("stdout");
+        let stdout = std::thread::spawn(move || {
+            use std::io::Read as _;
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            text
+        });
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -44,6 +53,7 @@ impl Agent {
             child,
             stderr: rx,
             stderr_seen: Vec::new(),
+            stdout: Some(stdout),
             _spool: spool,
         };
         agent.wait_for_log("capturing", std::time::Duration::from_secs(20));
@@ -87,17 +97,21 @@ impl Agent {
     }
 
     /// Sends SIGINT and returns stdout once the agent has exited successfully.
-    pub fn stop(mut self) -> String {
-        use std::io::Read as _;
+    pub fn stop(self) -> String {
+        self.stop_with_log().0
+    }
+
+    /// Sends SIGINT and returns stdout and every stderr line once the agent has exited
+    /// successfully.
+    pub fn stop_with_log(mut self) -> (String, Vec<String>) {
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let mut stdout = String::new();
-        self.child
+        let stdout = self
             .stdout
             .take()
-            .expect("stdout")
-            .read_to_string(&mut stdout)
-            .expect("read stdout");
+            .expect("stop is called once")
+            .join()
+            .expect("the stdout reader");
         let status = self.child.wait().expect("wait for the agent");
         while let Ok(line) = self
             .stderr
@@ -110,7 +124,7 @@ impl Agent {
             "agent exited with {status}; stderr:\n{}",
             self.stderr_seen.join("\n")
         );
-        stdout
+        (stdout, std::mem::take(&mut self.stderr_seen))
     }
 }
 

@@ -495,6 +495,9 @@ pub async fn read_ring(
             }
             _ = ticker.tick() => pass(socket.get_mut()),
         }
+        // Let the tasks this pass woke (the spool, delivery) run: they wait in this worker's
+        // LIFO slot, which the other worker cannot steal.
+        tokio::task::yield_now().await;
     }
     pass(socket.get_mut());
     Ok(())

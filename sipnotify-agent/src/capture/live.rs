@@ -193,6 +193,9 @@ impl Source for LiveSource {
     }
 }
 
+/// Records handled before a ring reader lets other tasks run (about a millisecond's work).
+const PASS: usize = 1024;
+
 /// Calls `on_record` for every record until `cancel` fires, then drains what is left once
 /// more and returns.
 pub async fn drain_ring(
@@ -205,18 +208,24 @@ pub async fn drain_ring(
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let more = tokio::select! {
             biased;
             () = cancel.cancelled() => break,
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut on_record);
-                guard.clear_ready();
+                let more = drain(guard.get_inner_mut(), &mut on_record);
+                if !more {
+                    guard.clear_ready();
+                }
+                more
             }
             _ = ticker.tick() => drain(ring.get_mut(), &mut on_record),
+        };
+        if more {
+            tokio::task::yield_now().await;
         }
     }
-    drain(ring.get_mut(), &mut on_record);
+    while drain(ring.get_mut(), &mut on_record) {}
     Ok(())
 }
 
@@ -227,10 +236,17 @@ fn watch_readable<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
     unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }.map_err(io::Error::from)
 }
 
-fn drain(ring: &mut RingBuf<MapData>, on_record: &mut impl FnMut(&[u8])) {
-    while let Some(item) = ring.next() {
+/// Hands on at most [`PASS`] records; true if more may be waiting. A flood keeps the ring
+/// full, and a reader that never returned would hold its worker thread: the tasks it wakes
+/// (the spool, delivery) wait in that worker's LIFO slot, which the other worker cannot steal.
+fn drain(ring: &mut RingBuf<MapData>, on_record: &mut impl FnMut(&[u8])) -> bool {
+    for _ in 0..PASS {
+        let Some(item) = ring.next() else {
+            return false;
+        };
         on_record(&item);
     }
+    true
 }
 
 /// Forwards the XDP program's aya-log messages into the agent's log until `cancel` fires.

@@ -42,6 +42,10 @@ fn publish(gauges: SpoolGauges) {
 /// Moves notifications from `input` through `spool` into `output` until `input` is closed
 /// and drained and everything on disk has been handed out, or `output` is closed (shutdown:
 /// what is left stays on disk for the next start). Returns the spool for [`finish`].
+///
+/// Each turn stores one batch from `input` and hands one batch back from disk, so neither
+/// waits on the other: `input` is a small memory queue that drops when full (capture must
+/// never wait), and the backlog on disk must still reach delivery during a flood.
 pub async fn run(
     mut spool: Spool,
     input: NotificationQueue,
@@ -58,27 +62,15 @@ pub async fn run(
     let mut input_done = false;
     let mut write_errors = 0u64;
     loop {
-        // Refill the delivery queue from disk first: older notifications go before newer ones.
-        if !spool.caught_up() && !output.is_closed() && output.room() > 0 {
-            read.clear();
-            match spool.read_pending(output.room().min(BATCH), &mut read) {
-                Ok(0) => {
-                    // Nothing readable although records are pending: never spin the runtime.
-                    tracing::debug!(next = spool.next_id(), "spool read-back found nothing");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Ok(_) => {
-                    for (id, mut n) in read.drain(..) {
-                        n.spool_id = Some(id);
-                        output.push(n);
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read the spool back; will retry");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
+        let stored = input.try_pop_batch(BATCH, &mut batch) > 0;
+        if stored {
+            store(&mut spool, &mut batch, &output, &mut write_errors);
+        }
+        let refilled = refill(&mut spool, &mut read, &output).await;
+        if stored || refilled {
             note_counts(&spool, &mut seen, &drops);
+            // A flood must not starve the timer, the driver or the capture readers.
+            tokio::task::yield_now().await;
             continue;
         }
         if input_done && (spool.caught_up() || output.is_closed()) {
@@ -91,35 +83,7 @@ pub async fn run(
                     input_done = true;
                     continue;
                 }
-                let caught_up = spool.caught_up();
-                match spool.append(&batch) {
-                    Ok(first) => {
-                        let fits = output.room() >= batch.len() && !output.is_closed();
-                        if caught_up && fits {
-                            spool.hand_out_appended(first, &batch);
-                            for (i, mut n) in batch.drain(..).enumerate() {
-                                n.spool_id = Some(first + i as u64);
-                                output.push(n);
-                            }
-                        }
-                        batch.clear();
-                    }
-                    Err(error) => {
-                        // Not durable, but not lost: deliver from memory.
-                        write_errors += 1;
-                        if write_errors == 1 || write_errors.is_power_of_two() {
-                            tracing::warn!(
-                                %error,
-                                failures = write_errors,
-                                remedy = log_remedy("spool_write"),
-                                "cannot write to the spool; delivering from memory only"
-                            );
-                        }
-                        for n in batch.drain(..) {
-                            output.push(n);
-                        }
-                    }
-                }
+                store(&mut spool, &mut batch, &output, &mut write_errors);
                 note_counts(&spool, &mut seen, &drops);
             }
             () = output.wait_for_room(), if !spool.caught_up() && !output.is_closed() => {}
@@ -142,6 +106,78 @@ pub async fn run(
         let _ = syncing.await;
     }
     spool
+}
+
+/// Appends `batch` to the spool (write-through) and, when nothing older waits on disk and the
+/// delivery queue has room, hands it straight to delivery from memory.
+fn store(
+    spool: &mut Spool,
+    batch: &mut Vec<Notification>,
+    output: &NotificationQueue,
+    write_errors: &mut u64,
+) {
+    let caught_up = spool.caught_up();
+    match spool.append(batch) {
+        Ok(first) => {
+            let fits = output.room() >= batch.len() && !output.is_closed();
+            if caught_up && fits {
+                spool.hand_out_appended(first, batch);
+                for (i, mut n) in batch.drain(..).enumerate() {
+                    n.spool_id = Some(first + i as u64);
+                    output.push(n);
+                }
+            }
+            batch.clear();
+        }
+        Err(error) => {
+            // Not durable, but not lost: deliver from memory.
+            *write_errors += 1;
+            if *write_errors == 1 || write_errors.is_power_of_two() {
+                tracing::warn!(
+                    %error,
+                    failures = *write_errors,
+                    remedy = log_remedy("spool_write"),
+                    "cannot write to the spool; delivering from memory only"
+                );
+            }
+            for n in batch.drain(..) {
+                output.push(n);
+            }
+        }
+    }
+}
+
+/// Hands one batch of the backlog on disk to delivery, oldest first, if it has room; true
+/// when something was handed over.
+async fn refill(
+    spool: &mut Spool,
+    read: &mut Vec<(u64, Notification)>,
+    output: &NotificationQueue,
+) -> bool {
+    if spool.caught_up() || output.is_closed() || output.room() == 0 {
+        return false;
+    }
+    read.clear();
+    match spool.read_pending(output.room().min(BATCH), read) {
+        Ok(0) => {
+            // Nothing readable although records are pending: never spin the runtime.
+            tracing::debug!(next = spool.next_id(), "spool read-back found nothing");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            false
+        }
+        Ok(_) => {
+            for (id, mut n) in read.drain(..) {
+                n.spool_id = Some(id);
+                output.push(n);
+            }
+            true
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the spool back; will retry");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            false
+        }
+    }
 }
 
 fn log_remedy(reason: &str) -> &'static str {
