@@ -338,6 +338,7 @@ pub async fn replay_to<W: AsyncWrite + Unpin + Send + 'static>(
     let finished = wiring::wire(source, pipeline, delivery, stage, out)
         .await
         .map_err(|err| ReplayError::Delivery(format!("cannot install a signal handler: {err}")))?;
+    finished.log_summary(0);
     let (read, delivered, interrupted) = (finished.source, finished.delivery, finished.interrupted);
     let finished_in_spool = finished.leftover.in_spool;
 

@@ -4,6 +4,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
+use sipnotify_common::Counter;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -83,7 +84,7 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
     if let Some(listener) = metrics_listener {
         let sources = Arc::new(telemetry::Sources {
             handle: recorder,
-            kernel,
+            kernel: kernel.clone(),
             queue: stage.output().clone(),
             attached: source.attached(),
             bridge: bridge_health,
@@ -99,6 +100,12 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
             source,
         })?;
     stop_telemetry.cancel();
+    let ring_full = kernel
+        .iter()
+        .filter_map(|(_, stats)| stats.read().ok())
+        .map(|counters| counters.get(Counter::RingbufFull))
+        .sum();
+    finished.log_summary(ring_full);
     match finished.delivery {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(failed)) => Err(AgentError::Delivery(failed.to_string())),

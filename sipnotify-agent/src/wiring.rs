@@ -14,7 +14,7 @@
 //! Signals are watched until delivery ends: once tokio handles SIGINT, its default action
 //! (exit) is gone for good, so an unwatched Ctrl-C during the final drain would be lost.
 
-use std::{io, sync::Arc};
+use std::{collections::BTreeMap, io, sync::Arc};
 
 use tokio::{io::AsyncWrite, signal::unix::SignalKind, task::JoinError};
 use tokio_util::sync::CancellationToken;
@@ -56,11 +56,31 @@ pub struct Finished<R> {
     pub interrupted: bool,
     /// What the spool keeps for the next start.
     pub leftover: Leftover,
+    /// Drops by reason, from the queue, the spool and delivery.
+    pub drops: BTreeMap<&'static str, u64>,
+    /// Whether notifications went through the spool.
+    pub spooled: bool,
+}
+
+impl<R> Finished<R> {
+    /// Logs the shutdown line counting every outcome; `capture_ring_full` is what the
+    /// capture rings lost before any of this saw it (0 for a file).
+    pub fn log_summary(&self, capture_ring_full: u64) {
+        let report = match &self.delivery {
+            Ok(Ok(report)) => *report,
+            Ok(Err(failed)) => failed.report,
+            Err(_) => DeliveryReport::default(),
+        };
+        let mut drops = self.drops.clone();
+        if capture_ring_full > 0 {
+            *drops.entry("capture_ring_full").or_default() += capture_ring_full;
+        }
+        oplog::summary(&report, &drops, self.leftover, self.spooled);
+    }
 }
 
 /// Runs `source → pipeline → stage → delivery` (JSON lines, if enabled, go to `out`) until the
-/// source runs out, a signal arrives or delivery fails, then shuts down as the module says and
-/// logs the summary of every outcome. `pipeline` pushes into `stage.input()` and `delivery`
+/// source runs out, a signal arrives or delivery fails, then shuts down as the module says. `pipeline` pushes into `stage.input()` and `delivery`
 /// comes from [`open_stage`]. Fails only when the signal handlers cannot be installed, before
 /// anything starts.
 pub async fn wire<S, W>(
@@ -114,17 +134,13 @@ where
     let spooled = stage.spooled();
     let drops = stage.drops();
     let leftover = stage.finish().await;
-    let report = match &delivery {
-        Ok(Ok(report)) => *report,
-        Ok(Err(failed)) => failed.report,
-        Err(_) => DeliveryReport::default(),
-    };
-    oplog::summary(&report, &drops.totals(), leftover, spooled);
     Ok(Finished {
         source,
         delivery,
         interrupted: interrupt.is_cancelled(),
         leftover,
+        drops: drops.totals(),
+        spooled,
     })
 }
 

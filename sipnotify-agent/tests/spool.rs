@@ -319,9 +319,9 @@ async fn a_corrupt_spool_file_is_skipped_counted_and_the_rest_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_to_a_slow_bridge_loses_nothing() {
-    const COUNT: u32 = 20_000;
+    const COUNT: u32 = 50_000;
     let f = Fixture::new().await;
-    // 10 000/s for 2 s, against a bridge that holds its replies back 80 % of the time.
+    // 10 000/s for 5 s, against a bridge that holds its replies back 80 % of the time.
     let pcap = f.pcap("burst", COUNT, 10_000);
     let slow = tokio::spawn({
         let bridge = Arc::clone(&f.bridge);
