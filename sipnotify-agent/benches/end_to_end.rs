@@ -12,6 +12,9 @@
 //! 3. the field report's `tcpdump -A | python3 sip-notify-parser.py` on the same streams
 //!    (100/s and 1 k/s), side by side with the agent.
 //!
+//! 1 and 2 run with the durable spool (the default) and with `--spool off`, so the spool's
+//! cost is measured against a baseline of the same run.
+//!
 //! Everything shares the machine's cores: the sender (whose CPU time includes the kernel's
 //! veth, XDP and UDP receive work it triggers), the agent and the bridge stand-in. So each
 //! run also shows who used how much CPU, and when a run loses notifications it says where,
@@ -128,7 +131,14 @@ fn main() {
          included; anon and pss: RssAnon and Pss at the end)"
     );
     let mut summary = Summary::default();
-    for (mode, rates) in [(Mode::Object, OBJECT_RATES), (Mode::Array, ARRAY_RATES)] {
+    // With the spool (the default) and without it, in the same run: the spool's cost.
+    let searches = [
+        (Mode::Object, OBJECT_RATES),
+        (Mode::ObjectNoSpool, OBJECT_RATES),
+        (Mode::Array, ARRAY_RATES),
+        (Mode::ArrayNoSpool, ARRAY_RATES),
+    ];
+    for (mode, rates) in searches {
         if !wants(&format!("search-{}", mode.name())) {
             continue;
         }
@@ -171,7 +181,9 @@ fn main() {
     }
     let paced = [
         (Mode::Object, 1_000),
+        (Mode::ObjectNoSpool, 1_000),
         (Mode::Array, 1_000),
+        (Mode::ArrayNoSpool, 1_000),
         (Mode::ArrayLinger5ms, 1_000),
         (Mode::Object, 100),
     ];
@@ -210,6 +222,10 @@ enum Mode {
     Array,
     /// Array mode with `--batch-linger 5ms` (the default before the latency goal set 1 ms).
     ArrayLinger5ms,
+    /// Object mode with `--spool off`: the backlog in memory only.
+    ObjectNoSpool,
+    /// Array mode with `--spool off`.
+    ArrayNoSpool,
 }
 
 impl Mode {
@@ -218,6 +234,8 @@ impl Mode {
             Self::Object => "object",
             Self::Array => "array",
             Self::ArrayLinger5ms => "array/5ms",
+            Self::ObjectNoSpool => "object/no-spool",
+            Self::ArrayNoSpool => "array/no-spool",
         }
     }
 
@@ -226,6 +244,8 @@ impl Mode {
             Self::Object => &[],
             Self::Array => &["--array-mode"],
             Self::ArrayLinger5ms => &["--array-mode", "--batch-linger", "5ms"],
+            Self::ObjectNoSpool => &["--spool", "off"],
+            Self::ArrayNoSpool => &["--array-mode", "--spool", "off"],
         }
     }
 }
