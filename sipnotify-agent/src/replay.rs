@@ -245,7 +245,12 @@ impl fmt::Display for ReplaySummary {
             .map(|(reason, n)| format!("{reason} {n}"))
             .collect();
         if !losses.is_empty() {
-            write!(f, "\n  given up in reassembly: {}", losses.join(", "))?;
+            write!(
+                f,
+                "\n  given up in reassembly: {} ({} bytes of TCP stream skipped)",
+                losses.join(", "),
+                r.tcp.discarded_bytes
+            )?;
         }
         let bad_headers = c.get(Counter::BailShortHeader)
             + c.get(Counter::BailBadIpHeader)

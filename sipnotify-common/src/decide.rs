@@ -214,23 +214,8 @@ fn decide_udp<F: Frame + ?Sized>(
     if udp.payload_len == 0 || frame.load::<1>(payload).is_none() {
         return Skip::EmptyPayload.into();
     }
-    let Some(start) = frame.load::<2>(payload) else {
-        return Skip::NotNotify.into();
-    };
-    if start == TLS_RECORD_START {
-        return Skip::TlsRecord.into();
-    }
-    if start == DTLS_RECORD_START {
-        return Skip::DtlsRecord.into();
-    }
-    let Some(skipped) = leading_crlf(frame, payload) else {
-        return Skip::NotNotify.into();
-    };
-    // The prefix must lie inside what the UDP length claims, not only inside the frame.
-    if usize::from(udp.payload_len) < skipped + NOTIFY_PREFIX.len()
-        || frame.load::<7>(payload + skipped) != Some(*NOTIFY_PREFIX)
-    {
-        return Skip::NotNotify.into();
+    if let Err(skip) = check_payload(frame, payload, udp.payload_len) {
+        return skip.into();
     }
     tally(Counter::NotifyMatched);
     let Some((src_addr, dst_addr)) = net::addresses(frame, &location) else {
@@ -244,6 +229,37 @@ fn decide_udp<F: Frame + ?Sized>(
         src_addr,
         dst_addr,
     })
+}
+
+/// The checks on a UDP payload of `payload_len` bytes at `payload` in `frame`: a TLS or
+/// DTLS record start, then `NOTIFY ` after at most [`MAX_LEADING_CRLF`] keep-alive CRLFs.
+/// The frame decision runs it, and so does user space on a datagram it put back together
+/// from IP fragments (then `frame` is the payload itself and `payload` is 0).
+#[inline(always)]
+pub fn check_payload<F: Frame + ?Sized>(
+    frame: &F,
+    payload: usize,
+    payload_len: u16,
+) -> Result<(), Skip> {
+    let Some(start) = frame.load::<2>(payload) else {
+        return Err(Skip::NotNotify);
+    };
+    if start == TLS_RECORD_START {
+        return Err(Skip::TlsRecord);
+    }
+    if start == DTLS_RECORD_START {
+        return Err(Skip::DtlsRecord);
+    }
+    let Some(skipped) = leading_crlf(frame, payload) else {
+        return Err(Skip::NotNotify);
+    };
+    // The prefix must lie inside what the UDP length claims, not only inside the frame.
+    if usize::from(payload_len) < skipped + NOTIFY_PREFIX.len()
+        || frame.load::<7>(payload + skipped) != Some(*NOTIFY_PREFIX)
+    {
+        return Err(Skip::NotNotify);
+    }
+    Ok(())
 }
 
 /// How many bytes of `\r\n` pairs start the payload (at most [`MAX_LEADING_CRLF`] pairs);

@@ -13,7 +13,8 @@ pub mod tcp;
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use sipnotify_common::{
-    EventHeader, NOTIFY_PREFIX, SipConfig,
+    EventHeader, SipConfig,
+    decide::check_payload,
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
 
@@ -141,13 +142,15 @@ impl Reassembly {
         self.fragments.memory() + self.tcp.memory()
     }
 
-    /// Publishes the counters as metrics (`sipnotify_reassembly_lost_total{reason}` and the
-    /// totals of what was put together).
+    /// Publishes the counters as metrics (`sipnotify_reassembly_lost_total{reason}`, the TCP
+    /// bytes skipped, and the totals of what was put together).
     pub fn export_metrics(&self) {
         let stats = self.stats();
         for (reason, n) in stats.losses() {
             metrics::counter!("sipnotify_reassembly_lost_total", "reason" => reason).absolute(n);
         }
+        metrics::counter!("sipnotify_reassembly_discarded_bytes_total")
+            .absolute(stats.tcp.discarded_bytes);
         metrics::counter!("sipnotify_reassembled_total", "kind" => "ip_fragments")
             .absolute(stats.fragments.reassembled);
         metrics::counter!("sipnotify_reassembled_total", "kind" => "tcp_notify")
@@ -173,7 +176,9 @@ impl Reassembly {
                 let dst_port = u16::from_be_bytes([header[2], header[3]]);
                 let claimed = usize::from(u16::from_be_bytes([header[4], header[5]]));
                 let payload = &l4[8..claimed.clamp(8, l4.len())];
-                if !self.ports.is_watched(dst_port) || !payload.starts_with(NOTIFY_PREFIX) {
+                // The capture decision's own payload checks (keep-alive CRLFs, TLS/DTLS).
+                let len = u16::try_from(payload.len()).unwrap_or(u16::MAX);
+                if !self.ports.is_watched(dst_port) || check_payload(payload, 0, len).is_err() {
                     return;
                 }
                 self.fragmented_notifies += 1;
@@ -239,5 +244,71 @@ fn v6_octets(ip: IpAddr) -> [u8; 16] {
     match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
         IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sipnotify_testkit::frames::{self, ipv4_fragments, ipv6, ipv6_fragments, tcp, udp};
+
+    fn big(prefix: &[u8]) -> Vec<u8> {
+        let mut payload = prefix.to_vec();
+        payload.extend_from_slice(b"NOTIFY sip:1002@192.0.2.2 SIP/2.0\r\n");
+        payload.resize(3000, b'x');
+        payload
+    }
+
+    /// Feeds the packets; returns (source, destination, ip version, payload) of each record.
+    fn run(packets: &[Vec<u8>]) -> Vec<(String, String, u8, Vec<u8>)> {
+        let mut stage = Reassembly::new(ReassemblySettings::default(), &[5061]);
+        let mut out = Vec::new();
+        for packet in packets {
+            stage.push_ip(Duration::from_secs(1), packet, &mut |r| {
+                let header = r.header;
+                out.push((
+                    r.src().to_string(),
+                    r.dst().to_string(),
+                    header.ip_version,
+                    r.payload.to_vec(),
+                ));
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn reassembled_datagrams_take_the_capture_decision() {
+        // A keep-alive CRLF before the NOTIFY is accepted, as in a whole datagram.
+        let notify = big(b"\r\n");
+        let out = run(&ipv6_fragments(1, 17, &udp(5060, 5061, &notify), &[1232]));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, "[2001:db8::1]:5060");
+        assert_eq!(out[0].1, "[2001:db8::2]:5061");
+        assert_eq!((out[0].2, &out[0].3), (6, &notify));
+        // An unwatched port, and a TLS record start, are not NOTIFYs to hand on.
+        assert!(run(&ipv4_fragments(2, 17, &udp(5060, 5062, &big(b"")), &[1480])).is_empty());
+        let tls = [&[0x16, 0x03, 0x01][..], &big(b"")].concat();
+        assert!(run(&ipv4_fragments(3, 17, &udp(5060, 5061, &tls), &[1480])).is_empty());
+    }
+
+    #[test]
+    fn tcp_records_carry_the_flow() {
+        let message = b"NOTIFY sip:a@b SIP/2.0\r\nContent-Length: 2\r\n\r\nok";
+        let packets = [
+            ipv6(6, &tcp(40_000, 5061, 9, true, false, &[])),
+            ipv6(6, &tcp(40_000, 5061, 10, false, false, &message[..20])),
+            ipv6(6, &tcp(40_000, 5061, 30, false, false, &message[20..])),
+            // The other direction and other ports are not reassembled.
+            ipv6(6, &tcp(5061, 40_000, 10, false, false, message)),
+            frames::ipv4(6, &tcp(40_000, 5062, 10, false, false, message)),
+        ];
+        let out = run(&packets);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].0.as_str(), out[0].1.as_str()),
+            ("[2001:db8::1]:40000", "[2001:db8::2]:5061")
+        );
+        assert_eq!(out[0].3, message);
     }
 }

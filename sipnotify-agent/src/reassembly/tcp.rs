@@ -166,15 +166,15 @@ pub struct TcpStats {
 }
 
 impl TcpStats {
-    /// What was given up, by reason (metric labels).
-    pub fn losses(&self) -> [Count; 6] {
+    /// What was given up, by reason (metric labels): gaps, messages and flows. The bytes
+    /// they cost are [`Self::discarded_bytes`].
+    pub fn losses(&self) -> [Count; 5] {
         [
             ("tcp_gap", self.gaps),
             ("tcp_oversized", self.oversized),
             ("tcp_bad_content_length", self.bad_content_length),
             ("tcp_closed_incomplete", self.closed_incomplete),
             ("tcp_evicted", self.evicted),
-            ("tcp_discarded_bytes", self.discarded_bytes),
         ]
     }
 }
