@@ -1,7 +1,7 @@
 //! The durable spool end to end, through the built binary's `replay` (realtime pacing stands in
 //! for live traffic; it needs no root and runs the same pipeline → spool → driver wiring as
-//! `run`) against the HTTPS bridge stand-in: a 60 s outage at 1 000 NOTIFY/s, a SIGKILL
-//! during an outage and a restart, a burst to a slow bridge, a full spool, a corrupt spool
+//! `run`) against the HTTPS bridge stand-in: a 60 s outage at 1 000 NOTIFY/s, a SIGKILL or
+//! a SIGTERM during an outage and a restart, a burst to a slow bridge, a full spool, a corrupt spool
 //! file, and a spool directory that cannot be used.
 //!
 //! Each delivered object is checked by its CallUUID: every one exactly once, and a call's
@@ -152,10 +152,19 @@ impl Replay {
         }
     }
 
-    /// SIGKILL, as in a crash or an OOM kill.
-    fn kill(mut self) -> String {
-        self.child.kill().unwrap();
-        let _ = self.child.wait();
+    /// Sends `signal` (SIGKILL: a crash or an OOM kill; SIGTERM: `systemctl stop`) and
+    /// returns the log once the process has ended.
+    async fn signal(mut self, signal: libc::c_int) -> String {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "still running 30 s after {signal}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -231,17 +240,25 @@ async fn a_60_s_outage_at_1000_per_second_loses_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sigkill_during_an_outage_loses_nothing_across_the_restart() {
+/// 3 000 NOTIFYs read during an outage, the agent stopped by `signal`, the bridge back, and
+/// a restart that reads nothing new: every one is delivered once, in order.
+async fn stopped_during_an_outage_loses_nothing_across_the_restart(signal: libc::c_int) {
     const COUNT: u32 = 3_000;
     let f = Fixture::new().await;
-    let pcap = f.pcap("before-kill", COUNT, 1_000);
+    let pcap = f.pcap("before-stop", COUNT, 1_000);
     f.bridge.set_default_reply(Reply::Status(503));
-    let first = f.replay(&pcap, &["--speed", "realtime"]);
-    // The stream is 3 s long: everything has been read when the kill comes.
+    let first = f.replay(&pcap, &["--speed", "realtime", "--shutdown-timeout", "1s"]);
+    // The stream is 3 s long: everything has been read when the signal comes.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let log = first.kill();
+    let log = first.signal(signal).await;
     assert_eq!(f.bridge.acknowledged(), 0, "{log}");
+    if signal == libc::SIGTERM {
+        assert_eq!(
+            summary_count(&log, "left_in_spool"),
+            Some(u64::from(COUNT)),
+            "{log}"
+        );
+    }
     f.bridge.set_default_reply(Reply::ok());
     let empty = f.pcap("after-restart", 0, 1_000);
     let (status, log) = f.replay(&empty, &[]).wait(Duration::from_secs(60)).await;
@@ -252,6 +269,16 @@ async fn a_sigkill_during_an_outage_loses_nothing_across_the_restart() {
     );
     check_exactly_once_in_order(&f.bridge.received(), 0..COUNT);
     assert_eq!(summary_count(&log, "left_in_spool"), Some(0), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_during_an_outage_loses_nothing_across_the_restart() {
+    stopped_during_an_outage_loses_nothing_across_the_restart(libc::SIGKILL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_during_an_outage_keeps_the_backlog_for_the_restart() {
+    stopped_during_an_outage_loses_nothing_across_the_restart(libc::SIGTERM).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,7 +321,7 @@ async fn a_corrupt_spool_file_is_skipped_counted_and_the_rest_delivered() {
     f.bridge.set_default_reply(Reply::Status(503));
     let first = f.replay(&pcap, &[]);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    first.kill();
+    first.signal(libc::SIGKILL).await;
     let segment = fs::read_dir(&f.spool)
         .unwrap()
         .map(|e| e.unwrap().path())
