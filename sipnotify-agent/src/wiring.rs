@@ -1,6 +1,7 @@
 //! One wiring for `run` and `replay`: a capture source feeds the pipeline, the pipeline the
 //! stage (the durable spool, or with `--spool off` one in-memory queue), delivery drains the
-//! stage to the sinks, and one shutdown sequence ends them with one summary line.
+//! stage to the sinks, one shutdown sequence ends them, and [`Finished::log_summary`] writes
+//! the one line that counts every outcome.
 //!
 //! Shutdown, whatever starts it:
 //! - the source runs out (the end of a capture file): the queue is closed and delivery drains
