@@ -109,17 +109,19 @@ impl Pipeline {
         captured_at: impl FnOnce(&Record<'_>) -> SystemTime,
         iface: Option<&Arc<str>>,
     ) -> Outcome {
-        self.metrics.records.increment(1);
-        match Record::decode(bytes) {
+        match self.decode(bytes) {
             Ok(record) => {
                 let at = captured_at(&record);
                 self.handle(&record, at, iface)
             }
-            Err(err) => {
-                self.metrics.bad_records.increment(1);
-                Outcome::BadRecord(err)
-            }
+            Err(err) => Outcome::BadRecord(err),
         }
+    }
+
+    /// Decodes one raw ring-buffer record, counting it (and, if malformed, why).
+    pub fn decode<'a>(&self, bytes: &'a [u8]) -> Result<Record<'a>, RecordError> {
+        self.metrics.records.increment(1);
+        Record::decode(bytes).inspect_err(|_| self.metrics.bad_records.increment(1))
     }
 
     /// Handles one decoded record captured at `captured_at` (also the de-dup clock).

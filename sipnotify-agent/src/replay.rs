@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use sipnotify_common::{Counter, CounterSet, FLAG_FIRST_FRAGMENT, decide::Skip};
+use sipnotify_common::{Counter, CounterSet, FLAG_IP_PACKET, decide::Skip};
 use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -530,15 +530,18 @@ impl ReadJob {
                 let due = started + packet.timestamp.saturating_sub(first);
                 self.sleep_until(due);
             }
-            // Fragments and TCP segments go to reassembly, which hands on the NOTIFYs they
-            // complete; everything else is decided here as the program decides it.
+            // IP packets (TCP segments, fragments) go to reassembly, which hands on the NOTIFYs
+            // they complete; everything else is decided here as the program decides it. Later
+            // fragments the decision did not follow go too: a capture file may hold them
+            // before their first fragment.
             let mut reassemble = false;
             match self
                 .filter
                 .inspect(packet.link, packet.data, packet.timestamp)
             {
                 // Counted by the filter, as the program counts them.
-                Inspection::Notify(record) if record.header.flags & FLAG_FIRST_FRAGMENT != 0 => {
+                // Read from the frame itself, not the record, which stops at MAX_PAYLOAD.
+                Inspection::Notify(record) if record.header.flags & FLAG_IP_PACKET != 0 => {
                     reassemble = true;
                 }
                 Inspection::Notify(record) => {

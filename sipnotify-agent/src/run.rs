@@ -100,6 +100,9 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
             source,
         })?;
     stop_telemetry.cancel();
+    if let Ok(reassembly) = &finished.source {
+        reassembly.log();
+    }
     let ring_full = kernel
         .iter()
         .filter_map(|(_, stats)| stats.read().ok())

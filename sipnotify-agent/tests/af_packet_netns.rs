@@ -73,14 +73,22 @@ fn the_ring_sees_each_notify_once_and_the_host_every_datagram() {
             let mut config = SipConfig::empty();
             config.watch(5061);
             let mut counts = CounterSet::default();
+            let mut fragments = capture::FragmentFollower::default();
             let mut seen: BTreeMap<String, (u16, u8)> = BTreeMap::new();
             let ifindex = socket.ifindex();
             loop {
                 let last = done.load(Ordering::Acquire);
                 socket.drain(|frame| {
                     let spliced = frame.spliced();
-                    if let Ok(record) = capture::inspect(&spliced, &config, &mut counts, 0, ifindex)
-                    {
+                    let inspected = capture::inspect(
+                        &spliced,
+                        &config,
+                        &mut fragments,
+                        &mut counts,
+                        0,
+                        ifindex,
+                    );
+                    if let Ok(record) = inspected {
                         let text = String::from_utf8_lossy(record.payload);
                         let id = text
                             .lines()

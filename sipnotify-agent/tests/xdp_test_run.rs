@@ -20,8 +20,8 @@ use etherparse::{
 };
 use sipnotify_agent::bpf::{self, CopyPath, LoadedProgram, ProgramSettings};
 use sipnotify_common::{
-    Counter, CounterSet, EVENT_HEADER_LEN, EVENTS_MAP, EventHeader, FLAG_FIRST_FRAGMENT, FLAG_QINQ,
-    FLAG_TRUNCATED, FLAG_VLAN, MAX_PAYLOAD, STATS_MAP,
+    Counter, CounterSet, EVENT_HEADER_LEN, EVENTS_MAP, EventHeader, FLAG_FIRST_FRAGMENT,
+    FLAG_IP_PACKET, FLAG_QINQ, FLAG_TRUNCATED, FLAG_VLAN, MAX_PAYLOAD, STATS_MAP,
 };
 
 const XDP_PASS: u32 = 2;
@@ -323,7 +323,7 @@ fn other_ports_and_protocols_are_passed_without_a_record() {
 
         let tcp = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
             .ipv4(SRC4, DST4, 64)
-            .tcp(40000, 5061, 1, 1000);
+            .tcp(40000, 5062, 1, 1000);
         let mut frame = Vec::new();
         tcp.write(&mut frame, NOTIFY).unwrap();
         h.run(&frame);
@@ -338,11 +338,86 @@ fn other_ports_and_protocols_are_passed_without_a_record() {
         assert!(h.records().is_empty());
         assert_eq!(
             h.counters(),
+            [(PacketsSeen, 3), (NotUdpOrTcp, 1), (PortNotWatched, 2)]
+        );
+    }
+}
+
+/// The record of an IP packet: the frame from its IP header on (the first `captured` bytes
+/// of `ip_packet`), with the given ports.
+fn ip_packet_record(
+    ip_version: u8,
+    addrs: ([u8; 16], [u8; 16]),
+    ports: (u16, u16),
+    ip_packet: &[u8],
+    captured: usize,
+    flags: u16,
+) -> (EventHeader, Vec<u8>) {
+    let (mut header, payload) = expected_record(
+        ip_version,
+        addrs,
+        ports.1,
+        ip_packet,
+        captured,
+        flags | FLAG_IP_PACKET,
+        0,
+    );
+    header.src_port = ports.0;
+    (header, payload)
+}
+
+#[test]
+fn tcp_segments_to_a_watched_port_are_copied_from_the_ip_header() {
+    for mut h in Harness::each("tcp_segments_are_copied", &[5061], BOTH) {
+        // A NOTIFY's middle: a stream is not judged by a segment's first bytes.
+        let middle = tcp4(5061, b"Call-ID: x\r\nCSeq: 1 NOTIFY\r\n");
+        h.run(&middle);
+        let syn = {
+            let mut frame = Vec::new();
+            PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
+                .ipv6(SRC6, DST6, 64)
+                .tcp(40000, 5061, 1, 1000)
+                .syn()
+                .write(&mut frame, b"")
+                .unwrap();
+            frame
+        };
+        h.run(&syn);
+        h.run(&tcp4(5061, b""));
+        h.run(&tcp4(5061, CLIENT_HELLO));
+
+        let records = h.records();
+        assert_eq!(records.len(), 2);
+        assert_record(
+            &records[0],
+            ip_packet_record(
+                4,
+                v4(SRC4, DST4),
+                (40000, 5061),
+                &middle[14..],
+                middle.len() - 14,
+                0,
+            ),
+        );
+        assert_record(
+            &records[1],
+            ip_packet_record(
+                6,
+                (SRC6, DST6),
+                (40000, 5061),
+                &syn[14..],
+                syn.len() - 14,
+                0,
+            ),
+        );
+        assert_eq!(
+            h.counters(),
             [
-                (PacketsSeen, 3),
-                (NotUdpOrTcp, 1),
-                (PortNotWatched, 1),
-                (TcpSegment, 1)
+                (PacketsSeen, 4),
+                (EmptyPayload, 1),
+                (TlsRecord, 1),
+                (Copied, 2),
+                (TcpSegments, 2)
             ]
         );
     }
@@ -474,37 +549,51 @@ fn a_payload_over_the_limit_is_cut_and_flagged() {
 }
 
 #[test]
-fn ipv4_fragments_first_is_flagged_later_are_counted() {
+fn ipv4_fragments_of_a_notify_are_followed_from_the_first() {
     for mut h in Harness::each("ipv4_fragments", &[5061], BOTH) {
+        // A later fragment before any first one: nobody's, counted.
+        let mut stray = udp4(5061, NOTIFY);
+        stray[18..20].copy_from_slice(&9u16.to_be_bytes());
+        stray[20] = 0;
+        stray[21] = 8;
+        h.run(&stray);
         // First fragment: MF set, offset 0, and the frame holds only part of the datagram.
-        let mut first = udp4(5061, NOTIFY);
-        first[20] |= 0x20;
-        first.truncate(14 + 20 + 8 + 64);
+        let mut first_whole = udp4(5061, NOTIFY);
+        first_whole[20] |= 0x20;
+        let first = first_whole[..14 + 20 + 8 + 64].to_vec();
         h.run(&first);
-        // A later fragment: offset 64 bytes (8 units); no UDP header in it.
+        // A later fragment of the same datagram: offset 64 bytes (8 units), no UDP header.
         let mut later = udp4(5061, NOTIFY);
         later[20] = 0;
         later[21] = 8;
         h.run(&later);
 
         let records = h.records();
-        assert_eq!(records.len(), 1);
+        assert_eq!(records.len(), 2);
         assert_record(
             &records[0],
-            expected_record(
+            ip_packet_record(
                 4,
                 v4(SRC4, DST4),
-                5061,
-                NOTIFY,
-                64,
+                (40000, 5061),
+                &first_whole[14..],
+                first.len() - 14,
                 FLAG_FIRST_FRAGMENT | FLAG_TRUNCATED,
-                0,
             ),
         );
+        assert_record(
+            &records[1],
+            ip_packet_record(4, v4(SRC4, DST4), (0, 0), &later[14..], later.len() - 14, 0),
+        );
         let counters = h.counters();
-        assert!(counters.contains(&(FirstFragments, 1)), "{counters:?}");
-        assert!(counters.contains(&(LaterFragments, 1)), "{counters:?}");
-        assert!(counters.contains(&(Copied, 1)), "{counters:?}");
+        for expected in [
+            (FirstFragments, 1),
+            (FragmentsFollowed, 1),
+            (LaterFragments, 1),
+            (Copied, 2),
+        ] {
+            assert!(counters.contains(&expected), "{expected:?} in {counters:?}");
+        }
     }
 }
 
@@ -527,28 +616,33 @@ fn ipv6_fragment(offset_units: u16, more: bool) -> Vec<u8> {
 }
 
 #[test]
-fn ipv6_fragments_first_is_flagged_later_are_counted() {
+fn ipv6_fragments_of_a_notify_are_followed_from_the_first() {
     for mut h in Harness::each("ipv6_fragments", &[5061], BOTH) {
-        h.run(&ipv6_fragment(0, true));
-        h.run(&ipv6_fragment(8, false));
+        let first = ipv6_fragment(0, true);
+        let later = ipv6_fragment(8, false);
+        h.run(&first);
+        h.run(&later);
 
         let records = h.records();
-        assert_eq!(records.len(), 1);
+        assert_eq!(records.len(), 2);
         assert_record(
             &records[0],
-            expected_record(
+            ip_packet_record(
                 6,
                 (SRC6, DST6),
-                5061,
-                NOTIFY,
-                NOTIFY.len(),
+                (40000, 5061),
+                &first[14..],
+                first.len() - 14,
                 FLAG_FIRST_FRAGMENT,
-                0,
             ),
+        );
+        assert_record(
+            &records[1],
+            ip_packet_record(6, (SRC6, DST6), (0, 0), &later[14..], later.len() - 14, 0),
         );
         let counters = h.counters();
         assert!(counters.contains(&(FirstFragments, 1)), "{counters:?}");
-        assert!(counters.contains(&(LaterFragments, 1)), "{counters:?}");
+        assert!(counters.contains(&(FragmentsFollowed, 1)), "{counters:?}");
     }
 }
 
@@ -747,12 +841,12 @@ fn every_exit_is_counted_and_the_outcomes_add_up() {
             .sum();
         assert_eq!(outcome_sum, frames.len() as u64, "{counters:?}");
         for expected in [
-            (Copied, 1),
+            (Copied, 2),
             (PortNotWatched, 1),
             (NotNotify, 1),
             (EmptyPayload, 2),
             (TlsRecord, 1),
-            (TcpSegment, 1),
+            (TcpSegments, 1),
             (LaterFragments, 1),
             (BailShortHeader, 1),
             (NotUdpOrTcp, 1),

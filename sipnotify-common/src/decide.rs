@@ -2,8 +2,12 @@
 //! pcap replay.
 //!
 //! After the header walk ([`crate::net`]) it checks, in this order: the destination port, an
-//! empty payload, a TLS or DTLS record start, then `NOTIFY ` after at most
-//! [`MAX_LEADING_CRLF`] keep-alive CRLFs. Every packet ends in exactly one [`Decision`], and
+//! empty payload, a TLS or DTLS record start, then, for UDP, `NOTIFY ` after at most
+//! [`MAX_LEADING_CRLF`] keep-alive CRLFs. What cannot be judged from one packet is copied
+//! whole from its IP header (flagged [`FLAG_IP_PACKET`]) for user space to reassemble: every
+//! TCP segment to a watched port that carries data or opens or closes the flow, the first
+//! fragment of a NOTIFY, and the later fragments of the datagrams [`Fragments`] follows.
+//! Every packet ends in exactly one [`Decision`], and
 //! every [`Skip`] names exactly one outcome [`Counter`]; a [`Capture`] ends in the outcome of
 //! its copy ([`Counter::Copied`], [`Counter::RingbufFull`], …), which only the caller knows.
 //! That is what keeps `packets_seen` equal to the sum of the outcomes on every source.
@@ -13,8 +17,9 @@
 //! costs a port lookup and nothing more.
 
 use crate::{
-    Counter, EventHeader, FLAG_TRUNCATED, MAX_PAYLOAD, NOTIFY_PREFIX, SipConfig,
-    net::{self, Bail, Frame, Location, Transport, Walk},
+    Counter, EventHeader, FLAG_FIRST_FRAGMENT, FLAG_IP_PACKET, FLAG_TRUNCATED, FragmentKey,
+    MAX_PAYLOAD, NOTIFY_PREFIX, SipConfig,
+    net::{self, Bail, Frame, IPPROTO_TCP, IPPROTO_UDP, Location, Transport, Walk},
 };
 
 /// Most `\r\n` pairs skipped before `NOTIFY ` (RFC 5626 keep-alives sent in the same
@@ -27,6 +32,10 @@ pub const TLS_RECORD_START: [u8; 2] = [0x16, 0x03];
 pub const DTLS_RECORD_START: [u8; 2] = [0x16, 0xfe];
 
 const TCP_DATA_OFFSET: usize = 12;
+/// The TCP header up to and including its flags byte.
+const TCP_FLAGS_END: usize = 14;
+/// FIN, SYN and RST: a segment with any of them opens or closes a flow, data or not.
+const TCP_FIN_SYN_RST: u8 = 0x07;
 
 /// The set of watched destination ports. The XDP program reads its configuration through a
 /// volatile load, so the test is a trait rather than a [`SipConfig`] method call.
@@ -42,12 +51,22 @@ impl Ports for SipConfig {
     }
 }
 
+/// The datagrams whose first fragment was copied, so that their later fragments, which carry
+/// no port to judge them by, are copied too: an LRU map in the kernel, a bounded table in
+/// user space.
+pub trait Fragments {
+    /// The later fragments of `key` are wanted: its first fragment was just copied.
+    fn follow(&mut self, key: &FragmentKey);
+    /// Whether the later fragments of `key` are wanted.
+    fn followed(&mut self, key: &FragmentKey) -> bool;
+}
+
 /// Why a packet is passed without a record; each maps to one outcome counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Skip {
     /// Not IP, or IP carrying neither UDP nor TCP.
     NotUdpOrTcp,
-    /// A non-first IP fragment (no transport header).
+    /// A non-first IP fragment of a datagram whose first fragment was not copied.
     LaterFragment,
     /// The header walk gave up.
     Bail(Bail),
@@ -61,8 +80,6 @@ pub enum Skip {
     DtlsRecord,
     /// UDP to a watched port, not a NOTIFY.
     NotNotify,
-    /// TCP to a watched port, with a payload that is not TLS (not captured).
-    TcpSegment,
 }
 
 impl Skip {
@@ -80,22 +97,24 @@ impl Skip {
             Skip::TlsRecord => Counter::TlsRecord,
             Skip::DtlsRecord => Counter::DtlsRecord,
             Skip::NotNotify => Counter::NotNotify,
-            Skip::TcpSegment => Counter::TcpSegment,
         }
     }
 }
 
-/// A NOTIFY to copy: everything the record header needs except the capture time, the
-/// interface and how many payload bytes the frame really holds.
+/// What to copy: a NOTIFY's UDP payload, or (flagged [`FLAG_IP_PACKET`]) an IP packet for
+/// user space to reassemble. Everything the record header needs except the capture time, the
+/// interface and how many bytes the frame really holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capture {
     /// Where the datagram is.
     pub location: Location,
-    /// UDP source port.
+    /// Where the copy starts: the UDP payload, or the IP header.
+    pub offset: usize,
+    /// UDP or TCP source port (zero for a later fragment).
     pub src_port: u16,
-    /// UDP destination port.
+    /// UDP or TCP destination port (zero for a later fragment).
     pub dst_port: u16,
-    /// UDP payload length according to the UDP header.
+    /// Bytes from `offset` the headers claim: the UDP payload length, or the IP packet's.
     pub payload_len: u16,
     /// Source address (IPv4 in the first four bytes).
     pub src_addr: [u8; 16],
@@ -104,15 +123,15 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Offset of the payload (including any leading CRLFs: the record is the datagram as
-    /// sent, and the parser skips them).
+    /// Where the copy starts (a UDP payload including any leading CRLFs: the record is the
+    /// datagram as sent, and the parser skips them).
     #[inline(always)]
     pub fn payload_offset(&self) -> usize {
-        self.location.payload_offset()
+        self.offset
     }
 
-    /// Bytes a record carries when `present` payload bytes follow [`Self::payload_offset`]
-    /// in the frame: what UDP claims, at most what is there and at most [`MAX_PAYLOAD`].
+    /// Bytes a record carries when `present` bytes follow [`Self::payload_offset`] in the
+    /// frame: what the headers claim, at most what is there and at most [`MAX_PAYLOAD`].
     #[inline(always)]
     pub fn captured_len(&self, present: usize) -> usize {
         let claimed = usize::from(self.payload_len);
@@ -170,18 +189,22 @@ impl From<Skip> for Decision {
 }
 
 /// Decides about one Ethernet frame. Tallies ([`Counter::UdpWatched`],
-/// [`Counter::FirstFragments`], [`Counter::NotifyMatched`]) are reported through `tally` as
-/// they are passed; `packets_seen` and the outcome are the caller's to count.
+/// [`Counter::FirstFragments`], [`Counter::NotifyMatched`], …) are reported through `tally`
+/// as they are passed; `packets_seen` and the outcome are the caller's to count.
+/// `fragments` remembers the datagrams whose first fragment is captured.
 #[inline(always)]
-pub fn decide<F: Frame + ?Sized, P: Ports + ?Sized>(
+pub fn decide<F: Frame + ?Sized, P: Ports + ?Sized, D: Fragments + ?Sized>(
     frame: &F,
     ports: &P,
+    fragments: &mut D,
     tally: &mut impl FnMut(Counter),
 ) -> Decision {
     let location = match net::walk(frame) {
         Walk::Found(location) => location,
         Walk::NotUdpOrTcp => return Skip::NotUdpOrTcp.into(),
-        Walk::LaterFragment => return Skip::LaterFragment.into(),
+        Walk::LaterFragment(location) => {
+            return decide_later_fragment(frame, location, fragments, tally);
+        }
         Walk::Bail(bail) => return Skip::Bail(bail).into(),
     };
     let Some(dst_port) = net::dst_port(frame, &location) else {
@@ -190,10 +213,71 @@ pub fn decide<F: Frame + ?Sized, P: Ports + ?Sized>(
     if !ports.is_watched(dst_port) {
         return Skip::PortNotWatched.into();
     }
-    match location.transport {
+    let decision = match location.transport {
         Transport::Udp => decide_udp(frame, location, tally),
-        Transport::Tcp => decide_tcp(frame, &location).into(),
+        Transport::Tcp => decide_tcp(frame, location, tally),
+    };
+    if let Decision::Capture(capture) = &decision {
+        if location.flags & FLAG_FIRST_FRAGMENT != 0 {
+            fragments.follow(&fragment_key(&location, capture.src_addr, capture.dst_addr));
+        }
     }
+    decision
+}
+
+/// A later fragment is copied when its datagram's first fragment was.
+#[inline(always)]
+fn decide_later_fragment<F: Frame + ?Sized, D: Fragments + ?Sized>(
+    frame: &F,
+    location: Location,
+    fragments: &mut D,
+    tally: &mut impl FnMut(Counter),
+) -> Decision {
+    let Some((src_addr, dst_addr)) = net::addresses(frame, &location) else {
+        return Skip::Bail(Bail::ShortHeader).into();
+    };
+    if !fragments.followed(&fragment_key(&location, src_addr, dst_addr)) {
+        return Skip::LaterFragment.into();
+    }
+    tally(Counter::FragmentsFollowed);
+    ip_packet(location, 0, 0, src_addr, dst_addr)
+}
+
+#[inline(always)]
+fn fragment_key(location: &Location, src_addr: [u8; 16], dst_addr: [u8; 16]) -> FragmentKey {
+    FragmentKey {
+        src_addr,
+        dst_addr,
+        id: location.fragment_id,
+        ip_version: location.ip_version,
+        protocol: match location.transport {
+            Transport::Udp => IPPROTO_UDP,
+            Transport::Tcp => IPPROTO_TCP,
+        },
+        _pad: [0; 2],
+    }
+}
+
+/// The whole IP packet at `location`, for user space to reassemble.
+#[inline(always)]
+fn ip_packet(
+    mut location: Location,
+    src_port: u16,
+    dst_port: u16,
+    src_addr: [u8; 16],
+    dst_addr: [u8; 16],
+) -> Decision {
+    let len = location.ip_end.saturating_sub(location.l3_offset);
+    location.flags |= FLAG_IP_PACKET;
+    Decision::Capture(Capture {
+        location,
+        offset: location.l3_offset,
+        src_port,
+        dst_port,
+        payload_len: if len > 0xffff { 0xffff } else { len as u16 },
+        src_addr,
+        dst_addr,
+    })
 }
 
 #[inline(always)]
@@ -221,8 +305,14 @@ fn decide_udp<F: Frame + ?Sized>(
     let Some((src_addr, dst_addr)) = net::addresses(frame, &location) else {
         return Skip::Bail(Bail::ShortHeader).into();
     };
+    // The rest of a fragmented NOTIFY arrives without a UDP header: copy the IP packets and
+    // let user space put the datagram together.
+    if location.flags & FLAG_FIRST_FRAGMENT != 0 {
+        return ip_packet(location, udp.src_port, udp.dst_port, src_addr, dst_addr);
+    }
     Decision::Capture(Capture {
         location,
+        offset: payload,
         src_port: udp.src_port,
         dst_port: udp.dst_port,
         payload_len: udp.payload_len,
@@ -279,26 +369,54 @@ fn leading_crlf<F: Frame + ?Sized>(frame: &F, payload: usize) -> Option<usize> {
     Some(skipped)
 }
 
+/// A TCP segment to a watched port is copied whole when it carries data or opens or closes
+/// the flow: a NOTIFY may start anywhere in a stream, so only user space can frame it.
 #[inline(always)]
-fn decide_tcp<F: Frame + ?Sized>(frame: &F, location: &Location) -> Skip {
-    let Some([offset_byte]) = frame.load::<1>(location.l4_offset + TCP_DATA_OFFSET) else {
-        return Skip::Bail(Bail::ShortHeader);
+fn decide_tcp<F: Frame + ?Sized>(
+    frame: &F,
+    location: Location,
+    tally: &mut impl FnMut(Counter),
+) -> Decision {
+    // Ports, sequence and acknowledgement numbers, data offset and flags in one load: every
+    // byte used below then has a value on every path the verifier explores.
+    let Some(tcp) = frame.load::<TCP_FLAGS_END>(location.l4_offset) else {
+        return Skip::Bail(Bail::ShortHeader).into();
     };
-    let header_len = usize::from(offset_byte >> 4) * 4;
+    let header_len = usize::from(tcp[TCP_DATA_OFFSET] >> 4) * 4;
     if header_len < 20 {
-        return Skip::Bail(Bail::BadIpHeader);
+        return Skip::Bail(Bail::BadIpHeader).into();
     }
     let payload = location.l4_offset + header_len;
-    // The IP length, not the frame, says where the segment ends: a bare ACK is padded to the
-    // Ethernet minimum with bytes that are not payload.
-    if location.ip_end <= payload {
-        return Skip::EmptyPayload;
+    // The IP length, not the frame, says whether there is data: a bare ACK is padded to the
+    // Ethernet minimum with bytes that are not payload, and a frame cut short is still
+    // copied, flagged truncated.
+    let has_data = location.ip_end > payload;
+    if !has_data && tcp[TCP_DATA_OFFSET + 1] & TCP_FIN_SYN_RST == 0 {
+        return Skip::EmptyPayload.into();
     }
-    match frame.load::<2>(payload) {
-        None => Skip::EmptyPayload,
-        Some(TLS_RECORD_START) => Skip::TlsRecord,
-        Some(_) => Skip::TcpSegment,
+    if has_data {
+        // The first data byte decides: SIP is text and never starts with a TLS handshake's
+        // 0x16. It is read with the header's last byte, and a frame that ends before it
+        // returns early: verifiers reject the code LLVM makes of a one-byte load, or of a
+        // failed load whose bytes a later comparison still uses.
+        let Some([_, first]) = frame.load::<2>(payload - 1) else {
+            return Skip::Bail(Bail::ShortHeader).into();
+        };
+        if first == TLS_RECORD_START[0] {
+            return Skip::TlsRecord.into();
+        }
     }
+    let Some((src_addr, dst_addr)) = net::addresses(frame, &location) else {
+        return Skip::Bail(Bail::ShortHeader).into();
+    };
+    tally(Counter::TcpSegments);
+    ip_packet(
+        location,
+        u16::from_be_bytes([tcp[0], tcp[1]]),
+        u16::from_be_bytes([tcp[2], tcp[3]]),
+        src_addr,
+        dst_addr,
+    )
 }
 
 #[cfg(test)]
@@ -310,6 +428,19 @@ mod tests {
 
     use super::*;
     use crate::{CounterSet, FLAG_VLAN};
+
+    /// The datagrams followed, as a plain list.
+    #[derive(Default)]
+    struct Followed(Vec<FragmentKey>);
+
+    impl Fragments for Followed {
+        fn follow(&mut self, key: &FragmentKey) {
+            self.0.push(*key);
+        }
+        fn followed(&mut self, key: &FragmentKey) -> bool {
+            self.0.contains(key)
+        }
+    }
 
     const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const NOTIFY: &[u8] = b"NOTIFY sip:a@b SIP/2.0\r\n\r\n";
@@ -357,11 +488,14 @@ mod tests {
     fn run(frames: &[Vec<u8>]) -> (Vec<Decision>, CounterSet) {
         let mut counts = CounterSet::default();
         let config = ports();
+        let mut followed = Followed::default();
         let decisions = frames
             .iter()
             .map(|frame| {
                 counts.add(Counter::PacketsSeen);
-                let decision = decide(frame.as_slice(), &config, &mut |c| counts.add(c));
+                let decision = decide(frame.as_slice(), &config, &mut followed, &mut |c| {
+                    counts.add(c)
+                });
                 match decision {
                     Decision::Skip(skip) => counts.add(skip.counter()),
                     Decision::Capture(capture) => {
@@ -385,7 +519,7 @@ mod tests {
     }
 
     fn captured(frame: &[u8]) -> Capture {
-        match decide(frame, &ports(), &mut |_| {}) {
+        match decide(frame, &ports(), &mut Followed::default(), &mut |_| {}) {
             Decision::Capture(capture) => capture,
             other => panic!("expected a capture, got {other:?}"),
         }
@@ -438,11 +572,14 @@ mod tests {
         assert_eq!(skip(udp(5061, CLIENT_HELLO)), Skip::TlsRecord);
         assert_eq!(skip(tcp(5061, CLIENT_HELLO)), Skip::TlsRecord);
         assert_eq!(skip(udp(5061, &[0x16, 0xfe, 0xfd, 0, 0])), Skip::DtlsRecord);
-        // DTLS is a UDP thing: on TCP the same bytes are just a segment.
-        assert_eq!(skip(tcp(5061, &[0x16, 0xfe, 0xfd, 0, 0])), Skip::TcpSegment);
+        // On TCP the first byte decides: SIP never starts with 0x16.
+        assert_eq!(skip(tcp(5061, &[0x16, 0xfe, 0xfd, 0, 0])), Skip::TlsRecord);
+        assert_ne!(
+            captured(&tcp(5061, b"\x17")).location.flags & FLAG_IP_PACKET,
+            0
+        );
         // TLS to a port nobody watches is nobody's business.
         assert_eq!(skip(tcp(443, CLIENT_HELLO)), Skip::PortNotWatched);
-        assert_eq!(skip(tcp(5061, NOTIFY)), Skip::TcpSegment);
     }
 
     #[test]
@@ -505,6 +642,7 @@ mod tests {
             tcp(5061, CLIENT_HELLO),
             tcp(5061, b""),
             tcp(5061, b"OPTIONS"),
+            tcp(5061, b"O"),
             arp,
             later,
             cut,
@@ -513,13 +651,13 @@ mod tests {
         assert_eq!(counts.get(Counter::PacketsSeen), frames.len() as u64);
         assert_eq!(counts.outcomes(), frames.len() as u64);
         let expect = [
-            (Counter::Copied, 3),
+            (Counter::Copied, 5),
             (Counter::PortNotWatched, 1),
             (Counter::NotNotify, 1),
             (Counter::EmptyPayload, 2),
             (Counter::TlsRecord, 2),
             (Counter::DtlsRecord, 1),
-            (Counter::TcpSegment, 1),
+            (Counter::TcpSegments, 2),
             (Counter::NotUdpOrTcp, 1),
             (Counter::LaterFragments, 1),
             (Counter::BailShortHeader, 1),
@@ -529,5 +667,121 @@ mod tests {
         for (counter, n) in expect {
             assert_eq!(counts.get(counter), n, "{}", counter.name());
         }
+    }
+
+    fn tcp_flags(payload: &[u8], syn: bool, fin: bool, rst: bool) -> Vec<u8> {
+        let mut frame = Vec::new();
+        let mut builder = PacketBuilder::ethernet2(MAC, MAC)
+            .ipv6([1; 16], [2; 16], 64)
+            .tcp(40000, 5061, 7, 1000);
+        if syn {
+            builder = builder.syn();
+        }
+        if fin {
+            builder = builder.fin();
+        }
+        if rst {
+            builder = builder.rst();
+        }
+        builder.write(&mut frame, payload).unwrap();
+        frame
+    }
+
+    #[test]
+    fn tcp_segments_are_copied_whole_from_the_ip_header() {
+        let frame = tcp(5061, b"INVITE sip:a@b SIP/2.0\r\n");
+        let capture = captured(&frame);
+        assert_eq!(capture.payload_offset(), 14, "from the IP header");
+        assert_eq!(usize::from(capture.payload_len), frame.len() - 14);
+        assert_eq!((capture.src_port, capture.dst_port), (40000, 5061));
+        let mut tallies = Vec::new();
+        let header = capture.header(frame.len() - 14, 0, 0, &mut |c| tallies.push(c));
+        assert_eq!(header.flags, FLAG_IP_PACKET);
+        assert!(tallies.is_empty(), "{tallies:?}");
+        // Opening and closing a flow is worth a copy; a bare ACK is not.
+        for (syn, fin, rst) in [
+            (true, false, false),
+            (false, true, false),
+            (false, false, true),
+        ] {
+            captured(&tcp_flags(b"", syn, fin, rst));
+        }
+        assert_eq!(
+            skip(tcp_flags(b"", false, false, false)),
+            Skip::EmptyPayload
+        );
+        // One byte, as a client writing in pieces may send, is data.
+        captured(&tcp_flags(b"N", false, false, false));
+    }
+
+    /// The IPv4 fragments of a UDP datagram to 5061 (id 0x1234): the first `first` payload
+    /// bytes in the first fragment, the rest in the second.
+    fn fragments(payload: &[u8], first: usize) -> [Vec<u8>; 2] {
+        let whole = udp(5061, payload);
+        let ip_payload = &whole[34..];
+        let split = 8 + first;
+        let piece = |offset: usize, bytes: &[u8], more: bool| {
+            let mut header = whole[..34].to_vec();
+            let total = (20 + bytes.len()) as u16;
+            header[16..18].copy_from_slice(&total.to_be_bytes());
+            header[18..20].copy_from_slice(&0x1234u16.to_be_bytes());
+            let field = ((offset / 8) as u16) | if more { 0x2000 } else { 0 };
+            header[20..22].copy_from_slice(&field.to_be_bytes());
+            header.extend_from_slice(bytes);
+            header
+        };
+        [
+            piece(0, &ip_payload[..split], true),
+            piece(split, &ip_payload[split..], false),
+        ]
+    }
+
+    #[test]
+    fn a_fragmented_notify_is_followed_to_its_last_fragment() {
+        let mut notify = NOTIFY.to_vec();
+        notify.resize(100, b'x');
+        let [first, last] = fragments(&notify, 32);
+        // The later fragment alone is nobody's: nothing followed it yet.
+        assert_eq!(skip(last.clone()), Skip::LaterFragment);
+
+        let mut followed = Followed::default();
+        let mut tallies = Vec::new();
+        let config = ports();
+        let mut decide =
+            |frame: &[u8]| decide(frame, &config, &mut followed, &mut |c| tallies.push(c));
+        let Decision::Capture(head) = decide(&first) else {
+            panic!("the first fragment is a NOTIFY")
+        };
+        assert_eq!((head.payload_offset(), head.src_port), (14, 5060));
+        assert_ne!(head.location.flags & FLAG_IP_PACKET, 0);
+        assert_eq!(usize::from(head.payload_len), first.len() - 14);
+        let Decision::Capture(tail) = decide(&last) else {
+            panic!("the later fragment is followed")
+        };
+        assert_eq!(
+            (tail.payload_offset(), tail.src_port, tail.dst_port),
+            (14, 0, 0)
+        );
+        assert_eq!(usize::from(tail.payload_len), last.len() - 14);
+        assert!(tallies.contains(&Counter::FirstFragments));
+        assert!(tallies.contains(&Counter::FragmentsFollowed));
+
+        // A fragmented datagram that is no NOTIFY is not followed.
+        let mut invite = b"INVITE sip:a@b SIP/2.0\r\n".to_vec();
+        invite.resize(100, b'x');
+        let [first, last] = fragments(&invite, 32);
+        let mut followed = Followed::default();
+        assert_eq!(
+            decide_with(&first, &mut followed),
+            Decision::Skip(Skip::NotNotify)
+        );
+        assert_eq!(
+            decide_with(&last, &mut followed),
+            Decision::Skip(Skip::LaterFragment)
+        );
+    }
+
+    fn decide_with(frame: &[u8], followed: &mut Followed) -> Decision {
+        decide(frame, &ports(), followed, &mut |_| {})
     }
 }

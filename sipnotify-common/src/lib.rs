@@ -24,6 +24,16 @@ pub const CONFIG_GLOBAL: &str = "SIP_CONFIG";
 pub const STATS_MAP: &str = "SIP_STATS";
 /// Name of the per-CPU scratch array the program assembles records in.
 pub const SCRATCH_MAP: &str = "SIP_SCRATCH";
+/// Name of the `BPF_MAP_TYPE_LRU_HASH` map of fragmented datagrams whose first fragment was
+/// copied, keyed by [`FragmentKey`], valued by the first fragment's `bpf_ktime_get_ns()`.
+pub const FRAGMENTS_MAP: &str = "SIP_FRAGMENTS";
+/// Entries of [`FRAGMENTS_MAP`]: datagrams in flight at once. A fragmented NOTIFY completes
+/// within a millisecond on a LAN, so even 100 000 NOTIFY/s keep fewer than 200 open; the
+/// least recently used entry makes room for a new one.
+pub const FRAGMENT_MAP_ENTRIES: u32 = 4096;
+/// How long after its first fragment a datagram's later fragments are still copied: Linux's
+/// own reassembly timeout (`ipfrag_time`). Older entries belong to an IP ID since reused.
+pub const FRAGMENT_FOLLOW_NS: u64 = 30 * 1_000_000_000;
 /// Name of the XDP program in the object file: multi-buffer frames, payload copied with
 /// `bpf_xdp_load_bytes` (Linux 5.18 and later, or kernels with that helper backported).
 pub const PROGRAM_NAME: &str = "sipnotify_xdp";
@@ -56,7 +66,33 @@ pub const FLAG_FIRST_FRAGMENT: u16 = 1 << 2;
 /// The frame carried two VLAN tags (QinQ).
 pub const FLAG_QINQ: u16 = 1 << 3;
 
-/// Header of every ring-buffer record; the UDP payload bytes follow it directly.
+/// The record's payload is the IP packet, from its IP header on, not a UDP payload: a TCP
+/// segment to a watched port, or a fragment of a datagram to a watched port. User space puts
+/// these back together (streams, datagrams) before parsing.
+pub const FLAG_IP_PACKET: u16 = 1 << 4;
+
+/// Identifies a fragmented datagram (RFC 791, RFC 8200): the key of [`FRAGMENTS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    /// Source address (IPv4 in the first four bytes).
+    pub src_addr: [u8; 16],
+    /// Destination address (IPv4 in the first four bytes).
+    pub dst_addr: [u8; 16],
+    /// IP identification: IPv4's 16 bits, or IPv6's 32 from the fragment header.
+    pub id: u32,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// `IPPROTO_UDP` or `IPPROTO_TCP`.
+    pub protocol: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FragmentKey>() == 40);
+const _: () = assert!(align_of::<FragmentKey>() == 4);
+
+/// Header of every ring-buffer record; the UDP payload bytes (or, with [`FLAG_IP_PACKET`],
+/// the IP packet) follow it directly.
 ///
 /// Addresses are stored as 16 bytes: an IPv4 address occupies the first four and the rest are
 /// zero. Ports are in host byte order.
@@ -67,7 +103,8 @@ pub struct EventHeader {
     pub timestamp_ns: u64,
     /// Interface index the frame arrived on.
     pub ifindex: u32,
-    /// UDP payload length according to the UDP header (what the sender sent).
+    /// UDP payload length according to the UDP header (what the sender sent); with
+    /// [`FLAG_IP_PACKET`], the IP packet's length according to its IP header.
     pub payload_len: u32,
     /// Number of payload bytes following this header in the record.
     pub captured_len: u32,
@@ -81,9 +118,9 @@ pub struct EventHeader {
     pub src_addr: [u8; 16],
     /// Destination address (IPv4 in the first four bytes).
     pub dst_addr: [u8; 16],
-    /// UDP source port.
+    /// UDP or TCP source port (zero for a later fragment).
     pub src_port: u16,
-    /// UDP destination port.
+    /// UDP or TCP destination port (zero for a later fragment).
     pub dst_port: u16,
     /// TCI of the outermost VLAN tag, zero when untagged.
     pub vlan_tci: u16,
@@ -206,7 +243,8 @@ counters! {
     PacketsSeen, "packets_seen", Total;
     /// Outcome: not IP, or IP carrying neither UDP nor TCP.
     NotUdpOrTcp, "not_udp_or_tcp", Outcome;
-    /// Outcome: later fragments of a fragmented datagram (no transport header; passed).
+    /// Outcome: later fragments of a datagram whose first fragment was not copied (none was
+    /// seen, or it was no NOTIFY): they carry no transport header to judge them by.
     LaterFragments, "later_fragments", Outcome;
     /// Outcome: the header walk gave up because a header extends past the end of the frame.
     BailShortHeader, "bail_short_header", Outcome;
@@ -216,7 +254,8 @@ counters! {
     BailExtHeaderLimit, "bail_ext_header_limit", Outcome;
     /// Outcome: UDP or TCP to a port that is not watched.
     PortNotWatched, "port_not_watched", Outcome;
-    /// Outcome: UDP or TCP to a watched port without payload (a UDP length of 8, a bare ACK).
+    /// Outcome: UDP or TCP to a watched port without payload (a UDP length of 8, a bare ACK
+    /// without SYN, FIN or RST).
     EmptyPayload, "empty_payload", Outcome;
     /// Outcome: to a watched port, the payload starts like a TLS record (`0x16 0x03`): the
     /// SIP Server talks TLS, which cannot be read.
@@ -226,8 +265,6 @@ counters! {
     /// Outcome: UDP to a watched port whose payload is not a NOTIFY (after at most
     /// [`decide::MAX_LEADING_CRLF`] keep-alive CRLFs).
     NotNotify, "not_notify", Outcome;
-    /// Outcome: a TCP segment with payload to a watched port (not captured).
-    TcpSegment, "tcp_segment", Outcome;
     /// Outcome: the per-CPU scratch buffer could not be looked up.
     ScratchFailed, "scratch_failed", Outcome;
     /// Outcome: the payload could not be copied from the frame (`bpf_xdp_load_bytes` failed,
@@ -245,6 +282,11 @@ counters! {
     Truncated, "truncated", Tally;
     /// Tally: first fragments of fragmented datagrams to a watched port (still inspected).
     FirstFragments, "first_fragments", Tally;
+    /// Tally: TCP segments to a watched port copied for stream reassembly (with data, or with
+    /// SYN, FIN or RST, which open and close a flow).
+    TcpSegments, "tcp_segments", Tally;
+    /// Tally: later fragments copied because their datagram's first fragment was.
+    FragmentsFollowed, "fragments_followed", Tally;
 }
 
 /// Counter values in [`Counter`] index order: what userspace sources (the pcap replay, the
@@ -301,6 +343,8 @@ mod user {
     unsafe impl aya::Pod for super::EventHeader {}
     // SAFETY: as above: a `u64` and an array of `u64`.
     unsafe impl aya::Pod for super::SipConfig {}
+    // SAFETY: `#[repr(C)]` byte arrays and integers with explicit padding.
+    unsafe impl aya::Pod for super::FragmentKey {}
 }
 
 #[cfg(test)]

@@ -94,6 +94,8 @@ pub struct Location {
     pub ip_end: usize,
     /// `FLAG_VLAN`, `FLAG_QINQ` and `FLAG_FIRST_FRAGMENT` bits (see the crate root).
     pub flags: u16,
+    /// The IP identification of a fragment (IPv4's 16 bits, IPv6's 32), zero otherwise.
+    pub fragment_id: u32,
     /// TCI of the outermost VLAN tag, zero when untagged.
     pub vlan_tci: u16,
 }
@@ -113,8 +115,9 @@ pub enum Walk {
     Found(Location),
     /// Not IP, or IP carrying neither UDP nor TCP.
     NotUdpOrTcp,
-    /// A non-first fragment: it has no UDP header.
-    LaterFragment,
+    /// A non-first fragment of a UDP or TCP datagram: it has no transport header, so
+    /// `l4_offset` is where its share of the datagram starts.
+    LaterFragment(Location),
     /// The walk gave up.
     Bail(Bail),
 }
@@ -150,7 +153,7 @@ pub fn walk<F: Frame + ?Sized>(frame: &F) -> Walk {
 
     let l3_offset = offset;
     let found = |ip_version, l4: L4| {
-        Walk::Found(Location {
+        let location = Location {
             ip_version,
             transport: l4.transport,
             l3_offset,
@@ -158,7 +161,13 @@ pub fn walk<F: Frame + ?Sized>(frame: &F) -> Walk {
             ip_end: l4.ip_end,
             flags: flags | l4.flags,
             vlan_tci,
-        })
+            fragment_id: l4.fragment_id,
+        };
+        if l4.later_fragment {
+            Walk::LaterFragment(location)
+        } else {
+            Walk::Found(location)
+        }
     };
     match ethertype {
         ETH_P_IPV4 => match walk_ipv4(frame, l3_offset) {
@@ -179,6 +188,8 @@ struct L4 {
     offset: usize,
     ip_end: usize,
     flags: u16,
+    fragment_id: u32,
+    later_fragment: bool,
 }
 
 #[inline(always)]
@@ -202,15 +213,17 @@ fn walk_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<L4, Walk> {
     }
     let frag = u16::from_be_bytes([ip[6], ip[7]]);
     let more_fragments = frag & 0x2000 != 0;
-    let fragment_offset = frag & 0x1fff;
-    if fragment_offset != 0 {
-        return Err(Walk::LaterFragment);
-    }
+    let later_fragment = frag & 0x1fff != 0;
     let Some(transport) = transport(ip[9]) else {
         return Err(Walk::NotUdpOrTcp);
     };
-    let flags = if more_fragments {
+    let flags = if more_fragments && !later_fragment {
         crate::FLAG_FIRST_FRAGMENT
+    } else {
+        0
+    };
+    let fragment_id = if more_fragments || later_fragment {
+        u32::from(u16::from_be_bytes([ip[4], ip[5]]))
     } else {
         0
     };
@@ -219,6 +232,8 @@ fn walk_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<L4, Walk> {
         offset: l3 + ihl * 4,
         ip_end: l3 + usize::from(u16::from_be_bytes([ip[2], ip[3]])),
         flags,
+        fragment_id,
+        later_fragment,
     })
 }
 
@@ -235,18 +250,26 @@ fn walk_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<L4, Walk> {
     let mut offset = l3 + IPV6_HLEN;
     let ip_end = offset + usize::from(u16::from_be_bytes([ip[4], ip[5]]));
     let mut flags = 0u16;
-    let found = |transport, offset, flags| {
+    let mut fragment_id = 0u32;
+    let mut later_fragment = false;
+    let found = |transport, offset, flags, fragment_id, later_fragment| {
         Ok(L4 {
             transport,
             offset,
             ip_end,
             flags,
+            fragment_id,
+            later_fragment,
         })
     };
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next_header {
-            IPPROTO_UDP => return found(Transport::Udp, offset, flags),
-            IPPROTO_TCP => return found(Transport::Tcp, offset, flags),
+            IPPROTO_UDP => {
+                return found(Transport::Udp, offset, flags, fragment_id, later_fragment);
+            }
+            IPPROTO_TCP => {
+                return found(Transport::Tcp, offset, flags, fragment_id, later_fragment);
+            }
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
                 let Some(ext) = frame.load::<2>(offset) else {
                     return Err(Walk::Bail(Bail::ShortHeader));
@@ -256,20 +279,28 @@ fn walk_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<L4, Walk> {
                 offset += (usize::from(ext[1]) + 1) * 8;
             }
             IPV6_FRAGMENT => {
-                let Some(ext) = frame.load::<4>(offset) else {
+                let Some(ext) = frame.load::<8>(offset) else {
                     return Err(Walk::Bail(Bail::ShortHeader));
                 };
                 let frag = u16::from_be_bytes([ext[2], ext[3]]);
-                if frag & 0xfff8 != 0 {
-                    return Err(Walk::LaterFragment);
-                }
                 // A fragment header with offset 0 and M clear is an atomic fragment
                 // (RFC 6946): the datagram is whole.
-                if frag & 1 != 0 {
+                later_fragment = frag & 0xfff8 != 0;
+                if frag & 1 != 0 && !later_fragment {
                     flags |= crate::FLAG_FIRST_FRAGMENT;
+                }
+                if later_fragment || frag & 1 != 0 {
+                    fragment_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
                 }
                 next_header = ext[0];
                 offset += 8;
+                if later_fragment {
+                    // What follows is the middle of the datagram, not another header.
+                    return match transport(next_header) {
+                        Some(t) => found(t, offset, flags, fragment_id, true),
+                        None => Err(Walk::NotUdpOrTcp),
+                    };
+                }
             }
             _ => return Err(Walk::NotUdpOrTcp),
         }
@@ -278,7 +309,7 @@ fn walk_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<L4, Walk> {
         }
     }
     match transport(next_header) {
-        Some(transport) => found(transport, offset, flags),
+        Some(transport) => found(transport, offset, flags, fragment_id, later_fragment),
         None => Err(Walk::Bail(Bail::ExtHeaderLimit)),
     }
 }
@@ -484,27 +515,41 @@ mod tests {
     }
 
     #[test]
-    fn fragments_are_told_apart() {
+    fn fragments_are_told_apart_and_carry_their_id() {
+        let later = |frame: &[u8]| match walk(frame) {
+            Walk::LaterFragment(location) => location,
+            other => panic!("expected a later fragment, got {other:?}"),
+        };
         let first = ipv6_fragment(0, true);
         assert_eq!(located(&first).flags, FLAG_FIRST_FRAGMENT);
         assert_eq!(located(&first).l4_offset, 14 + 40 + 8);
+        assert_eq!(located(&first).fragment_id, 1);
         // Offset 0 without M is an atomic fragment (RFC 6946): a whole datagram.
         assert_eq!(located(&ipv6_fragment(0, false)).flags, 0);
+        assert_eq!(located(&ipv6_fragment(0, false)).fragment_id, 0);
+        let last = later(&ipv6_fragment(3, false));
         assert_eq!(
-            walk(ipv6_fragment(3, false).as_slice()),
-            Walk::LaterFragment
+            (last.fragment_id, last.l4_offset, last.flags),
+            (1, 14 + 48, 0)
         );
-        assert_eq!(walk(ipv6_fragment(3, true).as_slice()), Walk::LaterFragment);
+        assert_eq!(later(&ipv6_fragment(3, true)).transport, Transport::Udp);
 
         let mut v4 = write(
             PacketBuilder::ethernet2(MAC, MAC)
                 .ipv4([1; 4], [2; 4], 64)
                 .udp(1, 5061),
         );
+        v4[18..20].copy_from_slice(&0xbeefu16.to_be_bytes());
+        assert_eq!(located(&v4).fragment_id, 0, "a whole datagram has no id");
         v4[20] |= 0x20; // MF
         assert_eq!(located(&v4).flags, FLAG_FIRST_FRAGMENT);
+        assert_eq!(located(&v4).fragment_id, 0xbeef);
         v4[21] = 1; // offset 8 bytes
-        assert_eq!(walk(v4.as_slice()), Walk::LaterFragment);
+        let middle = later(&v4);
+        assert_eq!((middle.fragment_id, middle.l4_offset), (0xbeef, 14 + 20));
+        // A later fragment of something other than UDP or TCP is nobody's business.
+        v4[23] = 1;
+        assert_eq!(walk(v4.as_slice()), Walk::NotUdpOrTcp);
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! The sipnotify XDP program: find UDP datagrams to a watched port whose payload starts with
 //! `NOTIFY ` (after at most four keep-alive CRLFs), copy them into the `SIP_EVENTS` ring
-//! buffer, count every outcome, and pass every packet on untouched.
+//! buffer, count every outcome, and pass every packet on untouched. TCP segments to a watched
+//! port, and the fragments of a fragmented NOTIFY (followed through `SIP_FRAGMENTS`), are
+//! copied whole from their IP header for the agent to reassemble.
 //!
 //! ```text
 //! frame ─▶ walk (Ethernet, ≤2 VLAN tags, IPv4+options | IPv6+ext headers) ─▶ UDP/TCP header
 //!        ─▶ dst port in the SIP_CONFIG bitmap? ─▶ empty? TLS/DTLS record? "NOTIFY "?
 //!        ─▶ SIP_SCRATCH ─▶ bpf_ringbuf_output(header + payload, right-sized) ─▶ agent
+//! later fragment ─▶ first fragment copied (SIP_FRAGMENTS)? ─▶ SIP_SCRATCH ─▶ …
 //! ```
 //!
 //! The object holds the program twice, differing only in how the payload reaches the scratch
@@ -34,13 +37,14 @@ use aya_ebpf::{
         generated::{bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     },
     macros::{map, xdp},
-    maps::{PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
 use sipnotify_common::{
-    Counter, DEFAULT_RING_BYTES, EVENT_HEADER_LEN, EventBuffer, SCRATCH_PAYLOAD, SipConfig,
-    decide::{self, Capture, Decision, Ports},
+    Counter, DEFAULT_RING_BYTES, EVENT_HEADER_LEN, EventBuffer, FRAGMENT_FOLLOW_NS,
+    FRAGMENT_MAP_ENTRIES, FragmentKey, SCRATCH_PAYLOAD, SipConfig,
+    decide::{self, Capture, Decision, Fragments, Ports},
     net::{self, Frame},
 };
 
@@ -76,6 +80,36 @@ impl Ports for WatchedPorts {
 fn config_wakeup_bytes() -> u64 {
     // SAFETY: a plain read of a static.
     unsafe { core::ptr::read_volatile(&raw const SIP_CONFIG.wakeup_bytes) }
+}
+
+/// Datagrams whose first fragment was copied, and when: their later fragments carry no port.
+#[map]
+static SIP_FRAGMENTS: LruHashMap<FragmentKey, u64> =
+    LruHashMap::with_max_entries(FRAGMENT_MAP_ENTRIES, 0);
+
+/// The followed datagrams as the shared decision asks for them.
+struct FollowedFragments;
+
+impl Fragments for FollowedFragments {
+    #[inline(always)]
+    fn follow(&mut self, key: &FragmentKey) {
+        // SAFETY: plain helper call.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // A full map evicts its least recently used entry; an insert cannot fail otherwise
+        // in a way that would matter more than this one datagram.
+        let _ = SIP_FRAGMENTS.insert(key, &now, 0);
+    }
+
+    #[inline(always)]
+    fn followed(&mut self, key: &FragmentKey) -> bool {
+        // SAFETY: the value is a plain u64 read once; a concurrent update only moves it.
+        let Some(&since) = (unsafe { SIP_FRAGMENTS.get(key) }) else {
+            return false;
+        };
+        // SAFETY: plain helper call.
+        let now = unsafe { bpf_ktime_get_ns() };
+        now.wrapping_sub(since) < FRAGMENT_FOLLOW_NS
+    }
 }
 
 #[map]
@@ -152,7 +186,7 @@ fn inspect<P: PayloadCopy>(ctx: &XdpContext) {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    match decide::decide(&packet, &WatchedPorts, &mut count) {
+    match decide::decide(&packet, &WatchedPorts, &mut FollowedFragments, &mut count) {
         Decision::Skip(skip) => count(skip.counter()),
         Decision::Capture(capture) => {
             count(copy::<P>(ctx, &packet, &capture, config_wakeup_bytes()));

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     cbpf,
-    frame::{SplicedFrame, inspect},
+    frame::{FragmentFollower, SplicedFrame, inspect},
     record::Record,
 };
 
@@ -467,13 +467,22 @@ pub async fn read_ring(
         .map_err(io::Error::from)?;
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fragments = FragmentFollower::default();
     let mut pass = |socket: &mut PacketSocket| {
         let mut counts = CounterSet::default();
         let ifindex = socket.ifindex();
         socket.drain(|frame| {
             let spliced = frame.spliced();
             let timestamp_ns = u64::try_from(frame.timestamp.as_nanos()).unwrap_or(u64::MAX);
-            if let Ok(record) = inspect(&spliced, &config, &mut counts, timestamp_ns, ifindex) {
+            let inspected = inspect(
+                &spliced,
+                &config,
+                &mut fragments,
+                &mut counts,
+                timestamp_ns,
+                ifindex,
+            );
+            if let Ok(record) = inspected {
                 on_record(&record, SystemTime::UNIX_EPOCH + frame.timestamp);
             }
         });

@@ -1,10 +1,12 @@
 //! The classic BPF socket filter of the AF_PACKET source, generated from the port list.
 //!
 //! It runs in the kernel for every frame the interface receives, before anything is copied
-//! to the ring, so the agent only ever sees candidate NOTIFYs: UDP to a watched port whose
-//! payload starts with `NOTIFY ` (after at most four keep-alive CRLFs), plus the first bytes
-//! of UDP or TCP payloads to a watched port that start like a TLS or DTLS record, so the TLS
-//! warning works on this path too. It is a pre-filter only: the agent runs the shared capture
+//! to the ring, so the agent only ever sees candidates: UDP to a watched port whose payload
+//! starts with `NOTIFY ` (after at most four keep-alive CRLFs); TCP segments to a watched port
+//! that carry data or SYN, FIN or RST, for stream reassembly; every later IP fragment of UDP or
+//! TCP (classic BPF keeps no state, so the agent's copy of the program's fragment map picks
+//! those of a NOTIFY); plus the first bytes of payloads that start like a TLS or DTLS record,
+//! so the TLS warning works on this path too. It is a pre-filter only: the agent runs the shared capture
 //! decision (`sipnotify_common::decide`) on what it receives and counts that.
 //!
 //! Classic BPF (not eBPF) because it is accepted by every kernel since 2.2 without any
@@ -13,8 +15,8 @@
 //! - frames sent by this host are refused (`SKF_AD_PKTTYPE`), as XDP sees only receptions;
 //! - Ethernet with zero, one or two 802.1Q/802.1ad tags left in the frame (a tag the NIC or
 //!   the stack stripped is in the ring's metadata instead, and the frame then looks untagged);
-//! - IPv4 with any IHL, first fragments included and later fragments refused;
-//! - IPv6 without extension headers.
+//! - IPv4 with any IHL, fragments included;
+//! - IPv6 without extension headers, or with a fragment header first.
 //!
 //! Jump offsets in classic BPF are 8 bits, so each link-layer offset (14, 18 or 22 bytes) gets
 //! its own self-contained section with its own returns, and the sections are chained.
@@ -25,6 +27,10 @@ use std::collections::HashMap;
 pub const TLS_SNAPLEN: u32 = 256;
 /// Bytes passed for a NOTIFY: all of it.
 pub const NOTIFY_SNAPLEN: u32 = 0x0004_0000;
+
+/// Scratch slot holding where the IP datagram ends (its length fields, from the link header),
+/// which tells a TCP payload from Ethernet padding.
+const IP_END: u32 = 0;
 
 /// `PACKET_OUTGOING`, as `SKF_AD_PKTTYPE` reports it.
 const PACKET_OUTGOING: u32 = 4;
@@ -37,12 +43,15 @@ const LD_H_IND: u16 = (libc::BPF_LD | libc::BPF_H | libc::BPF_IND) as u16;
 const LD_B_IND: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_IND) as u16;
 const LDX_IMM: u16 = (libc::BPF_LDX | libc::BPF_W | libc::BPF_IMM) as u16;
 const LDX_MSH: u16 = (libc::BPF_LDX | libc::BPF_B | libc::BPF_MSH) as u16;
+const LD_MEM: u16 = (libc::BPF_LD | libc::BPF_MEM) as u16;
+const ST: u16 = libc::BPF_ST as u16;
 const ADD_K: u16 = (libc::BPF_ALU | libc::BPF_ADD | libc::BPF_K) as u16;
 const ADD_X: u16 = (libc::BPF_ALU | libc::BPF_ADD | libc::BPF_X) as u16;
 const RSH_K: u16 = (libc::BPF_ALU | libc::BPF_RSH | libc::BPF_K) as u16;
 const LSH_K: u16 = (libc::BPF_ALU | libc::BPF_LSH | libc::BPF_K) as u16;
 const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
 const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+const JGT_X: u16 = (libc::BPF_JMP | libc::BPF_JGT | libc::BPF_X) as u16;
 const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
 const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 const TAX: u16 = (libc::BPF_MISC | libc::BPF_TAX) as u16;
@@ -200,20 +209,37 @@ fn section(a: &mut Asm, link: u32, ports: &[u16]) {
         a.jump(JA, 0, drop, drop);
     }
 
-    // IPv4: later fragments carry no transport header; X = IHL * 4.
+    // IPv4: X = IHL * 4; M[IP_END] = the total length. Later fragments carry no transport
+    // header: those of UDP and TCP go to the agent, which follows the NOTIFYs among them.
     a.label("ip4", link);
+    a.op(LD_H_ABS, link + 2);
+    a.op(ST, IP_END);
     a.op(LD_H_ABS, link + 6);
-    a.jump(JSET_K, 0x1fff, drop, next);
+    a.jump(JSET_K, 0x1fff, to("later4", link), next);
     a.op(LDX_MSH, link);
     a.op(LD_B_ABS, link + 9);
     a.jump(JEQ_K, 17, to("udp", link), next);
     a.jump(JEQ_K, 6, to("tcp", link), drop);
+    a.label("later4", link);
+    a.op(LD_B_ABS, link + 9);
+    a.jump(JEQ_K, 17, to("pass", link), next);
+    a.jump(JEQ_K, 6, to("pass", link), drop);
 
-    // IPv6 without extension headers: X = 40.
+    // IPv6 without extension headers: X = 40; M[IP_END] = 40 + the payload length. A
+    // fragment header goes to the agent whole, first fragment or not.
     a.label("ip6", link);
+    a.op(LD_H_ABS, link + 4);
+    a.op(ADD_K, 40);
+    a.op(ST, IP_END);
     a.op(LDX_IMM, 40);
     a.op(LD_B_ABS, link + 6);
     a.jump(JEQ_K, 17, to("udp", link), next);
+    a.jump(
+        JEQ_K,
+        u32::from(sipnotify_common::net::IPV6_FRAGMENT),
+        to("pass", link),
+        next,
+    );
     a.jump(JEQ_K, 6, to("tcp", link), drop);
 
     // UDP: the destination port, then the payload at X + link + 8.
@@ -239,22 +265,29 @@ fn section(a: &mut Asm, link: u32, ports: &[u16]) {
     a.op(LD_H_IND, payload + 4);
     a.jump(JEQ_K, u32::from(u16::from_be_bytes(*b"FY")), next, drop);
     a.op(LD_B_IND, payload + 6);
-    a.jump(JEQ_K, u32::from(b' '), next, drop);
-    a.op(RET_K, NOTIFY_SNAPLEN);
+    a.jump(JEQ_K, u32::from(b' '), to("pass", link), drop);
 
-    // TCP: the destination port, then X += data offset * 4 and the first payload bytes.
+    // TCP: the destination port; SYN, FIN or RST pass; otherwise X += data offset * 4, and a
+    // segment whose IP length ends past its headers has data: a TLS record start, or a
+    // piece of the SIP stream.
     a.label("tcp", link);
     a.op(LD_H_IND, link + 2);
     port_checks(a, ports, to("tcp_watched", link), drop);
     a.label("tcp_watched", link);
+    a.op(LD_B_IND, link + 13);
+    a.jump(JSET_K, 0x07, to("pass", link), next);
     a.op(LD_B_IND, link + 12);
     a.op(RSH_K, 4);
     a.op(LSH_K, 2);
     a.op(ADD_X, 0);
     a.op(TAX, 0);
-    a.op(LD_H_IND, link);
-    a.jump(JEQ_K, 0x1603, to("tls", link), drop);
+    a.op(LD_MEM, IP_END);
+    a.jump(JGT_X, 0, next, drop);
+    a.op(LD_B_IND, link);
+    a.jump(JEQ_K, 0x16, to("tls", link), to("pass", link));
 
+    a.label("pass", link);
+    a.op(RET_K, NOTIFY_SNAPLEN);
     a.label("tls", link);
     a.op(RET_K, TLS_SNAPLEN);
     a.label("drop", link);
@@ -283,6 +316,7 @@ mod tests {
     /// rule that a load past the end of the packet ends the filter with 0.
     fn run(filter: &[libc::sock_filter], packet: &[u8], pkttype: u32) -> u32 {
         let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
+        let mut mem = [0u32; 16];
         let load = |at: u32, n: usize| -> Option<u32> {
             if at == PKTTYPE {
                 return Some(pkttype);
@@ -311,6 +345,8 @@ mod tests {
             }
             match insn.code {
                 LDX_IMM => x = insn.k,
+                LD_MEM => a = mem[insn.k as usize],
+                ST => mem[insn.k as usize] = a,
                 LDX_MSH => match load(insn.k, 1) {
                     Some(v) => x = (v & 0xf) * 4,
                     None => return 0,
@@ -323,11 +359,11 @@ mod tests {
                 TXA => a = x,
                 RET_K => return insn.k,
                 JA => pc += insn.k as usize,
-                JEQ_K | JSET_K => {
-                    let taken = if insn.code == JEQ_K {
-                        a == insn.k
-                    } else {
-                        a & insn.k != 0
+                JEQ_K | JSET_K | JGT_X => {
+                    let taken = match insn.code {
+                        JEQ_K => a == insn.k,
+                        JSET_K => a & insn.k != 0,
+                        _ => a > x,
                     };
                     pc += usize::from(if taken { insn.jt } else { insn.jf });
                 }
@@ -422,8 +458,11 @@ mod tests {
         let mut first = udp4(5061, NOTIFY);
         first[20] |= 0x20; // MF, offset 0
         assert_eq!(accepts(&filter, &first), NOTIFY_SNAPLEN);
+        // Later fragments carry no port: the agent's fragment map judges them.
         let mut later = udp4(5061, NOTIFY);
         later[21] = 8;
+        assert_eq!(accepts(&filter, &later), NOTIFY_SNAPLEN);
+        later[23] = 1; // ICMP
         assert_eq!(accepts(&filter, &later), 0);
 
         for pairs in 0..=4 {
@@ -455,8 +494,56 @@ mod tests {
         };
         assert_eq!(accepts(&filter, &tcp(5061, CLIENT_HELLO)), TLS_SNAPLEN);
         assert_eq!(accepts(&filter, &tcp(443, CLIENT_HELLO)), 0);
-        assert_eq!(accepts(&filter, &tcp(5061, NOTIFY)), 0);
-        assert_eq!(accepts(&filter, &tcp(5061, b"")), 0);
+    }
+
+    #[test]
+    fn tcp_segments_with_data_or_syn_fin_rst_pass() {
+        let filter = notify_filter(&[5061]).unwrap();
+        let tcp = |port, payload: &[u8], v6: bool, syn: bool| {
+            let mut frame = Vec::new();
+            let eth = PacketBuilder::ethernet2(MAC, MAC);
+            let ip = if v6 {
+                eth.ipv6([1; 16], [2; 16], 64)
+            } else {
+                eth.ipv4([1; 4], [2; 4], 64)
+            };
+            let mut tcp = ip.tcp(40000, port, 1, 1000);
+            if syn {
+                tcp = tcp.syn();
+            }
+            tcp.write(&mut frame, payload).unwrap();
+            frame
+        };
+        for v6 in [false, true] {
+            // Any piece of a stream: the middle of a NOTIFY, or a single byte.
+            assert_eq!(
+                accepts(&filter, &tcp(5061, b"Call-ID: x\r\n", v6, false)),
+                NOTIFY_SNAPLEN
+            );
+            assert_eq!(
+                accepts(&filter, &tcp(5061, b"N", v6, false)),
+                NOTIFY_SNAPLEN
+            );
+            assert_eq!(accepts(&filter, &tcp(5061, b"", v6, true)), NOTIFY_SNAPLEN);
+            assert_eq!(
+                accepts(&filter, &tcp(5061, NOTIFY, v6, false)),
+                NOTIFY_SNAPLEN
+            );
+            assert_eq!(accepts(&filter, &tcp(5062, NOTIFY, v6, false)), 0);
+            assert_eq!(
+                accepts(&filter, &tcp(5061, b"", v6, false)),
+                0,
+                "a bare ACK"
+            );
+        }
+        // A bare ACK padded to the Ethernet minimum has no data either.
+        let mut padded = tcp(5061, b"", false, false);
+        padded.resize(60, 0);
+        assert_eq!(accepts(&filter, &padded), 0);
+        // IPv6 fragments go to the agent whole.
+        let mut fragment = tcp(5061, b"", true, false);
+        fragment[14 + 6] = 44;
+        assert_eq!(accepts(&filter, &fragment), NOTIFY_SNAPLEN);
     }
 
     #[test]

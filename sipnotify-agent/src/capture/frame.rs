@@ -1,9 +1,12 @@
 //! Whole frames from the userspace sources (AF_PACKET, capture files) through the XDP
-//! program's own capture decision (`sipnotify_common::decide`), counted as the program counts.
+//! program's own capture decision (`sipnotify_common::decide`), counted as the program counts,
+//! with [`FragmentFollower`] in the place of the program's `SIP_FRAGMENTS` map.
+
+use std::collections::{HashMap, VecDeque};
 
 use sipnotify_common::{
-    Counter, CounterSet, SipConfig,
-    decide::{self, Decision, Skip},
+    Counter, CounterSet, FRAGMENT_FOLLOW_NS, FRAGMENT_MAP_ENTRIES, FragmentKey, SipConfig,
+    decide::{self, Decision, Fragments, Skip},
     net::Frame,
 };
 
@@ -72,18 +75,73 @@ impl Frame for SplicedFrame<'_> {
     }
 }
 
+/// The datagrams whose first fragment was captured, as the program's `SIP_FRAGMENTS` LRU map
+/// keeps them: at most [`FRAGMENT_MAP_ENTRIES`], each for [`FRAGMENT_FOLLOW_NS`]. The oldest
+/// goes first when it is full, which for entries that all live 30 s is what LRU would pick
+/// too; a map and a queue do that without a cache crate.
+#[derive(Debug, Default)]
+pub struct FragmentFollower {
+    /// The capture time of the frame being decided, in nanoseconds.
+    now_ns: u64,
+    since: HashMap<FragmentKey, u64>,
+    order: VecDeque<(FragmentKey, u64)>,
+}
+
+impl FragmentFollower {
+    /// Datagrams followed now.
+    pub fn len(&self) -> usize {
+        self.since.len()
+    }
+
+    /// Whether none is followed.
+    pub fn is_empty(&self) -> bool {
+        self.since.is_empty()
+    }
+}
+
+impl Fragments for FragmentFollower {
+    fn follow(&mut self, key: &FragmentKey) {
+        let limit = FRAGMENT_MAP_ENTRIES as usize;
+        while self.since.len() >= limit {
+            let Some((old, at)) = self.order.pop_front() else {
+                break;
+            };
+            // A key followed again since has a newer entry further on: keep it.
+            if self.since.get(&old) == Some(&at) {
+                self.since.remove(&old);
+            }
+        }
+        // Entries replaced by a newer one pile up in the queue; bound it as well.
+        if self.order.len() >= 2 * limit {
+            let since = &self.since;
+            self.order.retain(|(key, at)| since.get(key) == Some(at));
+        }
+        self.since.insert(*key, self.now_ns);
+        self.order.push_back((*key, self.now_ns));
+    }
+
+    fn followed(&mut self, key: &FragmentKey) -> bool {
+        self.since
+            .get(key)
+            .is_some_and(|&at| self.now_ns.saturating_sub(at) < FRAGMENT_FOLLOW_NS)
+    }
+}
+
 /// Runs the capture decision on one frame and counts it in `counts` as the XDP program counts
 /// in its map (`packets_seen`, which the agent sums from the program's outcomes), the tallies,
-/// and one outcome (`copied` for a record).
+/// and one outcome (`copied` for a record). `fragments` follows fragmented NOTIFYs from their
+/// first fragment on, as the program's map does.
 pub fn inspect<'a>(
     frame: &SplicedFrame<'a>,
     ports: &SipConfig,
+    fragments: &mut FragmentFollower,
     counts: &mut CounterSet,
     timestamp_ns: u64,
     ifindex: u32,
 ) -> Result<Record<'a>, Skip> {
     counts.add(Counter::PacketsSeen);
-    match decide::decide(frame, ports, &mut |c| counts.add(c)) {
+    fragments.now_ns = timestamp_ns;
+    match decide::decide(frame, ports, fragments, &mut |c| counts.add(c)) {
         Decision::Skip(skip) => {
             counts.add(skip.counter());
             Err(skip)
@@ -98,5 +156,44 @@ pub fn inspect<'a>(
                 payload: &present[..len],
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: u32) -> FragmentKey {
+        FragmentKey {
+            id,
+            ip_version: 4,
+            protocol: 17,
+            ..FragmentKey::default()
+        }
+    }
+
+    #[test]
+    fn followed_datagrams_expire_and_the_table_stays_bounded() {
+        let mut follower = FragmentFollower::default();
+        follower.follow(&key(1));
+        assert!(follower.followed(&key(1)));
+        assert!(!follower.followed(&key(2)));
+        follower.now_ns = FRAGMENT_FOLLOW_NS;
+        assert!(
+            !follower.followed(&key(1)),
+            "30 s on, the IP id may be reused"
+        );
+
+        let limit = FRAGMENT_MAP_ENTRIES;
+        for id in 0..3 * limit {
+            follower.follow(&key(id));
+            // Following one key over and over must not grow the queue without bound.
+            follower.follow(&key(7));
+        }
+        assert_eq!(follower.len(), limit as usize);
+        assert!(follower.order.len() <= 2 * limit as usize);
+        assert!(follower.followed(&key(3 * limit - 1)), "the newest stays");
+        assert!(follower.followed(&key(7)), "the one followed again stays");
+        assert!(!follower.followed(&key(0)), "the oldest went first");
     }
 }

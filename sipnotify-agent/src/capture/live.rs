@@ -5,15 +5,19 @@
 //! quarter of the ring is pending, so the reader combines two triggers: epoll readiness (the
 //! forced wake-ups) and a short poll timer that collects records at low rates with at most
 //! one timer period of added latency. Each wake-up drains everything that is there.
+//!
+//! Records that are IP packets (TCP segments, fragments of a NOTIFY) go through one
+//! [`Reassembly`] shared by every interface's reader, on the monotonic clock; a ticker closes
+//! what timed out, and shutdown gives up what is still open and reports it.
 
 use std::{
     io,
     os::fd::AsRawFd,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -25,15 +29,19 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{
-    CaptureSettings, MonotonicClock, Source,
+    CaptureSettings, MonotonicClock, Record, Source,
     af_packet::{AfPacketStats, PacketSocket, read_ring},
     source::{self, SourceError, SourceSettings},
 };
 use crate::{
     bpf::{AttachedProgram, ProgramGuard, ProgramLogger},
     pipeline::Pipeline,
+    reassembly::{Reassembly, ReassemblySettings, ReassemblyStats},
     telemetry::CaptureCounters,
 };
+
+/// How often open reassemblies are checked for timeouts: well under the TCP gap timeout.
+const REASSEMBLY_TICK: Duration = Duration::from_millis(100);
 
 /// Every interface of the settings captured, ready to be drained.
 pub struct LiveSource {
@@ -131,12 +139,22 @@ struct Socket {
 }
 
 impl Source for LiveSource {
-    type Report = ();
+    /// What reassembly put together and gave up.
+    type Report = ReassemblyStats;
 
-    async fn feed(self, pipeline: Pipeline, stop: CancellationToken) {
+    async fn feed(self, pipeline: Pipeline, stop: CancellationToken) -> ReassemblyStats {
         let stop_readers = CancellationToken::new();
         let mut readers = JoinSet::new();
         let mut guards = Vec::new();
+        let clock = self.clock;
+        let reassembler = Reassembler {
+            state: Arc::new(Mutex::new(Reassembly::new(
+                ReassemblySettings::default(),
+                &self.ports,
+            ))),
+            pipeline: pipeline.clone(),
+            clock,
+        };
         for ring in self.rings {
             let Ring {
                 iface,
@@ -148,16 +166,17 @@ impl Source for LiveSource {
             if let Some(logger) = logger {
                 readers.spawn(forward_program_log(logger, stop_readers.clone()));
             }
-            let pipeline = pipeline.clone();
+            let (pipeline, reassembler) = (pipeline.clone(), reassembler.clone());
             let cancel = stop_readers.clone();
-            let (poll, clock) = (self.poll, self.clock);
+            let poll = self.poll;
             readers.spawn(async move {
                 let result = drain_ring(events, poll, cancel, |bytes| {
-                    pipeline.handle_bytes(
-                        bytes,
-                        |record| clock.wall_time(record.header.timestamp_ns),
-                        Some(&iface),
-                    );
+                    // Malformed records are counted by the pipeline and skipped.
+                    if let Ok(record) = pipeline.decode(bytes) {
+                        let at = record.header.timestamp_ns;
+                        let now = Duration::from_nanos(at);
+                        reassembler.push(&record, now, clock.wall_time(at), &iface);
+                    }
                 })
                 .await;
                 if let Err(err) = result {
@@ -171,12 +190,12 @@ impl Source for LiveSource {
             stats,
         } in self.sockets
         {
-            let pipeline = pipeline.clone();
+            let reassembler = reassembler.clone();
             let cancel = stop_readers.clone();
             let (poll, ports) = (self.poll, self.ports.clone());
             readers.spawn(async move {
                 let result = read_ring(socket, &ports, poll, stats, cancel, |record, at| {
-                    pipeline.handle(record, at, Some(&iface));
+                    reassembler.push(record, super::monotonic_now(), at, &iface);
                 })
                 .await;
                 if let Err(err) = result {
@@ -184,12 +203,72 @@ impl Source for LiveSource {
                 }
             });
         }
+        readers.spawn(reassembler.clone().tick(stop_readers.clone()));
         stop.cancelled().await;
         // Detach first so nothing new arrives, then drain the rings one last time.
         drop(guards);
         self.attached.store(false, Ordering::Relaxed);
         stop_readers.cancel();
         while readers.join_next().await.is_some() {}
+        reassembler.finish()
+    }
+}
+
+/// The readers' shared way to the pipeline: whole NOTIFYs straight on, IP packets through
+/// reassembly first. Reassembly runs on the monotonic clock; what it completes is dated by it.
+#[derive(Clone)]
+struct Reassembler {
+    state: Arc<Mutex<Reassembly>>,
+    pipeline: Pipeline,
+    clock: MonotonicClock,
+}
+
+impl Reassembler {
+    /// Hands on one record captured at `at` (`now` on the monotonic clock) on `iface`.
+    fn push(&self, record: &Record<'_>, now: Duration, at: SystemTime, iface: &Arc<str>) {
+        if record.header.flags & sipnotify_common::FLAG_IP_PACKET == 0 {
+            self.pipeline.handle(record, at, Some(iface));
+            return;
+        }
+        self.lock().push_record(now, record, &mut |whole| {
+            let at = self.clock.wall_time(whole.header.timestamp_ns);
+            self.pipeline.handle(whole, at, Some(iface));
+        });
+    }
+
+    /// Closes what timed out every [`REASSEMBLY_TICK`] and publishes the counters, until
+    /// `cancel` fires.
+    async fn tick(self, cancel: CancellationToken) {
+        let mut ticker = tokio::time::interval(REASSEMBLY_TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = ticker.tick() => {
+                    let mut state = self.lock();
+                    state.expire(super::monotonic_now(), &mut |whole| self.deliver(whole));
+                    state.export_metrics();
+                }
+            }
+        }
+    }
+
+    /// Gives up what is still open (the capture has ended) and reports the outcomes.
+    fn finish(&self) -> ReassemblyStats {
+        let mut state = self.lock();
+        state.finish(super::monotonic_now(), &mut |whole| self.deliver(whole));
+        state.export_metrics();
+        state.stats()
+    }
+
+    fn deliver(&self, whole: &Record<'_>) {
+        let at = self.clock.wall_time(whole.header.timestamp_ns);
+        self.pipeline.handle(whole, at, None);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Reassembly> {
+        // The state stays consistent between calls; a panic elsewhere must not stop capture.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

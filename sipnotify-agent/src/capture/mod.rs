@@ -21,7 +21,7 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-pub use frame::{SplicedFrame, inspect};
+pub use frame::{FragmentFollower, SplicedFrame, inspect};
 pub use record::{Record, RecordError};
 
 use crate::{bpf::AttachMode, pipeline::Pipeline};

@@ -30,7 +30,7 @@ use sipnotify_common::{
 };
 
 use super::{
-    frame::{SplicedFrame, inspect},
+    frame::{FragmentFollower, SplicedFrame, inspect},
     record::Record,
 };
 
@@ -656,6 +656,8 @@ pub struct Filter {
     config: Box<SipConfig>,
     /// What the program's counters would say after these frames.
     counts: CounterSet,
+    /// The program's map of fragmented NOTIFYs.
+    fragments: FragmentFollower,
 }
 
 impl Filter {
@@ -668,6 +670,7 @@ impl Filter {
         Self {
             config,
             counts: CounterSet::default(),
+            fragments: FragmentFollower::default(),
         }
     }
 
@@ -696,7 +699,15 @@ impl Filter {
             }
         };
         let timestamp_ns = u64::try_from(timestamp.as_nanos()).unwrap_or(u64::MAX);
-        match inspect(&frame, &self.config, &mut self.counts, timestamp_ns, 0) {
+        let inspected = inspect(
+            &frame,
+            &self.config,
+            &mut self.fragments,
+            &mut self.counts,
+            timestamp_ns,
+            0,
+        );
+        match inspected {
             Ok(record) => Inspection::Notify(record),
             Err(skip) => Inspection::Skip(skip),
         }
@@ -775,7 +786,9 @@ mod tests {
             blocks::{enhanced_packet::EnhancedPacketBlock, simple_packet::SimplePacketBlock},
         },
     };
-    use sipnotify_common::{FLAG_FIRST_FRAGMENT, FLAG_TRUNCATED, FLAG_VLAN, net::Frame as _};
+    use sipnotify_common::{
+        FLAG_FIRST_FRAGMENT, FLAG_IP_PACKET, FLAG_TRUNCATED, FLAG_VLAN, net::Frame as _,
+    };
 
     use super::*;
 
@@ -984,9 +997,19 @@ mod tests {
         let mut first = full.clone();
         first[14 + 6] |= 0x20; // MF
         let record = notify(filter.inspect(LinkType::Ethernet, &first, Duration::ZERO));
-        assert_eq!(record.header.flags, FLAG_FIRST_FRAGMENT);
+        assert_eq!(record.header.flags, FLAG_FIRST_FRAGMENT | FLAG_IP_PACKET);
+        assert_eq!(
+            record.payload,
+            &first[14..],
+            "the IP packet, for reassembly"
+        );
         let mut later = full.clone();
         later[14 + 7] = 1; // offset 8
+        // The rest of the datagram follows its first fragment, as in the program's map.
+        let record = notify(filter.inspect(LinkType::Ethernet, &later, Duration::ZERO));
+        assert_eq!(record.header.flags, FLAG_IP_PACKET);
+        // Another datagram's later fragment is nobody's.
+        later[14 + 5] = 9; // IP ID
         assert_eq!(
             filter.inspect(LinkType::Ethernet, &later, Duration::ZERO),
             Inspection::Skip(Skip::LaterFragment)

@@ -13,10 +13,11 @@ pub mod tcp;
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use sipnotify_common::{
-    EventHeader, SipConfig,
+    EventHeader, FLAG_IP_PACKET, SipConfig,
     decide::check_payload,
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
+use tracing::{info, warn};
 
 use crate::capture::record::Record;
 use fragment::{FragmentReassembler, FragmentSettings, FragmentStats, IpPacket};
@@ -46,6 +47,33 @@ pub struct ReassemblyStats {
 }
 
 impl ReassemblyStats {
+    /// Logs what reassembly did, if it saw anything: one line for what it put together, and
+    /// one warning for what it gave up, with what to check.
+    pub fn log(&self) {
+        let given_up: Vec<String> = self
+            .losses()
+            .filter(|(_, n)| *n > 0)
+            .map(|(reason, n)| format!("{reason}={n}"))
+            .collect();
+        if self.fragmented_notifies + self.tcp.notifies + self.tcp.segments > 0 {
+            info!(
+                from_fragments = self.fragmented_notifies,
+                over_tcp = self.tcp.notifies,
+                tcp_segments = self.tcp.segments,
+                "reassembly finished"
+            );
+        }
+        if !given_up.is_empty() {
+            warn!(
+                given_up = %given_up.join(" "),
+                tcp_bytes_skipped = self.tcp.discarded_bytes,
+                check = "pieces the capture missed (ringbuf_full in the kernel counters), \
+                         fragments that never completed, or TCP flows beyond the memory bound",
+                "reassembly gave up on some messages"
+            );
+        }
+    }
+
     /// Everything given up, by reason (metric labels), zeros included.
     pub fn losses(&self) -> impl Iterator<Item = Count> + '_ {
         self.fragments
@@ -108,6 +136,24 @@ impl Reassembly {
             }) => self.upper_layer(now, src, dst, IPPROTO_TCP, payload, deliver),
             Ok(IpPacket::Whole { .. }) => {}
             Err(err) => *self.unreadable.entry(err.reason()).or_default() += 1,
+        }
+    }
+
+    /// Hands `record` on: a whole NOTIFY as it is, an IP packet ([`FLAG_IP_PACKET`]) through
+    /// reassembly, as of `now`. A packet the capture cut short cannot be put back: it is
+    /// counted as `ip_packet_truncated`, and its flow resynchronises after the gap.
+    pub fn push_record(
+        &mut self,
+        now: Duration,
+        record: &Record<'_>,
+        deliver: &mut impl FnMut(&Record<'_>),
+    ) {
+        if record.header.flags & FLAG_IP_PACKET == 0 {
+            deliver(record);
+        } else if record.truncated() {
+            *self.unreadable.entry("ip_packet_truncated").or_default() += 1;
+        } else {
+            self.push_ip(now, record.payload, deliver);
         }
     }
 
