@@ -134,7 +134,6 @@ fn send_and_check(net: &VethPair, agent: support::Agent, capture: &str, udp_watc
         "tls_record",
         "dtls_record",
         "not_notify",
-        "tcp_segment",
         "scratch_failed",
         "load_failed",
         "copied",
