@@ -5,8 +5,11 @@
 //! host: apt-get download (private apt config) ─▶ dpkg-deb -x ─▶ initramfs (static busybox
 //!       + that kernel's virtio/9p modules) ─▶ netns + multi-queue tap ─▶ qemu (TCG, 2 vCPUs)
 //! VM /init: modules, host root over 9p (read-only), eth0 ─▶ chroot: `xtask test-kernels
-//!       --guest AGENT` ─▶ doctor ─▶ per capture mode: agent + UDP sockets ─▶ "ready"
-//! host: on "ready", NOTIFYs mixed with other UDP from the namespace to the VM ─▶ "result"
+//!       --guest AGENT` ─▶ doctor ─▶ per capture mode: agent + UDP sockets + a TCP
+//!       listener ─▶ "ready"
+//! host: on "ready", NOTIFYs (one in ten large enough to leave as IP fragments) mixed with
+//!       other UDP from the namespace to the VM, then NOTIFYs over TCP written in pieces
+//!       ─▶ "result"
 //! ```
 //!
 //! Modelled on aya's `cargo xtask integration-test vm`: the host and the guest are the same
@@ -19,8 +22,8 @@
 use std::{
     collections::HashMap,
     fs,
-    io::{BufRead as _, BufReader, Write as _},
-    net::UdpSocket,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{TcpListener, TcpStream, UdpSocket},
     os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -79,6 +82,10 @@ const SIP_PORT: u16 = 5061;
 const OTHER_PORT: u16 = 40000;
 const NOTIFYS: usize = 100;
 const OTHERS: usize = 100;
+/// NOTIFYs sent over the TCP connection, after the UDP traffic.
+const TCP_NOTIFYS: usize = 20;
+/// Call-ID numbers of the TCP NOTIFYs start here, apart from the UDP ones.
+const TCP_FIRST: usize = 2000;
 /// How long the guest waits for the traffic and the agent's output after saying "ready".
 const GUEST_WAIT: Duration = Duration::from_secs(60);
 /// One VM's whole run: boot, doctor, every mode (TCG is slow; a boot alone takes 10–20 s).
@@ -674,8 +681,8 @@ impl Vm {
         Ok(())
     }
 
-    /// A UDP socket in the namespace, bound to the tap's address.
-    fn socket(&self) -> Result<UdpSocket> {
+    /// Runs `open` on a thread inside the namespace; what it opens (a socket) stays there.
+    fn inside<T: Send>(&self, open: impl FnOnce() -> Result<T> + Send) -> Result<T> {
         let path = format!("/run/netns/{}", self.netns);
         thread::scope(|scope| {
             scope
@@ -683,14 +690,49 @@ impl Vm {
                     let ns =
                         fs::File::open(&path).with_context(|| format!("cannot open {path}"))?;
                     // SAFETY: setns on a valid namespace fd; it changes only this thread,
-                    // which ends right after creating the socket.
+                    // which ends right after `open`.
                     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                         bail!("setns {path}: {}", std::io::Error::last_os_error());
                     }
-                    UdpSocket::bind((HOST_ADDR, 0)).context("cannot bind in the namespace")
+                    open()
                 })
                 .join()
                 .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+        })
+    }
+
+    /// A UDP socket in the namespace, bound to the tap's address, that lets the stack
+    /// fragment the large NOTIFYs whatever the path-MTU default.
+    fn socket(&self) -> Result<UdpSocket> {
+        let socket = self
+            .inside(|| UdpSocket::bind((HOST_ADDR, 0)).context("cannot bind in the namespace"))?;
+        let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
+        // SAFETY: a valid socket and a c_int option of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&raw const dont).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        ensure!(
+            rc == 0,
+            "IP_MTU_DISCOVER: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(socket)
+    }
+
+    /// A TCP connection from the namespace to the guest's SIP port.
+    fn connect(&self) -> Result<TcpStream> {
+        self.inside(|| {
+            TcpStream::connect_timeout(
+                &format!("{GUEST_ADDR}:{SIP_PORT}").parse()?,
+                Duration::from_secs(20),
+            )
+            .context("cannot connect to the guest's SIP port")
         })
     }
 }
@@ -822,6 +864,7 @@ fn boot(
         } else if let Some(i) = event.strip_prefix("ready ") {
             let i: usize = i.parse().context("bad ready line")?;
             send_traffic(&socket, i).context("cannot send the traffic")?;
+            send_stream(&vm, i).context("cannot send the TCP stream")?;
         } else if let Some(result) = event.strip_prefix("result ") {
             let (i, outcome) = result.split_once(' ').context("bad result line")?;
             let name = CAPTURE_MODES
@@ -901,8 +944,15 @@ fn call_id(batch: usize, i: usize) -> String {
     format!("kt{batch}-{i:04}@{HOST_ADDR}")
 }
 
+/// NOTIFY `i` of `batch`; one in ten carries a 3 000-byte body, more than the tap's MTU, so
+/// it crosses as IP fragments.
 fn notify(batch: usize, i: usize) -> String {
     let event = if i.is_multiple_of(2) { "talk" } else { "hold" };
+    let body = if i % 10 == 9 {
+        "x".repeat(3000)
+    } else {
+        String::new()
+    };
     format!(
         "NOTIFY sip:{GUEST_ADDR}:{SIP_PORT} SIP/2.0\r\n\
          Via: SIP/2.0/UDP {HOST_ADDR}:5060;branch=z9hG4bK-kt{batch}-{i}\r\n\
@@ -914,10 +964,29 @@ fn notify(batch: usize, i: usize) -> String {
          Subscription-State: active\r\n\
          Max-Forwards: 70\r\n\
          X-Genesys-CallUUID: KT{batch}UUID{i:024}\r\n\
-         Content-Length: 0\r\n\r\n",
+         Content-Length: {}\r\n\r\n{body}",
+        body.len(),
         dn = 1000 + i,
         call_id = call_id(batch, i),
     )
+}
+
+/// What the host writes over TCP for `batch`: each NOTIFY followed by an OPTIONS with a body.
+fn tcp_stream(batch: usize) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for i in TCP_FIRST..TCP_FIRST + TCP_NOTIFYS {
+        bytes.extend_from_slice(notify(batch, i).as_bytes());
+        let body = "v=0\r\n";
+        bytes.extend_from_slice(
+            format!(
+                "OPTIONS sip:{GUEST_ADDR} SIP/2.0\r\nCall-ID: kt-tcp{batch}-{i}\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    bytes
 }
 
 fn other(batch: usize, i: usize) -> Datagram {
@@ -954,6 +1023,24 @@ fn send_traffic(socket: &UdpSocket, batch: usize) -> Result<()> {
     Ok(())
 }
 
+/// Writes [`tcp_stream`] to the guest in pieces of 1 to 199 bytes with Nagle off, so NOTIFYs
+/// start mid-segment and span segments, then closes the connection.
+fn send_stream(vm: &Vm, batch: usize) -> Result<()> {
+    let mut stream = vm.connect()?;
+    stream.set_nodelay(true)?;
+    let bytes = tcp_stream(batch);
+    let mut at = 0;
+    let mut step = 0usize;
+    while at < bytes.len() {
+        step += 1;
+        let end = (at + 1 + (step * 37) % 199).min(bytes.len());
+        stream.write_all(&bytes[at..end])?;
+        at = end;
+        thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
 /// Guest side, inside the VM: doctor, then every capture mode; one console line each.
 pub(crate) fn guest(agent: &Path) -> Result<()> {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -965,9 +1052,10 @@ pub(crate) fn guest(agent: &Path) -> Result<()> {
     for socket in &sockets {
         socket.set_read_timeout(Some(Duration::from_millis(50)))?;
     }
+    let listener = TcpListener::bind(("0.0.0.0", SIP_PORT)).context("cannot listen on TCP")?;
     println!("{MARK}doctor {}", guest_doctor(agent));
     for (i, (_, flags)) in CAPTURE_MODES.iter().enumerate() {
-        match guest_mode(agent, i, flags, &sockets) {
+        match guest_mode(agent, i, flags, &sockets, &listener) {
             Ok(summary) => println!("{MARK}result {i} ok {summary}"),
             Err(err) => println!("{MARK}result {i} FAIL {err:#}"),
         }
@@ -1004,7 +1092,13 @@ fn guest_doctor(agent: &Path) -> String {
 
 /// One capture mode: start the agent, say "ready", then check that every datagram reached
 /// its socket and every NOTIFY was captured exactly once.
-fn guest_mode(agent: &Path, batch: usize, flags: &[&str], sockets: &[UdpSocket]) -> Result<String> {
+fn guest_mode(
+    agent: &Path,
+    batch: usize,
+    flags: &[&str],
+    sockets: &[UdpSocket],
+    listener: &TcpListener,
+) -> Result<String> {
     let mut child = Command::new(agent)
         .args(["run", "--iface", "eth0", "--port", &SIP_PORT.to_string()])
         .args(["--stdout", "--no-bridge", "--metrics-listen", "off"])
@@ -1071,6 +1165,16 @@ fn guest_mode(agent: &Path, batch: usize, flags: &[&str], sockets: &[UdpSocket])
             .unwrap_or("unknown");
         (mode, Some(copy))
     };
+    // The SIP server side of the TCP connection: reads the stream to its end.
+    let server = listener.try_clone()?;
+    let (stream_tx, stream_rx) = mpsc::channel::<usize>();
+    thread::spawn(move || {
+        if let Ok((mut socket, _)) = server.accept() {
+            let mut bytes = Vec::new();
+            let _ = socket.read_to_end(&mut bytes);
+            let _ = stream_tx.send(bytes.len());
+        }
+    });
     println!("{MARK}ready {batch}");
 
     let expected = traffic(batch);
@@ -1084,8 +1188,11 @@ fn guest_mode(agent: &Path, batch: usize, flags: &[&str], sockets: &[UdpSocket])
             }
         }
     }
+    let streamed = stream_rx
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .unwrap_or(0);
     let mut lines = Vec::new();
-    while lines.len() < NOTIFYS && Instant::now() < deadline {
+    while lines.len() < NOTIFYS + TCP_NOTIFYS && Instant::now() < deadline {
         if let Ok(line) = out_rx.recv_timeout(Duration::from_millis(100)) {
             lines.push(line);
         }
@@ -1111,15 +1218,28 @@ fn guest_mode(agent: &Path, batch: usize, flags: &[&str], sockets: &[UdpSocket])
     }
     let mut call_ids: Vec<String> = lines.iter().filter_map(|l| json_call_id(l)).collect();
     call_ids.sort();
-    let mut want_ids: Vec<String> = (0..NOTIFYS).map(|i| call_id(batch, i)).collect();
+    let mut want_ids: Vec<String> = (0..NOTIFYS)
+        .chain(TCP_FIRST..TCP_FIRST + TCP_NOTIFYS)
+        .map(|i| call_id(batch, i))
+        .collect();
     want_ids.sort();
     if call_ids != want_ids {
-        let missing = want_ids.iter().filter(|id| !call_ids.contains(id)).count();
+        let missing: Vec<&String> = want_ids
+            .iter()
+            .filter(|id| !call_ids.contains(id))
+            .collect();
         problems.push(format!(
-            "captured {} NOTIFYs for {} sent ({missing} missing, {} lines)",
+            "captured {} NOTIFYs for {} sent ({} missing: {missing:?}; {} lines)",
             call_ids.len(),
-            NOTIFYS,
+            want_ids.len(),
+            missing.len(),
             lines.len()
+        ));
+    }
+    if streamed != tcp_stream(batch).len() {
+        problems.push(format!(
+            "the TCP server read {streamed} of {} bytes",
+            tcp_stream(batch).len()
         ));
     }
     if mode == "unknown" || !flags.contains(&mode) {
@@ -1131,7 +1251,9 @@ fn guest_mode(agent: &Path, batch: usize, flags: &[&str], sockets: &[UdpSocket])
     }
     let copy = copy.map(|c| format!("copy={c}; ")).unwrap_or_default();
     Ok(format!(
-        "mode={mode}; {copy}{NOTIFYS}/{NOTIFYS} NOTIFYs captured once; {}/{} datagrams delivered",
+        "mode={mode}; {copy}{NOTIFYS}/{NOTIFYS} NOTIFYs captured once ({} as IP fragments) \
+         and {TCP_NOTIFYS}/{TCP_NOTIFYS} over TCP in pieces; {}/{} datagrams delivered",
+        NOTIFYS / 10,
         received.len(),
         expected.len()
     ))

@@ -220,7 +220,15 @@ fn count_before(line: &str, label: &str) -> u64 {
 
 fn bench(root: &Path, filter: Option<&str>) -> Result<()> {
     build_release(root)?;
-    let benches = ["xdp", "capture", "parse", "scan", "delivery", "end_to_end"];
+    let benches = [
+        "xdp",
+        "capture",
+        "parse",
+        "scan",
+        "delivery",
+        "end_to_end",
+        "tcp",
+    ];
     let mut ran = 0;
     for name in benches {
         if filter.is_some_and(|f| !name.contains(f)) {

@@ -357,4 +357,45 @@ mod tests {
         );
         assert_eq!(out[0].3, message);
     }
+
+    fn ip_record(packet: &[u8], flags: u16) -> Record<'_> {
+        Record {
+            header: EventHeader {
+                flags,
+                captured_len: packet.len() as u32,
+                payload_len: packet.len() as u32,
+                ..EventHeader::default()
+            },
+            payload: packet,
+        }
+    }
+
+    #[test]
+    fn records_go_on_whole_or_through_reassembly_by_their_flag() {
+        let mut stage = Reassembly::new(ReassemblySettings::default(), &[5061]);
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let now = Duration::from_secs(1);
+        // A whole NOTIFY goes on as it is.
+        let whole = ip_record(b"NOTIFY sip:a@b SIP/2.0\r\n\r\n", 0);
+        stage.push_record(now, &whole, &mut |r| out.push(r.payload.to_vec()));
+        assert_eq!(out, [whole.payload.to_vec()]);
+        // IP packets are put together first: two fragments give one NOTIFY.
+        let notify = big(b"");
+        let pieces = ipv4_fragments(7, 17, &udp(5060, 5061, &notify), &[1480]);
+        for piece in &pieces {
+            let record = ip_record(piece, FLAG_IP_PACKET);
+            stage.push_record(now, &record, &mut |r| out.push(r.payload.to_vec()));
+        }
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1], notify);
+        // A packet the capture cut short cannot be put back: counted, not parsed.
+        let cut = ip_record(
+            &pieces[0][..100],
+            FLAG_IP_PACKET | sipnotify_common::FLAG_TRUNCATED,
+        );
+        stage.push_record(now, &cut, &mut |r| out.push(r.payload.to_vec()));
+        assert_eq!(out.len(), 2);
+        let lost: BTreeMap<&str, u64> = stage.stats().losses().collect();
+        assert_eq!(lost.get("ip_packet_truncated"), Some(&1));
+    }
 }
