@@ -97,7 +97,7 @@ impl Fragments for FollowedFragments {
         let now = unsafe { bpf_ktime_get_ns() };
         // A full map evicts its least recently used entry; an insert cannot fail otherwise
         // in a way that would matter more than this one datagram.
-        let _ = SIP_FRAGMENTS.insert(key, &now, 0);
+        let _ = SIP_FRAGMENTS.insert(key, now, 0);
     }
 
     #[inline(always)]
