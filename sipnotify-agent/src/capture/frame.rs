@@ -5,7 +5,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use sipnotify_common::{
-    Counter, CounterSet, FRAGMENT_FOLLOW_NS, FRAGMENT_MAP_ENTRIES, FragmentKey, SipConfig,
+    Counter, CounterSet, FLAG_IP_PACKET, FRAGMENT_FOLLOW_NS, FRAGMENT_MAP_ENTRIES, FragmentKey,
+    SipConfig,
     decide::{self, Decision, Fragments, Skip},
     net::Frame,
 };
@@ -148,7 +149,14 @@ pub fn inspect<'a>(
         }
         Decision::Capture(capture) => {
             let present = frame.tail(capture.payload_offset());
-            let len = capture.captured_len(present.len());
+            // The kernel's records stop at MAX_PAYLOAD; a userspace source holds the whole
+            // frame. An IP packet for reassembly is kept whole: behind GRO, AF_PACKET sees TCP
+            // segments merged up to 64 KiB, and a cut one would leave a gap in its stream.
+            let len = if capture.location.flags & FLAG_IP_PACKET != 0 {
+                present.len().min(usize::from(capture.payload_len))
+            } else {
+                capture.captured_len(present.len())
+            };
             let header = capture.header(len, timestamp_ns, ifindex, &mut |c| counts.add(c));
             counts.add(Counter::Copied);
             Ok(Record {
@@ -195,5 +203,33 @@ mod tests {
         assert!(follower.followed(&key(3 * limit - 1)), "the newest stays");
         assert!(follower.followed(&key(7)), "the one followed again stays");
         assert!(!follower.followed(&key(0)), "the oldest went first");
+    }
+
+    #[test]
+    fn an_ip_packet_is_kept_whole_past_the_kernel_record_limit() {
+        // A TCP segment as GRO merges them: larger than any kernel record.
+        let payload = vec![b'x'; sipnotify_common::MAX_PAYLOAD * 2];
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(40000, 5061, 1, 1000)
+            .write(&mut frame, &payload)
+            .unwrap();
+        let mut ports = SipConfig::empty();
+        ports.watch(5061);
+        let mut counts = CounterSet::default();
+        let spliced = SplicedFrame::whole(&frame);
+        let record = inspect(
+            &spliced,
+            &ports,
+            &mut FragmentFollower::default(),
+            &mut counts,
+            0,
+            0,
+        )
+        .expect("a TCP segment to a watched port is captured");
+        assert_eq!(record.payload, &frame[14..]);
+        assert!(!record.truncated());
+        assert_eq!(counts.get(Counter::Truncated), 0);
     }
 }
