@@ -28,10 +28,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sipnotify_testkit::{VethPair, genesys_notify, metric, proc::process_usage};
+use sipnotify_testkit::{VethPair, genesys_notify, metric, proc::process_usage, prometheus::sum};
 
 /// Messages per second, NOTIFYs and other requests together.
-const RATES: &[u32] = &[5_000, 10_000, 20_000, 40_000, 80_000];
+const RATES: &[u32] = &[10_000, 40_000, 160_000, 320_000, 640_000];
 /// How long a run may go without a new NOTIFY accepted before its losses are counted.
 const STALL: Duration = Duration::from_secs(2);
 const METRICS: &str = "127.0.0.1:9464";
@@ -49,10 +49,21 @@ struct Run {
     notifies: u64,
     accepted: u64,
     sip_bytes: usize,
+    /// How long sending took: longer than the stream when the sender could not keep pace.
+    sending: Duration,
     agent_cpu: f64,
+    /// Records the XDP ring had no room for.
+    ring_full: u64,
+    /// Stream pieces and fragments reassembly gave up.
+    given_up: u64,
 }
 
 impl Run {
+    /// Messages per second actually sent.
+    fn achieved(&self) -> f64 {
+        (self.notifies * 2) as f64 / self.sending.as_secs_f64()
+    }
+
     fn cpu_ms_per_mb(&self) -> f64 {
         self.agent_cpu * 1000.0 / (self.sip_bytes as f64 / 1e6)
     }
@@ -112,8 +123,17 @@ fn main() {
         thread::available_parallelism().map_or(0, usize::from)
     );
     println!(
-        "{:<4} {:>8} {:>10} {:>10} {:>6} {:>9} {:>10} {:>10}",
-        "", "msg/s", "NOTIFYs", "accepted", "lost", "SIP MB", "agent CPU", "ms CPU/MB"
+        "{:<4} {:>8} {:>9} {:>8} {:>10} {:>10} {:>6} {:>9} {:>10} {:>10}",
+        "",
+        "msg/s",
+        "sent/s",
+        "MB/s",
+        "NOTIFYs",
+        "accepted",
+        "lost",
+        "SIP MB",
+        "agent CPU",
+        "ms CPU/MB"
     );
     let mut runs = Vec::new();
     for &rate in &rates {
@@ -125,30 +145,39 @@ fn main() {
                 seconds,
             );
             println!(
-                "{:<4} {:>8} {:>10} {:>10} {:>6} {:>9.1} {:>9.2}s {:>10.1}",
+                "{:<4} {:>8} {:>9.0} {:>8.1} {:>10} {:>10} {:>7} {:>9.1} {:>9.2}s {:>10.1} {:>9} \
+                 {:>8}",
                 format!("{transport:?}").to_uppercase(),
                 rate,
+                run.achieved(),
+                run.sip_bytes as f64 / 1e6 / run.sending.as_secs_f64(),
                 run.notifies,
                 run.accepted,
                 run.notifies - run.accepted.min(run.notifies),
                 run.sip_bytes as f64 / 1e6,
                 run.agent_cpu,
-                run.cpu_ms_per_mb()
+                run.cpu_ms_per_mb(),
+                run.ring_full,
+                run.given_up
             );
             runs.push(run);
         }
     }
     println!();
     for transport in [Transport::Udp, Transport::Tcp] {
+        // By the rate achieved: a sender that could not keep pace did not test the agent.
         let best = runs
             .iter()
             .filter(|r| r.transport == transport && r.accepted >= r.notifies)
-            .map(|r| r.rate)
-            .max();
-        println!(
-            "{transport:?}: highest lossless rate {} messages/s",
-            best.map_or("none".to_owned(), |r| r.to_string())
-        );
+            .max_by(|a, b| a.achieved().total_cmp(&b.achieved()));
+        match best {
+            Some(run) => println!(
+                "{transport:?}: highest lossless rate sent {:.0} messages/s ({:.1} MB/s)",
+                run.achieved(),
+                run.sip_bytes as f64 / 1e6 / run.sending.as_secs_f64()
+            ),
+            None => println!("{transport:?}: no lossless run"),
+        }
     }
     for pair in runs.chunks(2) {
         if let [udp, tcp] = pair {
@@ -176,7 +205,7 @@ fn measure(agent: &str, transport: Transport, rate: u32, seconds: u64) -> Run {
     let total = rate as usize * seconds as usize;
     let per_ms = (rate as usize).div_ceil(1000);
     let mut sip_bytes = 0;
-    net.sender.enter(|| {
+    let sending = net.sender.enter(|| {
         let mut tcp = (transport == Transport::Tcp)
             .then(|| TcpStream::connect("10.200.0.2:5060").expect("connect"));
         let udp = UdpSocket::bind("10.200.0.1:0").expect("bind");
@@ -206,9 +235,22 @@ fn measure(agent: &str, transport: Transport, rate: u32, seconds: u64) -> Run {
                 stream.write_all(&chunk).expect("write");
             }
         }
+        started.elapsed()
     });
     let notifies = total.div_ceil(2) as u64;
     let accepted = wait_for(&net, notifies);
+    let text = metrics(&net).unwrap_or_default();
+    let ring_full = metric(
+        &text,
+        "sipnotify_kernel_packets_total",
+        &[
+            ("iface", "veth1"),
+            ("capture", "xdp"),
+            ("outcome", "ringbuf_full"),
+        ],
+    )
+    .unwrap_or(0.0) as u64;
+    let given_up = sum(&text, "sipnotify_reassembly_lost_total") as u64;
     let (cpu_after, _) = process_usage(pid);
     done.store(true, Ordering::Relaxed);
     // SAFETY: signalling our own child process.
@@ -221,7 +263,10 @@ fn measure(agent: &str, transport: Transport, rate: u32, seconds: u64) -> Run {
         notifies,
         accepted,
         sip_bytes,
+        sending,
         agent_cpu: cpu_after - cpu_before,
+        ring_full,
+        given_up,
     }
 }
 
