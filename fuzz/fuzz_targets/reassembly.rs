@@ -1,5 +1,7 @@
 //! Fuzzes the IP fragment and TCP stream reassemblers with a hostile packet stream: no panic,
 //! no hang, memory never above its bound, and everything handed on within the size bounds.
+//! Whole frames also go through the shared capture decision with its fragment follower and
+//! are routed to reassembly as the live readers route them.
 #![no_main]
 
 use std::{
@@ -8,10 +10,15 @@ use std::{
 };
 
 use libfuzzer_sys::fuzz_target;
-use sipnotify_agent::reassembly::{
-    fragment::{self, DatagramKey, Fragment, FragmentReassembler, FragmentSettings, IpPacket},
-    tcp::{self, FlowKey, Segment, TcpReassembler, TcpSettings},
+use sipnotify_agent::{
+    capture::{self, FragmentFollower, SplicedFrame},
+    reassembly::{
+        Reassembly, ReassemblySettings,
+        fragment::{self, DatagramKey, Fragment, FragmentReassembler, FragmentSettings, IpPacket},
+        tcp::{self, FlowKey, Segment, TcpReassembler, TcpSettings},
+    },
 };
+use sipnotify_common::{Counter, CounterSet, SipConfig};
 
 /// Small bounds, so the fuzzer reaches eviction and every give-up path quickly.
 const FRAGMENTS: FragmentSettings = FragmentSettings {
@@ -68,8 +75,28 @@ fn flow(port: u8) -> FlowKey {
     }
 }
 
+/// Whether `payload` is a NOTIFY after at most four keep-alive CRLFs, as every record handed
+/// on must be.
+fn is_notify(mut payload: &[u8]) -> bool {
+    for _ in 0..4 {
+        payload = payload.strip_prefix(b"\r\n").unwrap_or(payload);
+    }
+    payload.starts_with(b"NOTIFY ")
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
+    let mut ports = SipConfig::empty();
+    ports.watch(5061);
+    let mut follower = FragmentFollower::default();
+    let mut counts = CounterSet::default();
+    let mut stage = Reassembly::new(
+        ReassemblySettings {
+            fragments: FRAGMENTS,
+            tcp: TCP,
+        },
+        &[5061],
+    );
     let mut fragments = FragmentReassembler::new(FRAGMENTS);
     let mut streams = TcpReassembler::new(TCP);
     let mut now = Duration::from_secs(1);
@@ -79,7 +106,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(message.len() <= TCP.max_message_bytes);
     };
     while let Some(op) = input.byte() {
-        match op % 5 {
+        match op % 6 {
             // A raw IP packet: parsed, fragments reassembled, TCP inside fed to the streams.
             0 => {
                 let Some(len) = input.u16() else { break };
@@ -150,12 +177,30 @@ fuzz_target!(|data: &[u8]| {
                 };
                 streams.push(now, segment, &mut deliver);
             }
+            // A whole frame through the capture decision, routed as the live readers route.
+            5 => {
+                let Some(len) = input.u16() else { break };
+                let frame = input.bytes(usize::from(len));
+                let spliced = SplicedFrame::whole(frame);
+                let at = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+                let inspected =
+                    capture::inspect(&spliced, &ports, &mut follower, &mut counts, at, 0);
+                if let Ok(record) = inspected {
+                    assert!(record.payload.len() <= frame.len());
+                    stage.push_record(now, &record, &mut |whole| {
+                        assert!(is_notify(whole.payload), "{:?}", whole.payload);
+                    });
+                }
+                assert_eq!(counts.outcomes(), counts.get(Counter::PacketsSeen));
+                assert!(follower.len() <= sipnotify_common::FRAGMENT_MAP_ENTRIES as usize);
+            }
             // Time passes.
             3 => {
                 let Some(step) = input.byte() else { break };
                 now += Duration::from_millis(u64::from(step) * 250);
                 fragments.expire(now);
                 streams.expire(now, &mut deliver);
+                stage.expire(now, &mut |whole| assert!(is_notify(whole.payload)));
             }
             // A segment continuing a flow in order, so framing gets deep.
             _ => {
@@ -178,6 +223,7 @@ fuzz_target!(|data: &[u8]| {
         }
         assert!(fragments.memory() <= FRAGMENTS.max_total_bytes);
         assert!(streams.memory() <= TCP.max_total_bytes);
+        assert!(stage.memory() <= FRAGMENTS.max_total_bytes + TCP.max_total_bytes);
     }
     streams.finish(&mut deliver);
     assert_eq!(streams.memory(), streams.empty_memory());
