@@ -17,7 +17,7 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -36,12 +36,14 @@ use super::{
 use crate::{
     bpf::{AttachedProgram, ProgramGuard, ProgramLogger},
     pipeline::Pipeline,
-    reassembly::{Reassembly, ReassemblySettings, ReassemblyStats},
+    reassembly::{LOSS_CHECK, LossReport, Reassembly, ReassemblySettings, ReassemblyStats},
     telemetry::CaptureCounters,
 };
 
 /// How often open reassemblies are checked for timeouts: well under the TCP gap timeout.
 const REASSEMBLY_TICK: Duration = Duration::from_millis(100);
+/// At most one warning this often about what reassembly gave up, as for other drops.
+const LOSS_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Every interface of the settings captured, ready to be drained.
 pub struct LiveSource {
@@ -241,6 +243,8 @@ impl Reassembler {
     async fn tick(self, cancel: CancellationToken) {
         let mut ticker = tokio::time::interval(REASSEMBLY_TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut losses = LossReport::default();
+        let mut reported = Instant::now();
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
@@ -248,6 +252,12 @@ impl Reassembler {
                     let mut state = self.lock();
                     state.expire(super::monotonic_now(), &mut |whole| self.deliver(whole));
                     state.export_metrics();
+                    if reported.elapsed() >= LOSS_LOG_EVERY {
+                        reported = Instant::now();
+                        if let Some(since) = losses.since_last(&state.stats()) {
+                            warn!(since_last_line = %since, check = LOSS_CHECK, "reassembly gave up on some messages");
+                        }
+                    }
                 }
             }
         }

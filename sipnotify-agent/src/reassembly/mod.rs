@@ -67,8 +67,7 @@ impl ReassemblyStats {
             warn!(
                 given_up = %given_up.join(" "),
                 tcp_bytes_skipped = self.tcp.discarded_bytes,
-                check = "pieces the capture missed (ringbuf_full in the kernel counters), \
-                         fragments that never completed, or TCP flows beyond the memory bound",
+                check = LOSS_CHECK,
                 "reassembly gave up on some messages"
             );
         }
@@ -83,6 +82,32 @@ impl ReassemblyStats {
             .chain(self.unreadable.iter().map(|(r, n)| (*r, *n)))
     }
 }
+
+/// What reassembly gave up since the last report, for a log line while capture runs.
+#[derive(Debug, Default)]
+pub struct LossReport {
+    reported: BTreeMap<&'static str, u64>,
+}
+
+impl LossReport {
+    /// The losses since the last call, by reason (`tcp_gap=3 fragment_incomplete=1`); `None`
+    /// when there are none.
+    pub fn since_last(&mut self, stats: &ReassemblyStats) -> Option<String> {
+        let mut lines = Vec::new();
+        for (reason, total) in stats.losses() {
+            let before = self.reported.insert(reason, total).unwrap_or(0);
+            if total > before {
+                lines.push(format!("{reason}={}", total - before));
+            }
+        }
+        (!lines.is_empty()).then(|| lines.join(" "))
+    }
+}
+
+/// What an operator can check when reassembly gives up.
+pub const LOSS_CHECK: &str = "pieces the capture missed (ringbuf_full in the kernel counters), \
+     fragments that never completed, TCP flows beyond the memory bound, or merged segments cut \
+     in generic XDP mode (ip_packet_truncated: see the README on GRO)";
 
 /// Turns IP fragments and TCP segments into NOTIFY records.
 pub struct Reassembly {
@@ -397,5 +422,22 @@ mod tests {
         assert_eq!(out.len(), 2);
         let lost: BTreeMap<&str, u64> = stage.stats().losses().collect();
         assert_eq!(lost.get("ip_packet_truncated"), Some(&1));
+    }
+
+    #[test]
+    fn the_loss_report_counts_what_is_new_since_the_last_line() {
+        let mut report = LossReport::default();
+        let mut stats = ReassemblyStats::default();
+        assert_eq!(report.since_last(&stats), None);
+        stats.tcp.gaps = 3;
+        stats.fragments.incomplete = 1;
+        let line = report.since_last(&stats).unwrap();
+        assert!(
+            line.contains("tcp_gap=3") && line.contains("fragment_incomplete=1"),
+            "{line}"
+        );
+        assert_eq!(report.since_last(&stats), None, "nothing new");
+        stats.tcp.gaps = 5;
+        assert_eq!(report.since_last(&stats).as_deref(), Some("tcp_gap=2"));
     }
 }
