@@ -228,14 +228,13 @@ struct Reassembler {
 impl Reassembler {
     /// Hands on one record captured at `at` (`now` on the monotonic clock) on `iface`.
     fn push(&self, record: &Record<'_>, now: Duration, at: SystemTime, iface: &Arc<str>) {
+        // Whole NOTIFYs, nearly every record, go on without taking the lock.
         if record.header.flags & sipnotify_common::FLAG_IP_PACKET == 0 {
             self.pipeline.handle(record, at, Some(iface));
             return;
         }
-        self.lock().push_record(now, record, &mut |whole| {
-            let at = self.clock.wall_time(whole.header.timestamp_ns);
-            self.pipeline.handle(whole, at, Some(iface));
-        });
+        self.lock()
+            .push_record(now, record, &mut |whole| self.deliver(whole, Some(iface)));
     }
 
     /// Closes what timed out every [`REASSEMBLY_TICK`] and publishes the counters, until
@@ -250,7 +249,7 @@ impl Reassembler {
                 () = cancel.cancelled() => return,
                 _ = ticker.tick() => {
                     let mut state = self.lock();
-                    state.expire(super::monotonic_now(), &mut |whole| self.deliver(whole));
+                    state.expire(super::monotonic_now(), &mut |whole| self.deliver(whole, None));
                     state.export_metrics();
                     if reported.elapsed() >= LOSS_LOG_EVERY {
                         reported = Instant::now();
@@ -266,14 +265,18 @@ impl Reassembler {
     /// Gives up what is still open (the capture has ended) and reports the outcomes.
     fn finish(&self) -> ReassemblyStats {
         let mut state = self.lock();
-        state.finish(super::monotonic_now(), &mut |whole| self.deliver(whole));
+        state.finish(super::monotonic_now(), &mut |whole| {
+            self.deliver(whole, None)
+        });
         state.export_metrics();
         state.stats()
     }
 
-    fn deliver(&self, whole: &Record<'_>) {
+    /// Hands on a reassembled NOTIFY, dated by the reassembly clock; `iface` is known when a
+    /// packet completed it, not when a timeout did.
+    fn deliver(&self, whole: &Record<'_>, iface: Option<&Arc<str>>) {
         let at = self.clock.wall_time(whole.header.timestamp_ns);
-        self.pipeline.handle(whole, at, None);
+        self.pipeline.handle(whole, at, iface);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Reassembly> {

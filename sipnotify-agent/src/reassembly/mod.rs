@@ -50,11 +50,6 @@ impl ReassemblyStats {
     /// Logs what reassembly did, if it saw anything: one line for what it put together, and
     /// one warning for what it gave up, with what to check.
     pub fn log(&self) {
-        let given_up: Vec<String> = self
-            .losses()
-            .filter(|(_, n)| *n > 0)
-            .map(|(reason, n)| format!("{reason}={n}"))
-            .collect();
         if self.fragmented_notifies + self.tcp.notifies + self.tcp.segments > 0 {
             info!(
                 from_fragments = self.fragmented_notifies,
@@ -63,9 +58,9 @@ impl ReassemblyStats {
                 "reassembly finished"
             );
         }
-        if !given_up.is_empty() {
+        if let Some(given_up) = LossReport::default().since_last(self) {
             warn!(
-                given_up = %given_up.join(" "),
+                given_up = %given_up,
                 tcp_bytes_skipped = self.tcp.discarded_bytes,
                 check = LOSS_CHECK,
                 "reassembly gave up on some messages"
