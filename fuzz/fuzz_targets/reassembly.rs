@@ -1,7 +1,7 @@
 //! Fuzzes the IP fragment and TCP stream reassemblers with a hostile packet stream: no panic,
 //! no hang, memory never above its bound, and everything handed on within the size bounds.
 //! Whole frames also go through the shared capture decision with its fragment follower and
-//! are routed to reassembly as the live readers route them.
+//! are routed to reassembly as the pipeline routes them.
 #![no_main]
 
 use std::{
@@ -177,7 +177,7 @@ fuzz_target!(|data: &[u8]| {
                 };
                 streams.push(now, segment, &mut deliver);
             }
-            // A whole frame through the capture decision, routed as the live readers route.
+            // A whole frame through the capture decision, routed as the pipeline routes.
             5 => {
                 let Some(len) = input.u16() else { break };
                 let frame = input.bytes(usize::from(len));
@@ -187,9 +187,14 @@ fuzz_target!(|data: &[u8]| {
                     capture::inspect(&spliced, &ports, &mut follower, &mut counts, at, 0);
                 if let Ok(record) = inspected {
                     assert!(record.payload.len() <= frame.len());
-                    stage.push_record(now, &record, &mut |whole| {
-                        assert!(is_notify(whole.payload), "{:?}", whole.payload);
-                    });
+                    // As the pipeline routes: IP packets through reassembly, NOTIFYs on.
+                    if record.is_ip_packet() {
+                        stage.push_packet(now, &record, &mut |whole| {
+                            assert!(is_notify(whole.payload), "{:?}", whole.payload);
+                        });
+                    } else {
+                        assert!(is_notify(record.payload), "{:?}", record.payload);
+                    }
                 }
                 assert_eq!(counts.outcomes(), counts.get(Counter::PacketsSeen));
                 assert!(follower.len() <= sipnotify_common::FRAGMENT_MAP_ENTRIES as usize);

@@ -1,5 +1,5 @@
-//! The agent's top-level error and its exit code (design.md: 2 for bad usage or
-//! configuration, 1 for runtime failures).
+//! The agent's top-level error and its exit code: 0 ok, 2 for bad usage or configuration
+//! (with a one-line `sipnotify: …` reason), 1 for runtime failures.
 
 use crate::{
     bpf::LoadError,

@@ -1,7 +1,7 @@
 //! The notification that flows from the parser to the sinks, and its JSON form.
 //!
-//! The bridge contract (design.md) is one object with `dn`, `call_id`, `call_uuid` and
-//! `event`; the opt-in extras add the caller, CSeq, capture time, addresses and interface.
+//! The bridge contract is one JSON object per NOTIFY with `dn`, `call_id`, `call_uuid` and
+//! `event` (what the bridge reads to attach a call to a WebRTC session); the opt-in extras add the caller, CSeq, capture time, addresses and interface.
 //! Stdout and HTTP sinks share this one encoding so `--stdout` shows exactly what the bridge
 //! would receive.
 

@@ -1,7 +1,9 @@
 //! sipnotify-agent: captures Genesys SIP NOTIFYs with an XDP program and delivers their
 //! `X-Genesys-CallUUID` to the WebRTC bridge.
 //!
-//! The pipeline is `capture → sip → dedup → queue → sink`; see `docs/ARCHITECTURE.md`.
+//! A NOTIFY's way: `capture` (a source yields `record::Record`s) → `pipeline` (`reassembly`
+//! of IP packets → `sip` parse → `dedup`) → the stage (`spool` on disk, or the memory `queue`)
+//! → `sink` (delivery to the bridge, stdout), wired by `wiring`; see `docs/ARCHITECTURE.md`.
 //! The binary (`src/main.rs`) is a thin shell over this library so every stage can be tested
 //! without root.
 
@@ -17,6 +19,7 @@ pub mod oplog;
 pub mod pipeline;
 pub mod queue;
 pub mod reassembly;
+pub mod record;
 pub mod replay;
 pub mod run;
 pub mod sink;

@@ -1,6 +1,7 @@
 //! The `sipnotify-agent` binary: parse the command line (flags, environment, config file)
-//! into the command's settings, set up logging, run, and map the outcome to design.md's exit
-//! codes with a one-line `sipnotify: …` reason.
+//! into the command's settings, set up logging, run, and map the outcome to the exit codes
+//! (0 ok, 2 bad usage or configuration, 1 runtime failure) with a one-line `sipnotify: …`
+//! reason.
 
 use std::{path::Path, process::ExitCode};
 

@@ -1,26 +1,102 @@
-//! The per-record path shared by live capture and replay: decode → parse → de-dup → queue.
+//! The one per-record path every source feeds: sources only yield [`Record`]s
+//! ([`Pipeline::push`]); everything after that is here, each stage passed once:
+//! `Record → reassembly → parse → de-dup → stage`.
 //!
-//! It runs on the ring-buffer reader's task, so it never waits: parsing is linear and
-//! allocation-free until a NOTIFY is accepted, the de-dup table is a short uncontended lock,
-//! and the queue drops its oldest entry rather than block when the bridge falls behind.
+//! - **Reassembly** takes the records flagged [`FLAG_IP_PACKET`] (TCP segments, IP fragments)
+//!   and hands on the NOTIFYs they complete; this is the only place records are routed by that
+//!   flag. Whole NOTIFYs, nearly every record, go on without taking its lock.
+//! - **Parse** is linear and allocation-free until a NOTIFY is accepted.
+//! - **De-dup** is a short uncontended lock, on capture time.
+//! - **Stage**: the notification goes into the stage's input queue; for `run` that never waits
+//!   (the queue drops its oldest entry when the bridge falls behind), a replay waits for room
+//!   ([`Pipeline::wait_for_room`]) because it must deliver everything it reads.
+//!
+//! It runs on the source's own task (a ring reader, a file reader), so live it never waits.
 //! Every record that does not become a queued notification is counted with its reason.
+//!
+//! Record timestamps (`header.timestamp_ns`) are on the pipeline's [`Clock`], the clock
+//! reassembly runs on: CLOCK_MONOTONIC live, the capture time in a file. Live, time passes on
+//! its own, and [`Pipeline::tick`] (spawned once by the wiring) closes what timed out.
 
 use std::{
-    sync::{Arc, Mutex},
-    time::SystemTime,
+    future::Future,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant, SystemTime},
 };
 
 use metrics::Counter;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::{
-    capture::record::{Record, RecordError},
     dedup::{DedupSettings, Deduplicator, Transaction, Verdict},
     event::Notification,
     queue::NotificationQueue,
+    reassembly::{LOSS_CHECK, LossReport, Reassembly, ReassemblySettings, ReassemblyStats},
+    record::{MonotonicClock, Record, RecordError, monotonic_now},
     sip::{self, ParseError, ParseOptions},
 };
 
-/// Parsing and de-duplication, as `run` and `replay` share them.
+#[cfg(doc)]
+use sipnotify_common::FLAG_IP_PACKET;
+
+/// How often the live reassembly stage closes what timed out: well under the TCP gap timeout.
+const REASSEMBLY_TICK: Duration = Duration::from_millis(100);
+/// At most one warning this often about what reassembly gave up, as for other drops.
+const LOSS_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Where records come from: the live XDP or AF_PACKET rings (`capture::live`), a capture
+/// file (`capture::file`). A source only yields records; the pipeline does the rest.
+pub trait Source: Send + 'static {
+    /// What the source reports when it ends (its counts, the error that ended it).
+    type Report: Send + 'static;
+
+    /// Hands every record to `pipeline` ([`Pipeline::push`]) until the source runs out or
+    /// `stop` fires, then tells the pipeline it has ended ([`Pipeline::finish`]) and returns
+    /// its report. Runs on a task of its own.
+    fn feed(
+        self,
+        pipeline: Pipeline,
+        stop: CancellationToken,
+    ) -> impl Future<Output = Self::Report> + Send + 'static;
+}
+
+/// What record timestamps (`header.timestamp_ns`) count, and so the clock reassembly runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Clock {
+    /// Live capture: CLOCK_MONOTONIC nanoseconds, what the XDP program's `bpf_ktime_get_ns`
+    /// writes (the other live sources stamp records with [`monotonic_now`] on arrival, so a
+    /// wall-clock step cannot expire or keep what reassembly holds). Time passes on its own.
+    Live(MonotonicClock),
+    /// A capture file: nanoseconds since the Unix epoch, the capture time. Time passes only
+    /// with the records.
+    File,
+}
+
+impl Clock {
+    /// The live clock, sampled now.
+    pub fn live() -> Self {
+        Self::Live(MonotonicClock::new())
+    }
+
+    /// The wall-clock time of a record timestamp.
+    pub fn wall_time(self, timestamp_ns: u64) -> SystemTime {
+        match self {
+            Self::Live(clock) => clock.wall_time(timestamp_ns),
+            Self::File => SystemTime::UNIX_EPOCH + Duration::from_nanos(timestamp_ns),
+        }
+    }
+
+    /// Now, for a clock that passes on its own.
+    fn now(self) -> Option<Duration> {
+        match self {
+            Self::Live(_) => Some(monotonic_now()),
+            Self::File => None,
+        }
+    }
+}
+
+/// Reassembly, parsing and de-duplication, as `run` and `replay` share them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PipelineSettings {
     /// Headers copied into each notification under their names.
@@ -29,6 +105,8 @@ pub struct PipelineSettings {
     pub allow_missing_call_uuid: bool,
     /// The retransmission filter.
     pub dedup: DedupSettings,
+    /// Bounds and timeouts of IP fragment and TCP reassembly.
+    pub reassembly: ReassemblySettings,
 }
 
 /// What happened to one record.
@@ -42,8 +120,6 @@ pub enum Outcome {
     Duplicate,
     /// Not a usable NOTIFY.
     Rejected(ParseError),
-    /// The record itself is malformed.
-    BadRecord(RecordError),
     /// The queue is closed (shutting down).
     Closed,
 }
@@ -52,10 +128,34 @@ pub enum Outcome {
 #[derive(Clone)]
 pub struct Pipeline {
     options: Arc<ParseOptions>,
+    reassembly: Arc<Mutex<Held>>,
+    clock: Clock,
     dedup: Arc<Mutex<Deduplicator>>,
     queue: NotificationQueue,
+    when_full: WhenFull,
     metrics: Arc<Metrics>,
     log_sip: bool,
+}
+
+/// The reassembly stage's state, shared by every reader.
+struct Held {
+    stage: Reassembly,
+    /// The latest IP packet's timestamp: when a capture file's time ends.
+    latest: Duration,
+    /// Set once the source has ended and what was held was given up.
+    finished: bool,
+}
+
+/// What pushing into a full stage input does.
+#[derive(Clone)]
+enum WhenFull {
+    /// The queue drops its oldest notification (counted): live capture never waits.
+    DropOldest,
+    /// The reader waits for room, unless `stop` fires: a replay loses nothing.
+    Wait {
+        runtime: tokio::runtime::Handle,
+        stop: CancellationToken,
+    },
 }
 
 /// Metric handles resolved once, off the per-record path.
@@ -67,8 +167,14 @@ struct Metrics {
 }
 
 impl Pipeline {
-    /// A pipeline feeding `queue`.
-    pub fn new(settings: &PipelineSettings, queue: NotificationQueue) -> Self {
+    /// A pipeline feeding `queue`, reassembling what is sent to `ports`, with record
+    /// timestamps on `clock`.
+    pub fn new(
+        settings: &PipelineSettings,
+        ports: &[u16],
+        clock: Clock,
+        queue: NotificationQueue,
+    ) -> Self {
         let metrics = Metrics {
             records: metrics::counter!("sipnotify_records_total"),
             accepted: metrics::counter!("sipnotify_notifications_total"),
@@ -88,8 +194,15 @@ impl Pipeline {
                 settings.extra_headers.iter().cloned(),
                 settings.allow_missing_call_uuid,
             )),
+            reassembly: Arc::new(Mutex::new(Held {
+                stage: Reassembly::new(settings.reassembly, ports),
+                latest: Duration::ZERO,
+                finished: false,
+            })),
+            clock,
             dedup: Arc::new(Mutex::new(Deduplicator::new(settings.dedup))),
             queue,
+            when_full: WhenFull::DropOldest,
             metrics: Arc::new(metrics),
             log_sip: false,
         }
@@ -102,20 +215,20 @@ impl Pipeline {
         self
     }
 
-    /// Handles one raw ring-buffer record.
-    pub fn handle_bytes(
-        &self,
-        bytes: &[u8],
-        captured_at: impl FnOnce(&Record<'_>) -> SystemTime,
-        iface: Option<&Arc<str>>,
-    ) -> Outcome {
-        match self.decode(bytes) {
-            Ok(record) => {
-                let at = captured_at(&record);
-                self.handle(&record, at, iface)
-            }
-            Err(err) => Outcome::BadRecord(err),
-        }
+    /// Makes a reader wait while the stage input is full instead of dropping the oldest, until
+    /// `stop` fires: a replay must deliver everything it reads. Call it on the runtime; the
+    /// pipeline then blocks its caller, which must be a blocking thread.
+    pub fn wait_for_room(mut self, stop: CancellationToken) -> Self {
+        self.when_full = WhenFull::Wait {
+            runtime: tokio::runtime::Handle::current(),
+            stop,
+        };
+        self
+    }
+
+    /// The clock record timestamps are on, for sources to date what they read.
+    pub fn clock(&self) -> Clock {
+        self.clock
     }
 
     /// Decodes one raw ring-buffer record, counting it (and, if malformed, why).
@@ -124,8 +237,103 @@ impl Pipeline {
         Record::decode(bytes).inspect_err(|_| self.metrics.bad_records.increment(1))
     }
 
-    /// Handles one decoded record captured at `captured_at` (also the de-dup clock).
-    pub fn handle(
+    /// Takes one record from a source: `at` is its capture time (wall clock, also the de-dup
+    /// clock), `iface` the interface it came from, if any. An IP packet goes through reassembly
+    /// first; whole NOTIFYs go straight on.
+    pub fn push(&self, record: &Record<'_>, at: SystemTime, iface: Option<&Arc<str>>) {
+        self.push_counted(record, at, iface, &mut |_| {});
+    }
+
+    /// [`Pipeline::push`], telling `on_outcome` what became of every NOTIFY the record gave
+    /// (one for a whole NOTIFY; none or more for an IP packet).
+    pub fn push_counted(
+        &self,
+        record: &Record<'_>,
+        at: SystemTime,
+        iface: Option<&Arc<str>>,
+        on_outcome: &mut impl FnMut(Outcome),
+    ) {
+        if !record.is_ip_packet() {
+            on_outcome(self.handle(record, at, iface));
+            return;
+        }
+        let now = Duration::from_nanos(record.header.timestamp_ns);
+        let mut held = self.lock_reassembly();
+        held.latest = held.latest.max(now);
+        // What a packet completes is dated by the reassembly clock, on its interface.
+        held.stage.push_packet(now, record, &mut |whole| {
+            let at = self.clock.wall_time(whole.header.timestamp_ns);
+            on_outcome(self.handle(whole, at, iface));
+        });
+    }
+
+    /// Live, the reassembly stage's clock: every [`REASSEMBLY_TICK`] it closes what timed out
+    /// (the NOTIFYs that completes go on), publishes its counters and, at most every 10 s, logs
+    /// what it gave up, until `stop` fires. Returns at once for a capture file, whose time
+    /// passes only with its records. The wiring spawns it once, whatever the source.
+    pub async fn tick(self, stop: CancellationToken) {
+        if self.clock.now().is_none() {
+            return;
+        }
+        let mut ticker = tokio::time::interval(REASSEMBLY_TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut losses = LossReport::default();
+        let mut reported = Instant::now();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticker.tick() => {
+                    let mut held = self.lock_reassembly();
+                    if held.finished {
+                        return;
+                    }
+                    if let Some(now) = self.clock.now() {
+                        held.stage.expire(now, &mut |whole| {
+                            self.handle(whole, self.clock.wall_time(whole.header.timestamp_ns), None);
+                        });
+                    }
+                    held.stage.export_metrics();
+                    if reported.elapsed() >= LOSS_LOG_EVERY {
+                        reported = Instant::now();
+                        if let Some(since) = losses.since_last(&held.stage.stats()) {
+                            warn!(since_last_line = %since, check = LOSS_CHECK, "reassembly gave up on some messages");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The source has ended: gives up what reassembly still holds (the NOTIFYs that completes
+    /// go on, reported to `on_outcome`), publishes its counters and returns its outcomes.
+    pub fn finish(&self, on_outcome: &mut impl FnMut(Outcome)) -> ReassemblyStats {
+        let mut held = self.lock_reassembly();
+        let now = self.clock.now().unwrap_or(held.latest);
+        held.finished = true;
+        held.stage.finish(now, &mut |whole| {
+            let at = self.clock.wall_time(whole.header.timestamp_ns);
+            on_outcome(self.handle(whole, at, None));
+        });
+        held.stage.export_metrics();
+        held.stage.stats()
+    }
+
+    /// What reassembly did so far, its counters published, without giving anything up.
+    pub fn reassembly_stats(&self) -> ReassemblyStats {
+        let held = self.lock_reassembly();
+        held.stage.export_metrics();
+        held.stage.stats()
+    }
+
+    fn lock_reassembly(&self) -> MutexGuard<'_, Held> {
+        // The state stays consistent between calls; a panic elsewhere must not stop capture.
+        self.reassembly
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Parses, de-duplicates and stages one whole NOTIFY captured at `captured_at`.
+    fn handle(
         &self,
         record: &Record<'_>,
         captured_at: SystemTime,
@@ -176,6 +384,14 @@ impl Pipeline {
                 "notification"
             );
         }
+        if let WhenFull::Wait { runtime, stop } = &self.when_full {
+            runtime.block_on(async {
+                tokio::select! {
+                    () = self.queue.wait_for_room() => {}
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
         match self.queue.push(notification) {
             crate::queue::Pushed::Queued => Outcome::Queued,
             crate::queue::Pushed::DroppedOldest => Outcome::QueuedDroppingOldest,
@@ -193,7 +409,10 @@ impl Pipeline {
 mod tests {
     use std::time::Duration;
 
-    use sipnotify_common::EventHeader;
+    use std::collections::BTreeMap;
+
+    use sipnotify_common::{EventHeader, FLAG_IP_PACKET, FLAG_TRUNCATED};
+    use sipnotify_testkit::frames::{ipv4_fragments, udp};
 
     use super::*;
 
@@ -216,6 +435,7 @@ Content-Length: 0\r\n\r\n";
                 window: Duration::from_secs(32),
                 max_entries: 65_536,
             },
+            reassembly: ReassemblySettings::default(),
         }
     }
 
@@ -235,7 +455,7 @@ Content-Length: 0\r\n\r\n";
     #[test]
     fn a_notify_is_queued_once_and_its_retransmission_is_dropped() {
         let queue = NotificationQueue::new(16);
-        let pipeline = Pipeline::new(&settings(), queue.clone());
+        let pipeline = Pipeline::new(&settings(), &[5061], Clock::File, queue.clone());
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         assert_eq!(pipeline.handle(&record(TALK), t0, None), Outcome::Queued);
         assert_eq!(
@@ -254,16 +474,68 @@ Content-Length: 0\r\n\r\n";
     #[test]
     fn rejects_carry_their_reason() {
         let queue = NotificationQueue::new(16);
-        let pipeline = Pipeline::new(&settings(), queue.clone());
+        let pipeline = Pipeline::new(&settings(), &[5061], Clock::File, queue.clone());
         let invite = b"INVITE sip:a@b SIP/2.0\r\n\r\n";
         assert_eq!(
             pipeline.handle(&record(invite), SystemTime::now(), None),
             Outcome::Rejected(ParseError::NotNotify)
         );
         assert!(matches!(
-            pipeline.handle_bytes(&[1, 2, 3], |_| SystemTime::now(), None),
-            Outcome::BadRecord(RecordError::TooShort(3))
+            pipeline.decode(&[1, 2, 3]),
+            Err(RecordError::TooShort(3))
         ));
         assert!(queue.is_empty());
+    }
+
+    fn ip_record(packet: &[u8], flags: u16) -> Record<'_> {
+        Record {
+            header: EventHeader {
+                flags,
+                timestamp_ns: 1_000_000_000,
+                captured_len: packet.len() as u32,
+                payload_len: packet.len() as u32,
+                ..EventHeader::default()
+            },
+            payload: packet,
+        }
+    }
+
+    /// TALK in another transaction, grown past any MTU so it travels in fragments.
+    fn big_talk() -> Vec<u8> {
+        let text = String::from_utf8(TALK.to_vec()).unwrap();
+        let pad = format!("X-Pad: {}\r\nContent-Length: 0", "p".repeat(3000));
+        text.replace("Content-Length: 0", &pad)
+            .replace("CSeq: 3", "CSeq: 4")
+            .into_bytes()
+    }
+
+    #[test]
+    fn records_go_on_whole_or_through_reassembly_by_their_flag() {
+        let queue = NotificationQueue::new(16);
+        let pipeline = Pipeline::new(&settings(), &[5061], Clock::File, queue.clone());
+        let mut outcomes = Vec::new();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
+        // A whole NOTIFY goes on as it is.
+        pipeline.push_counted(&record(TALK), at, None, &mut |o| outcomes.push(o));
+        assert_eq!(outcomes, [Outcome::Queued]);
+        // IP packets are put together first: two fragments give one NOTIFY.
+        let notify = big_talk();
+        let pieces = ipv4_fragments(7, 17, &udp(5060, 5061, &notify), &[1480]);
+        for piece in &pieces {
+            let record = ip_record(piece, FLAG_IP_PACKET);
+            pipeline.push_counted(&record, at, None, &mut |o| outcomes.push(o));
+        }
+        assert_eq!(outcomes, [Outcome::Queued, Outcome::Queued]);
+        let mut out = Vec::new();
+        queue.try_pop_batch(16, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].meta.captured_at, at, "dated by the reassembly clock");
+        // A packet the capture cut short cannot be put back: counted, not parsed.
+        let cut = ip_record(&pieces[0][..100], FLAG_IP_PACKET | FLAG_TRUNCATED);
+        pipeline.push_counted(&cut, at, None, &mut |o| outcomes.push(o));
+        assert_eq!(outcomes.len(), 2);
+        let stats = pipeline.finish(&mut |o| outcomes.push(o));
+        let lost: BTreeMap<&str, u64> = stats.losses().collect();
+        assert_eq!(lost.get("ip_packet_truncated"), Some(&1));
     }
 }

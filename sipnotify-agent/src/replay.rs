@@ -2,45 +2,37 @@
 //! pipeline and delivery as `run`, for testing a bridge, reproducing a field report, or
 //! back-filling what the agent missed.
 //!
-//! Packets are filtered by the kernel program's own header walk and port bitmap
-//! ([`crate::capture::pcap::Filter`]), and each record is stamped with its capture time, so
-//! retransmissions are de-duplicated exactly as they would have been live. Notifications are
+//! The file is read by the capture-file source ([`crate::capture::file`]): the kernel
+//! program's own decision on every frame, each record stamped with its capture time, so
+//! retransmissions are de-duplicated exactly as they would have been live, and IP fragments
+//! and TCP segments put together by the pipeline's reassembly stage, as live. Notifications are
 //! never dropped for age here (captures are old by nature), and reading waits while the queue
 //! is full instead of letting it drop the oldest: a replay must deliver everything it reads.
-//!
-//! IP fragments and TCP segments go through [`crate::reassembly`] (the same stage the live
-//! capture uses), so a NOTIFY fragmented over IPv4 or IPv6, or written to a TCP connection
-//! in pieces, is parsed whole; at the end of the file what still waits for a piece is given up
-//! and counted.
+//! At the end of the file what still waits for a piece is given up and counted. This module
+//! is the command: opening the file, the wiring, and the summary.
 //!
 //! A capture that breaks part-way still delivers what came before the break, then fails with
 //! the file and byte offset (exit 1). With the bridge down, delivery retries until it answers;
 //! SIGINT/SIGTERM stop reading and leave `--shutdown-timeout` to deliver what is queued.
 
 use std::{
-    collections::BTreeMap,
     fmt,
     fs::File,
-    future::Future,
     io::IsTerminal as _,
     path::{Path, PathBuf},
-    time::{Duration, Instant, SystemTime},
 };
 
-use sipnotify_common::{Counter, CounterSet, FLAG_IP_PACKET, decide::Skip};
+use sipnotify_common::Counter;
 use tokio::io::AsyncWrite;
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::{
     capture::{
-        Source,
-        pcap::{self, CaptureError, CaptureReader, Filter, Inspection, LinkType},
-        record::Record,
+        file::{FileSource, FileStats, Speed},
+        pcap::{CaptureError, CaptureReader, LinkType},
     },
     logging::LogSettings,
-    pipeline::{Outcome, Pipeline, PipelineSettings},
-    reassembly::{Reassembly, ReassemblySettings, ReassemblyStats},
+    pipeline::{Clock, Pipeline, PipelineSettings},
     sink::{ClientError, Delivery, DeliveryReport, SinkSettings},
     spool::SpoolSettings,
     wiring,
@@ -48,18 +40,6 @@ use crate::{
 
 /// Files at least this large get a progress bar (when stderr is a terminal).
 const PROGRESS_MIN_BYTES: u64 = 8 << 20;
-/// The longest single sleep in real-time mode, so a stop request is seen promptly.
-const MAX_PACING_SLEEP: Duration = Duration::from_millis(100);
-
-/// How fast to replay.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Speed {
-    /// Reproduce the gaps between packets (de-dup, batching and the bridge see live timing).
-    Realtime,
-    /// As fast as delivery keeps up.
-    #[default]
-    Max,
-}
 
 /// What `replay` runs with, validated by the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,7 +109,8 @@ pub enum ReplayError {
 }
 
 impl ReplayError {
-    /// Process exit code (design.md: 2 for bad usage or configuration, 1 at run time).
+    /// Process exit code: 2 for bad usage or configuration (a file that is not a readable
+    /// capture, a bridge or spool that cannot work), 1 at run time, as for every command.
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Open { .. } | Self::NotCapture { .. } | Self::Bridge(_) => 2,
@@ -140,52 +121,13 @@ impl ReplayError {
     }
 }
 
-/// What the reader saw, packet by packet.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReplayStats {
-    /// Frames read from the file.
-    pub packets: u64,
-    /// NOTIFY records handed to the parser: whole datagrams, and reassembled ones.
-    pub notifies: u64,
-    /// What the XDP program's counters would say about these frames (the same decision,
-    /// counted the same way): NOTIFYs matched, truncated, fragments, TLS records, …
-    pub capture: CounterSet,
-    /// Frames of a link type that is not decoded, by link type number.
-    pub unsupported_links: BTreeMap<u32, u64>,
-    /// Queued for delivery.
-    pub queued: u64,
-    /// Retransmissions of a transaction already queued.
-    pub duplicates: u64,
-    /// Records the parser or record decoder refused, by reason.
-    pub rejects: BTreeMap<&'static str, u64>,
-    /// IP fragment and TCP reassembly.
-    pub reassembly: ReassemblyStats,
-}
-
-impl ReplayStats {
-    fn count_outcome(&mut self, outcome: Outcome) {
-        match outcome {
-            Outcome::Queued | Outcome::QueuedDroppingOldest => self.queued += 1,
-            Outcome::Duplicate => self.duplicates += 1,
-            Outcome::Rejected(err) => *self.rejects.entry(err.reason()).or_default() += 1,
-            Outcome::BadRecord(err) => *self.rejects.entry(err.reason()).or_default() += 1,
-            Outcome::Closed => *self.rejects.entry("queue_closed").or_default() += 1,
-        }
-    }
-
-    /// The rejected records, all reasons together.
-    pub fn rejected(&self) -> u64 {
-        self.rejects.values().sum()
-    }
-}
-
 /// The end-of-replay summary.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplaySummary {
     /// The file.
     pub file: PathBuf,
     /// What was read.
-    pub stats: ReplayStats,
+    pub stats: FileStats,
     /// What delivery achieved.
     pub delivery: DeliveryReport,
     /// Whether reading stopped on a signal.
@@ -329,15 +271,14 @@ pub async fn replay_to<W: AsyncWrite + Unpin + Send + 'static>(
 
     let (stage, delivery) =
         wiring::open_stage(settings.spool, capacity, delivery).map_err(ReplayError::from)?;
-    let pipeline =
-        Pipeline::new(&settings.pipeline, stage.input().clone()).log_sip(settings.log.log_sip);
-    let source = FileSource {
-        reader,
-        filter: Filter::new(&settings.ports),
-        ports: settings.ports.clone(),
-        speed: settings.speed,
-        progress: progress_bar(size),
-    };
+    let pipeline = Pipeline::new(
+        &settings.pipeline,
+        &settings.ports,
+        Clock::File,
+        stage.input().clone(),
+    )
+    .log_sip(settings.log.log_sip);
+    let source = FileSource::new(reader, &settings.ports, settings.speed, progress_bar(size));
     // Everything read is delivered: with the bridge down, delivery keeps retrying until it
     // answers or a signal arrives, which leaves --shutdown-timeout to finish.
     let finished = wiring::wire(source, pipeline, delivery, stage, out)
@@ -449,180 +390,6 @@ fn progress_bar(size: u64) -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-/// The capture file as a source: the kernel program's filter on each frame, then the
-/// pipeline. Reading runs on a blocking thread (file I/O and real-time sleeps).
-struct FileSource {
-    reader: CaptureReader<File>,
-    filter: Filter,
-    /// The watched ports, for reassembly.
-    ports: Vec<u16>,
-    speed: Speed,
-    progress: Option<indicatif::ProgressBar>,
-}
-
-impl Source for FileSource {
-    /// The counts, and the error that ended reading early, if any.
-    type Report = (ReplayStats, Option<CaptureError>);
-
-    fn feed(
-        self,
-        pipeline: Pipeline,
-        stop: CancellationToken,
-    ) -> impl Future<Output = Self::Report> + Send + 'static {
-        let runtime = tokio::runtime::Handle::current();
-        let job = ReadJob {
-            filter: self.filter,
-            ports: self.ports,
-            pipeline,
-            speed: self.speed,
-            stop,
-            progress: self.progress,
-            runtime,
-        };
-        let reader = self.reader;
-        async move {
-            match tokio::task::spawn_blocking(move || job.run(reader)).await {
-                Ok(report) => report,
-                // The blocking task panicked: resume the panic on this task, where the
-                // wiring's join reports it.
-                Err(join) => std::panic::resume_unwind(join.into_panic()),
-            }
-        }
-    }
-}
-
-/// The reading side, run on a blocking thread.
-struct ReadJob {
-    filter: Filter,
-    /// The watched ports, for reassembly.
-    ports: Vec<u16>,
-    pipeline: Pipeline,
-    speed: Speed,
-    stop: CancellationToken,
-    progress: Option<indicatif::ProgressBar>,
-    /// For waiting on the queue from this blocking thread.
-    runtime: tokio::runtime::Handle,
-}
-
-impl ReadJob {
-    /// Reads to the end, a stop request, or a broken record; returns the counts and the
-    /// error that ended reading early, if any.
-    fn run(mut self, mut reader: CaptureReader<File>) -> (ReplayStats, Option<CaptureError>) {
-        let mut stats = ReplayStats::default();
-        let mut unsupported_warned = false;
-        // Real-time pacing: the first packet's capture time against the wall clock.
-        let mut origin: Option<(Duration, Instant)> = None;
-        let mut last_timestamp = Duration::ZERO;
-        let mut reassembly = Reassembly::new(ReassemblySettings::default(), &self.ports);
-        let error = loop {
-            if self.stop.is_cancelled() {
-                break None;
-            }
-            let packet = match reader.next_packet() {
-                Ok(Some(packet)) => packet,
-                Ok(None) => break None,
-                Err(err) => break Some(err),
-            };
-            stats.packets += 1;
-            last_timestamp = packet.timestamp;
-            if self.speed == Speed::Realtime {
-                let (first, started) = *origin.get_or_insert((packet.timestamp, Instant::now()));
-                let due = started + packet.timestamp.saturating_sub(first);
-                self.sleep_until(due);
-            }
-            // IP packets (TCP segments, fragments) go to reassembly, which hands on the NOTIFYs
-            // they complete; everything else is decided here as the program decides it. Later
-            // fragments the decision did not follow go too: a capture file may hold them
-            // before their first fragment.
-            let mut reassemble = false;
-            match self
-                .filter
-                .inspect(packet.link, packet.data, packet.timestamp)
-            {
-                // Counted by the filter, as the program counts them.
-                // Read from the frame itself, not the record, which stops at MAX_PAYLOAD.
-                Inspection::Notify(record) if record.header.flags & FLAG_IP_PACKET != 0 => {
-                    reassemble = true;
-                }
-                Inspection::Notify(record) => {
-                    stats.notifies += 1;
-                    self.deliver(&mut stats, &record);
-                }
-                Inspection::Skip(Skip::Bail(_)) => {}
-                Inspection::Skip(_) => reassemble = true,
-                Inspection::UnsupportedLink(code) => {
-                    if !unsupported_warned {
-                        unsupported_warned = true;
-                        warn!(
-                            link = %LinkType::from_code(code),
-                            "frames of this link type are skipped: replay reads ethernet, linux cooked and raw ip"
-                        );
-                    }
-                    *stats.unsupported_links.entry(code).or_default() += 1;
-                }
-            }
-            if reassemble {
-                if let Some(l3) = pcap::layer3(packet.link, packet.data) {
-                    reassembly.push_ip(packet.timestamp, l3, &mut |record| {
-                        stats.notifies += 1;
-                        self.deliver(&mut stats, record);
-                    });
-                }
-            }
-            if let Some(bar) = &self.progress {
-                if stats.packets % 1024 == 0 {
-                    bar.set_position(reader.position());
-                    bar.set_message(format!("{} NOTIFYs", stats.notifies));
-                }
-            }
-        };
-        if error.is_none() {
-            // The capture is over: what is still waiting for a missing piece never comes.
-            reassembly.finish(last_timestamp, &mut |record| {
-                stats.notifies += 1;
-                self.deliver(&mut stats, record);
-            });
-        }
-        stats.reassembly = reassembly.stats();
-        stats.capture = *self.filter.counts();
-        reassembly.export_metrics();
-        if let Some(bar) = &self.progress {
-            bar.finish_and_clear();
-        }
-        (stats, error)
-    }
-
-    /// Hands one record to the pipeline, stamped with its capture time.
-    fn deliver(&self, stats: &mut ReplayStats, record: &Record<'_>) {
-        self.wait_for_room();
-        let captured_at = SystemTime::UNIX_EPOCH + Duration::from_nanos(record.header.timestamp_ns);
-        stats.count_outcome(self.pipeline.handle(record, captured_at, None));
-    }
-
-    /// Sleeps until `due`, in slices so a stop request is seen.
-    fn sleep_until(&self, due: Instant) {
-        loop {
-            let now = Instant::now();
-            if now >= due || self.stop.is_cancelled() {
-                return;
-            }
-            std::thread::sleep((due - now).min(MAX_PACING_SLEEP));
-        }
-    }
-
-    /// Waits while the queue is full, so nothing read is dropped; gives up when a stop is
-    /// requested (a signal, or delivery ended on a fatal error).
-    fn wait_for_room(&self) {
-        let queue = self.pipeline.queue();
-        self.runtime.block_on(async {
-            tokio::select! {
-                () = queue.wait_for_room() => {}
-                () = self.stop.cancelled() => {}
-            }
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -658,10 +425,10 @@ mod tests {
 
     #[test]
     fn the_summary_names_every_loss() {
-        let mut stats = ReplayStats {
+        let mut stats = FileStats {
             packets: 17,
             notifies: 9,
-            ..ReplayStats::default()
+            ..FileStats::default()
         };
         for (counter, n) in [
             (Counter::UdpWatched, 10),
@@ -674,9 +441,11 @@ mod tests {
         }
         stats.reassembly.fragments.incomplete = 2;
         stats.reassembly.tcp.notifies = 3;
-        stats.count_outcome(Outcome::Queued);
-        stats.count_outcome(Outcome::Duplicate);
-        stats.count_outcome(Outcome::Rejected(crate::sip::ParseError::NotNotify));
+        stats.count_outcome(crate::pipeline::Outcome::Queued);
+        stats.count_outcome(crate::pipeline::Outcome::Duplicate);
+        stats.count_outcome(crate::pipeline::Outcome::Rejected(
+            crate::sip::ParseError::NotNotify,
+        ));
         stats.unsupported_links.insert(0, 3);
         let summary = ReplaySummary {
             file: PathBuf::from("c.pcap"),

@@ -13,7 +13,7 @@ use crate::{
     capture::{CaptureSettings, live::LiveSource},
     error::AgentError,
     logging::LogSettings,
-    pipeline::{Pipeline, PipelineSettings},
+    pipeline::{Clock, Pipeline, PipelineSettings},
     sink::{Delivery, SinkSettings},
     spool::SpoolSettings,
     telemetry, tls_alarm, wiring,
@@ -70,7 +70,13 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
     delivery.check_before_capture().await?;
     let (stage, delivery) = wiring::open_stage(spool, capacity, delivery)?;
     let bridge_health = has_bridge.then(|| delivery.health());
-    let pipeline = Pipeline::new(&pipeline, stage.input().clone()).log_sip(log.log_sip);
+    let pipeline = Pipeline::new(
+        &pipeline,
+        &capture.ports,
+        Clock::live(),
+        stage.input().clone(),
+    )
+    .log_sip(log.log_sip);
     let mut source = LiveSource::attach(&capture)?;
 
     let stop_telemetry = CancellationToken::new();

@@ -19,42 +19,12 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, service::service_fn};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use sipnotify_common::{Counter, CounterSet};
+use sipnotify_common::Counter;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::{
-    bpf::KernelStats, capture::af_packet::AfPacketStats, queue::NotificationQueue,
-    sink::BridgeHealth,
-};
-
-/// Where an interface's capture counters are read: the XDP program's per-CPU map, or the
-/// AF_PACKET reader's atomics (the same decision, the same counter names).
-pub enum CaptureCounters {
-    /// The XDP program's `SIP_STATS`.
-    Xdp(KernelStats),
-    /// The AF_PACKET reader's counts, ring drops included.
-    AfPacket(Arc<AfPacketStats>),
-}
-
-impl CaptureCounters {
-    /// The current totals.
-    pub fn read(&self) -> Result<CounterSet, aya::maps::MapError> {
-        match self {
-            Self::Xdp(stats) => stats.read(),
-            Self::AfPacket(stats) => Ok(stats.read()),
-        }
-    }
-
-    /// `xdp` or `af-packet`, for the metrics label.
-    pub fn source(&self) -> &'static str {
-        match self {
-            Self::Xdp(_) => "xdp",
-            Self::AfPacket(_) => "af-packet",
-        }
-    }
-}
+use crate::{capture::CaptureCounters, queue::NotificationQueue, sink::BridgeHealth};
 
 /// Latency buckets (seconds) for capture-to-acknowledgement: the goal is a p99 of 5 ms.
 const LATENCY_BUCKETS: &[f64] = &[

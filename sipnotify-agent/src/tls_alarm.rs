@@ -15,7 +15,7 @@ use std::{
 use sipnotify_common::Counter;
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry::CaptureCounters;
+use crate::capture::CaptureCounters;
 
 /// How often the counters are read.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);

@@ -22,9 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
-    capture::Source,
     oplog::{self, DropLog},
-    pipeline::Pipeline,
+    pipeline::{Pipeline, Source},
     sink::{Delivery, DeliveryFailed, DeliveryReport},
     spool::{Leftover, SpoolError, SpoolSettings, Stage},
 };
@@ -102,6 +101,8 @@ where
     let stop_delivery = CancellationToken::new();
     let mut delivering =
         tokio::spawn(delivery.run_with_output(queue.clone(), stop_delivery.clone(), out));
+    // The reassembly stage's clock, whatever the source.
+    let ticking = tokio::spawn(pipeline.clone().tick(stop_reading.clone()));
     let mut reading = tokio::spawn(source.feed(pipeline, stop_reading.clone()));
 
     // Reading, until the source runs out, a signal, or the end of delivery.
@@ -117,6 +118,7 @@ where
         Some(report) => report,
         None => reading.await,
     };
+    ticking.abort();
     stage.input().close();
 
     // Draining: everything queued is delivered, unless a signal sets the shutdown deadline.

@@ -1,4 +1,5 @@
-//! The failures an operator meets first each get one clear line and design.md's exit code:
+//! The failures an operator meets first each get one clear line and the exit code of their
+//! kind (2 bad usage or configuration, 1 runtime):
 //! a missing interface (2), an interface that already has an XDP program (1), and no
 //! permission to load BPF (1).
 

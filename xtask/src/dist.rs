@@ -21,7 +21,8 @@ use crate::{cargo, run_in, setup};
 
 /// The host triple; zig links it against the glibc named after the dot.
 pub(crate) const TARGET: &str = "x86_64-unknown-linux-gnu";
-/// The oldest glibc the binary may need (RHEL/CentOS 7; design.md's support matrix).
+/// The oldest glibc the binary may need: RHEL/CentOS 7's, the oldest distribution supported
+/// (old FreePBX hosts, captured over AF_PACKET).
 const GLIBC_FLOOR: (u32, u32) = (2, 17);
 
 /// What `dist` made.

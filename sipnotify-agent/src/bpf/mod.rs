@@ -181,7 +181,8 @@ fn indent(lines: &[String]) -> String {
 }
 
 impl LoadError {
-    /// The process exit code for this error (design.md: 2 for configuration, 1 otherwise).
+    /// The process exit code for this error: 2 for a configuration error (a missing interface,
+    /// bad settings), 1 for a failure at run time, as for every command.
     pub fn exit_code(&self) -> u8 {
         match self {
             LoadError::NoSuchInterface(_) | LoadError::Settings(_) => 2,

@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 use super::{
     cbpf,
     frame::{FragmentFollower, SplicedFrame, inspect},
-    record::Record,
 };
+use crate::record::Record;
 
 /// Size of one ring block: it holds a 9 KiB jumbo NOTIFY and keeps the number of blocks (the
 /// slack a sparse, timer-retired block costs) high in a ring of a few MiB.

@@ -11,7 +11,7 @@ use sipnotify_common::{
     net::Frame,
 };
 
-use super::record::Record;
+use crate::record::Record;
 
 /// The most bytes [`SplicedFrame`] puts in front of the captured ones: an Ethernet header with
 /// one VLAN tag.

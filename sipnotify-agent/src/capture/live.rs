@@ -6,18 +6,18 @@
 //! forced wake-ups) and a short poll timer that collects records at low rates with at most
 //! one timer period of added latency. Each wake-up drains everything that is there.
 //!
-//! Records that are IP packets (TCP segments, fragments of a NOTIFY) go through one
-//! [`Reassembly`] shared by every interface's reader, on the monotonic clock; a ticker closes
-//! what timed out, and shutdown gives up what is still open and reports it.
+//! Every reader hands its records to the one pipeline (`crate::pipeline`), whose reassembly
+//! stage, shared by every interface, puts TCP segments and fragments of a NOTIFY together; when
+//! the readers have drained for the last time, the pipeline gives up what it still holds.
 
 use std::{
     io,
     os::fd::AsRawFd,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant, SystemTime},
+    time::Duration,
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -29,21 +29,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::{
-    CaptureSettings, MonotonicClock, Record, Source,
+    CaptureCounters, CaptureSettings,
     af_packet::{AfPacketStats, PacketSocket, read_ring},
     source::{self, SourceError, SourceSettings},
 };
 use crate::{
     bpf::{AttachedProgram, ProgramGuard, ProgramLogger},
-    pipeline::Pipeline,
-    reassembly::{LOSS_CHECK, LossReport, Reassembly, ReassemblySettings, ReassemblyStats},
-    telemetry::CaptureCounters,
+    pipeline::{Pipeline, Source},
+    reassembly::ReassemblyStats,
+    record::monotonic_now,
 };
-
-/// How often open reassemblies are checked for timeouts: well under the TCP gap timeout.
-const REASSEMBLY_TICK: Duration = Duration::from_millis(100);
-/// At most one warning this often about what reassembly gave up, as for other drops.
-const LOSS_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Every interface of the settings captured, ready to be drained.
 pub struct LiveSource {
@@ -53,7 +48,6 @@ pub struct LiveSource {
     /// Capture counters per interface, until the metrics endpoint takes them.
     stats: Vec<(Arc<str>, CaptureCounters)>,
     poll: Duration,
-    clock: MonotonicClock,
     attached: Arc<AtomicBool>,
 }
 
@@ -61,7 +55,6 @@ impl LiveSource {
     /// Opens the capture `capture.mode` asks for on every interface (closed again if a later
     /// one fails).
     pub fn attach(capture: &CaptureSettings) -> Result<Self, SourceError> {
-        let clock = MonotonicClock::new();
         let settings = SourceSettings {
             mode: capture.mode,
             xdp_mode: capture.xdp_mode,
@@ -74,7 +67,7 @@ impl LiveSource {
         let mut stats = Vec::new();
         for name in &capture.ifaces {
             match source::open(name, &settings)? {
-                source::Source::Xdp(attached) => {
+                source::Capture::Xdp(attached) => {
                     let AttachedProgram {
                         iface,
                         events,
@@ -91,7 +84,7 @@ impl LiveSource {
                         guard,
                     });
                 }
-                source::Source::AfPacket(socket) => {
+                source::Capture::AfPacket(socket) => {
                     let iface: Arc<str> = name.as_str().into();
                     let counters = Arc::new(AfPacketStats::default());
                     stats.push((iface.clone(), CaptureCounters::AfPacket(counters.clone())));
@@ -109,7 +102,6 @@ impl LiveSource {
             ports: capture.ports.clone(),
             stats,
             poll: capture.poll_interval,
-            clock,
             attached: Arc::new(AtomicBool::new(true)),
         })
     }
@@ -148,15 +140,7 @@ impl Source for LiveSource {
         let stop_readers = CancellationToken::new();
         let mut readers = JoinSet::new();
         let mut guards = Vec::new();
-        let clock = self.clock;
-        let reassembler = Reassembler {
-            state: Arc::new(Mutex::new(Reassembly::new(
-                ReassemblySettings::default(),
-                &self.ports,
-            ))),
-            pipeline: pipeline.clone(),
-            clock,
-        };
+        let clock = pipeline.clock();
         for ring in self.rings {
             let Ring {
                 iface,
@@ -168,16 +152,16 @@ impl Source for LiveSource {
             if let Some(logger) = logger {
                 readers.spawn(forward_program_log(logger, stop_readers.clone()));
             }
-            let (pipeline, reassembler) = (pipeline.clone(), reassembler.clone());
+            let pipeline = pipeline.clone();
             let cancel = stop_readers.clone();
             let poll = self.poll;
             readers.spawn(async move {
                 let result = drain_ring(events, poll, cancel, |bytes| {
-                    // Malformed records are counted by the pipeline and skipped.
+                    // Malformed records are counted by the pipeline and skipped. The program
+                    // dates records on the monotonic clock, the pipeline's own.
                     if let Ok(record) = pipeline.decode(bytes) {
-                        let at = record.header.timestamp_ns;
-                        let now = Duration::from_nanos(at);
-                        reassembler.push(&record, now, clock.wall_time(at), &iface);
+                        let at = clock.wall_time(record.header.timestamp_ns);
+                        pipeline.push(&record, at, Some(&iface));
                     }
                 })
                 .await;
@@ -192,12 +176,17 @@ impl Source for LiveSource {
             stats,
         } in self.sockets
         {
-            let reassembler = reassembler.clone();
+            let pipeline = pipeline.clone();
             let cancel = stop_readers.clone();
             let (poll, ports) = (self.poll, self.ports.clone());
             readers.spawn(async move {
                 let result = read_ring(socket, &ports, poll, stats, cancel, |record, at| {
-                    reassembler.push(record, super::monotonic_now(), at, &iface);
+                    // The ring dates frames by the wall clock (`at`, kept for the record);
+                    // the pipeline's clock, which reassembly runs on, is the monotonic one.
+                    let mut record = *record;
+                    record.header.timestamp_ns =
+                        u64::try_from(monotonic_now().as_nanos()).unwrap_or(u64::MAX);
+                    pipeline.push(&record, at, Some(&iface));
                 })
                 .await;
                 if let Err(err) = result {
@@ -205,83 +194,13 @@ impl Source for LiveSource {
                 }
             });
         }
-        readers.spawn(reassembler.clone().tick(stop_readers.clone()));
         stop.cancelled().await;
         // Detach first so nothing new arrives, then drain the rings one last time.
         drop(guards);
         self.attached.store(false, Ordering::Relaxed);
         stop_readers.cancel();
         while readers.join_next().await.is_some() {}
-        reassembler.finish()
-    }
-}
-
-/// The readers' shared way to the pipeline: whole NOTIFYs straight on, IP packets through
-/// reassembly first. Reassembly runs on the monotonic clock; what it completes is dated by it.
-#[derive(Clone)]
-struct Reassembler {
-    state: Arc<Mutex<Reassembly>>,
-    pipeline: Pipeline,
-    clock: MonotonicClock,
-}
-
-impl Reassembler {
-    /// Hands on one record captured at `at` (`now` on the monotonic clock) on `iface`.
-    fn push(&self, record: &Record<'_>, now: Duration, at: SystemTime, iface: &Arc<str>) {
-        // Whole NOTIFYs, nearly every record, go on without taking the lock.
-        if record.header.flags & sipnotify_common::FLAG_IP_PACKET == 0 {
-            self.pipeline.handle(record, at, Some(iface));
-            return;
-        }
-        self.lock()
-            .push_record(now, record, &mut |whole| self.deliver(whole, Some(iface)));
-    }
-
-    /// Closes what timed out every [`REASSEMBLY_TICK`] and publishes the counters, until
-    /// `cancel` fires.
-    async fn tick(self, cancel: CancellationToken) {
-        let mut ticker = tokio::time::interval(REASSEMBLY_TICK);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut losses = LossReport::default();
-        let mut reported = Instant::now();
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                _ = ticker.tick() => {
-                    let mut state = self.lock();
-                    state.expire(super::monotonic_now(), &mut |whole| self.deliver(whole, None));
-                    state.export_metrics();
-                    if reported.elapsed() >= LOSS_LOG_EVERY {
-                        reported = Instant::now();
-                        if let Some(since) = losses.since_last(&state.stats()) {
-                            warn!(since_last_line = %since, check = LOSS_CHECK, "reassembly gave up on some messages");
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Gives up what is still open (the capture has ended) and reports the outcomes.
-    fn finish(&self) -> ReassemblyStats {
-        let mut state = self.lock();
-        state.finish(super::monotonic_now(), &mut |whole| {
-            self.deliver(whole, None)
-        });
-        state.export_metrics();
-        state.stats()
-    }
-
-    /// Hands on a reassembled NOTIFY, dated by the reassembly clock; `iface` is known when a
-    /// packet completed it, not when a timeout did.
-    fn deliver(&self, whole: &Record<'_>, iface: Option<&Arc<str>>) {
-        let at = self.clock.wall_time(whole.header.timestamp_ns);
-        self.pipeline.handle(whole, at, iface);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Reassembly> {
-        // The state stays consistent between calls; a panic elsewhere must not stop capture.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        pipeline.finish(&mut |_| {})
     }
 }
 

@@ -1,45 +1,28 @@
-//! Capture sources: the live XDP rings (`live`), an AF_PACKET ring (`af_packet`, with its
-//! classic BPF pre-filter in `cbpf`, chosen by `source`) and capture files (`pcap`), all
-//! producing [`Record`]s (`record`); the clock that dates the kernel's records.
+//! Capture sources, each yielding records into the one pipeline (`crate::pipeline`): the live
+//! XDP or AF_PACKET rings of every interface (`live`; the AF_PACKET ring in `af_packet`, its
+//! classic BPF pre-filter in `cbpf`, the per-interface choice between the two in `source`) and
+//! capture files (`file`, read by `pcap`).
 //!
-//! The userspace sources (AF_PACKET, pcap) hand whole frames to [`inspect`] (`frame`), which
-//! runs the XDP program's own decision (`sipnotify_common::decide`) and counts it the same
-//! way. A [`Source`] is what `wiring` runs: sources differ only in how they produce records.
+//! The userspace sources (AF_PACKET, capture files) hand whole frames to [`inspect`] (`frame`),
+//! which runs the XDP program's own decision (`sipnotify_common::decide`) and counts it the
+//! same way. Records, their clock and what happens to them after a source hands them over
+//! live in `crate::record` and `crate::pipeline`: nothing here routes or reassembles.
 
 pub mod af_packet;
 pub mod cbpf;
+pub mod file;
 pub mod frame;
 pub mod live;
 pub mod pcap;
-pub mod record;
 pub mod source;
 
-use std::{
-    future::Future,
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
-use tokio_util::sync::CancellationToken;
+use sipnotify_common::CounterSet;
 
 pub use frame::{FragmentFollower, SplicedFrame, inspect};
-pub use record::{Record, RecordError};
 
-use crate::{bpf::AttachMode, pipeline::Pipeline};
-
-/// Where records come from: live XDP or AF_PACKET rings ([`live::LiveSource`]) or a capture
-/// file (`replay`).
-pub trait Source: Send + 'static {
-    /// What the source reports when it ends (its counts, the error that ended it).
-    type Report: Send + 'static;
-
-    /// Hands every record to `pipeline` until the source runs out or `stop` fires, and
-    /// returns its report. Runs on a task of its own.
-    fn feed(
-        self,
-        pipeline: Pipeline,
-        stop: CancellationToken,
-    ) -> impl Future<Output = Self::Report> + Send + 'static;
-}
+use crate::bpf::{AttachMode, KernelStats};
 
 /// Where and how `run` captures.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,61 +41,29 @@ pub struct CaptureSettings {
     pub poll_interval: Duration,
 }
 
-/// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
-///
-/// The offset is taken once at start; the daemon's lifetime is far shorter than the drift
-/// NTP slewing could introduce between the two clocks in a way that matters for latency.
-#[derive(Clone, Copy, Debug)]
-pub struct MonotonicClock {
-    /// Wall-clock time at monotonic zero.
-    epoch: SystemTime,
+/// Where an interface's capture counters are read: the XDP program's per-CPU map, or the
+/// AF_PACKET reader's atomics (the same decision, the same counter names).
+pub enum CaptureCounters {
+    /// The XDP program's `SIP_STATS`.
+    Xdp(KernelStats),
+    /// The AF_PACKET reader's counts, ring drops included.
+    AfPacket(Arc<af_packet::AfPacketStats>),
 }
 
-impl MonotonicClock {
-    /// Samples both clocks now.
-    pub fn new() -> Self {
-        let mono = monotonic_now();
-        let wall = SystemTime::now();
-        Self {
-            epoch: wall.checked_sub(mono).unwrap_or(SystemTime::UNIX_EPOCH),
+impl CaptureCounters {
+    /// The current totals.
+    pub fn read(&self) -> Result<CounterSet, aya::maps::MapError> {
+        match self {
+            Self::Xdp(stats) => stats.read(),
+            Self::AfPacket(stats) => Ok(stats.read()),
         }
     }
 
-    /// Wall-clock time of a `bpf_ktime_get_ns()` timestamp.
-    pub fn wall_time(&self, monotonic_ns: u64) -> SystemTime {
-        self.epoch + Duration::from_nanos(monotonic_ns)
-    }
-}
-
-impl Default for MonotonicClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// CLOCK_MONOTONIC now: the clock `bpf_ktime_get_ns()` reads.
-pub fn monotonic_now() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for the duration of the call; CLOCK_MONOTONIC always
-    // exists on Linux, so the call cannot fail.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn monotonic_timestamps_map_to_now() {
-        let clock = MonotonicClock::new();
-        let now = clock.wall_time(monotonic_now().as_nanos() as u64);
-        let skew = now
-            .duration_since(SystemTime::now())
-            .unwrap_or_else(|e| e.duration());
-        assert!(skew < Duration::from_millis(50), "skew {skew:?}");
+    /// `xdp` or `af-packet`, for the metrics label.
+    pub fn source(&self) -> &'static str {
+        match self {
+            Self::Xdp(_) => "xdp",
+            Self::AfPacket(_) => "af-packet",
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! The pcap replay source: reads pcap and pcapng files and picks out the NOTIFYs exactly the
-//! way the XDP program does.
+//! Capture files for the capture-file source (`file`): reads pcap and pcapng files and picks
+//! out the NOTIFYs exactly the way the XDP program does.
 //!
 //! Reading streams the file through a bounded buffer (captures can be gigabytes) with the
 //! `pcap-file` parsers, tracking the byte offset of every record so a broken or cut-short file
@@ -29,10 +29,8 @@ use sipnotify_common::{
     net::{self, Bail, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, Frame as _},
 };
 
-use super::{
-    frame::{FragmentFollower, SplicedFrame, inspect},
-    record::Record,
-};
+use super::frame::{FragmentFollower, SplicedFrame, inspect};
+use crate::record::Record;
 
 /// The longest record (pcap packet or pcapng block) accepted; a longer one means a corrupt
 /// length field. libpcap caps packets at 256 KiB and Wireshark pcapng blocks at 16 MiB.
@@ -83,11 +81,6 @@ impl LinkType {
             229 => Self::Ipv6,
             other => Self::Other(other),
         }
-    }
-
-    /// Whether packets of this type can be inspected.
-    pub fn is_supported(self) -> bool {
-        !matches!(self, Self::Other(_))
     }
 }
 
@@ -857,7 +850,6 @@ mod tests {
         assert_eq!(LinkType::from_code(228), LinkType::Ipv4);
         assert_eq!(LinkType::from_code(229), LinkType::Ipv6);
         assert_eq!(LinkType::from_code(0), LinkType::Other(0));
-        assert!(!LinkType::Other(0).is_supported());
         assert_eq!(LinkType::Other(127).to_string(), "link type 127");
     }
 

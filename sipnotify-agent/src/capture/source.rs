@@ -124,7 +124,7 @@ pub fn predict(
 }
 
 /// An interface's capture, whichever path it took.
-pub enum Source {
+pub enum Capture {
     /// The XDP program, attached (boxed: it carries its maps and loader state).
     Xdp(Box<AttachedProgram>),
     /// A packet socket with its ring.
@@ -174,7 +174,7 @@ pub struct SourceSettings {
 }
 
 /// Opens the capture on `iface` as `settings.mode` asks.
-pub fn open(iface: &str, settings: &SourceSettings) -> Result<Source, SourceError> {
+pub fn open(iface: &str, settings: &SourceSettings) -> Result<Capture, SourceError> {
     let program = ProgramSettings {
         ports: settings.ports.clone(),
         ring_bytes: settings.ring_bytes,
@@ -183,10 +183,10 @@ pub fn open(iface: &str, settings: &SourceSettings) -> Result<Source, SourceErro
         CaptureMode::AfPacket => None,
         CaptureMode::Xdp => {
             let attached = bpf::attach(iface, settings.xdp_mode, &program)?;
-            return Ok(Source::Xdp(Box::new(attached)));
+            return Ok(Capture::Xdp(Box::new(attached)));
         }
         CaptureMode::Auto => match bpf::attach(iface, settings.xdp_mode, &program) {
-            Ok(attached) => return Ok(Source::Xdp(Box::new(attached))),
+            Ok(attached) => return Ok(Capture::Xdp(Box::new(attached))),
             Err(err) => match fallback_reason(&err) {
                 Some(reason) => {
                     warn!(iface, reason = %reason, "XDP capture is not possible here; falling back to AF_PACKET");
@@ -205,7 +205,7 @@ pub fn open(iface: &str, settings: &SourceSettings) -> Result<Source, SourceErro
     let socket = PacketSocket::open(iface, ifindex, &af)
         .map_err(|source| SourceError::AfPacket { fallback, source })?;
     info!(iface, "AF_PACKET capture started");
-    Ok(Source::AfPacket(socket))
+    Ok(Capture::AfPacket(socket))
 }
 
 #[cfg(test)]

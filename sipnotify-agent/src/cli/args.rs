@@ -5,9 +5,13 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum, builder::PossibleValue};
 
-use crate::{bpf::AttachMode, capture::source::CaptureMode, logging::LogFormat, replay::Speed};
+use crate::{
+    bpf::AttachMode,
+    capture::{file::Speed, source::CaptureMode},
+    logging::LogFormat,
+};
 
-/// The bridge endpoint of the reference site (design.md).
+/// The bridge endpoint of the reference site: the WebRTC bridge runs on the Asterisk host.
 pub const DEFAULT_BRIDGE_URL: &str = "https://127.0.0.1:8000/genesys-call-notify";
 /// Environment variable that may hold the bridge's bearer token (never a flag: argv is public).
 pub const TOKEN_ENV: &str = "SIPNOTIFY_BRIDGE_TOKEN";

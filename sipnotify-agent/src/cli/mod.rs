@@ -1,4 +1,5 @@
-//! The command line (design.md's contract): `run`, `replay`, `doctor`. This module owns every
+//! The command line, the agent's contract with operators and packaging: `run`, `replay`,
+//! `doctor`, each with flags, `SIPNOTIFY_*` variables and a config file. This module owns every
 //! clap type and every default; nothing outside it sees clap.
 //!
 //! - `args`: the clap types, their defaults and help;

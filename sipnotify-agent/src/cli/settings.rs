@@ -23,6 +23,7 @@ use crate::{
     doctor::DoctorSettings,
     logging::LogSettings,
     pipeline::PipelineSettings,
+    reassembly::ReassemblySettings,
     replay::ReplaySettings,
     run::RunSettings,
     sink::{
@@ -320,6 +321,9 @@ fn pipeline_settings(args: &PipelineArgs) -> Result<PipelineSettings, SettingsEr
             window: args.dedup_window,
             max_entries: args.dedup_max_entries,
         },
+        // No flags: the defaults are sized for any NOTIFY (see `reassembly::fragment` and
+        // `reassembly::tcp`), and bounded in memory.
+        reassembly: ReassemblySettings::default(),
     })
 }
 

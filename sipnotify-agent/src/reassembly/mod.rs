@@ -1,9 +1,10 @@
 //! Reassembly of what reaches the agent in pieces: IP fragments ([`fragment`]) and SIP
-//! messages carried over TCP ([`tcp`]), joined by [`Reassembly`] into the records the
-//! pipeline takes.
+//! messages carried over TCP ([`tcp`]), joined by [`Reassembly`], the pipeline's reassembly
+//! stage, into whole NOTIFY records. The pipeline (`crate::pipeline`) routes the IP-packet
+//! records here, owns the one instance every source shares, and drives its clock.
 //!
-//! Both reassemblers are plain, synchronous state machines driven by the caller's clock
-//! (capture time in `replay`, monotonic time live), bounded in memory, and they count every
+//! Both reassemblers are plain, synchronous state machines driven by the pipeline's clock
+//! (capture time for a file, monotonic time live), bounded in memory, and they count every
 //! piece they give up by reason. Neither panics on hostile input: the fuzz target
 //! `fuzz/fuzz_targets/reassembly.rs` holds them to that.
 
@@ -13,13 +14,13 @@ pub mod tcp;
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use sipnotify_common::{
-    EventHeader, FLAG_IP_PACKET, SipConfig,
+    EventHeader, SipConfig,
     decide::check_payload,
     net::{IPPROTO_TCP, IPPROTO_UDP},
 };
 use tracing::{info, warn};
 
-use crate::capture::record::Record;
+use crate::record::Record;
 use fragment::{FragmentReassembler, FragmentSettings, FragmentStats, IpPacket};
 pub use tcp::Count;
 use tcp::{FlowKey, TcpReassembler, TcpSettings, TcpStats};
@@ -132,20 +133,13 @@ impl Reassembly {
     /// Feeds one IP packet (`l3` starts at its IP header), received at `now`: a fragment of
     /// any datagram, or a TCP segment (segments to unwatched ports are ignored; whole UDP
     /// datagrams are the capture decision's, not this stage's). Every NOTIFY this completes
-    /// goes to `deliver`.
-    pub fn push_ip(&mut self, now: Duration, l3: &[u8], deliver: &mut impl FnMut(&Record<'_>)) {
+    /// goes to `emit`.
+    pub fn push_ip(&mut self, now: Duration, l3: &[u8], emit: &mut impl FnMut(&Record<'_>)) {
         match fragment::parse_ip(l3) {
             Ok(IpPacket::Fragment(piece)) => {
                 if let Some(datagram) = self.fragments.push(now, piece) {
                     let key = datagram.key;
-                    self.upper_layer(
-                        now,
-                        key.src,
-                        key.dst,
-                        key.protocol,
-                        &datagram.payload,
-                        deliver,
-                    );
+                    self.upper_layer(now, key.src, key.dst, key.protocol, &datagram.payload, emit);
                 }
             }
             Ok(IpPacket::Whole {
@@ -153,43 +147,41 @@ impl Reassembly {
                 dst,
                 protocol: IPPROTO_TCP,
                 payload,
-            }) => self.upper_layer(now, src, dst, IPPROTO_TCP, payload, deliver),
+            }) => self.upper_layer(now, src, dst, IPPROTO_TCP, payload, emit),
             Ok(IpPacket::Whole { .. }) => {}
             Err(err) => *self.unreadable.entry(err.reason()).or_default() += 1,
         }
     }
 
-    /// Hands `record` on: a whole NOTIFY as it is, an IP packet ([`FLAG_IP_PACKET`]) through
-    /// reassembly, as of `now`. A packet the capture cut short cannot be put back: it is
+    /// Feeds one IP-packet record (`sipnotify_common::FLAG_IP_PACKET`; the pipeline routes
+    /// them here) as of `now`. A packet the capture cut short cannot be put back: it is
     /// counted as `ip_packet_truncated`, and its flow resynchronises after the gap.
-    pub fn push_record(
+    pub fn push_packet(
         &mut self,
         now: Duration,
         record: &Record<'_>,
-        deliver: &mut impl FnMut(&Record<'_>),
+        emit: &mut impl FnMut(&Record<'_>),
     ) {
-        if record.header.flags & FLAG_IP_PACKET == 0 {
-            deliver(record);
-        } else if record.truncated() {
+        if record.truncated() {
             *self.unreadable.entry("ip_packet_truncated").or_default() += 1;
         } else {
-            self.push_ip(now, record.payload, deliver);
+            self.push_ip(now, record.payload, emit);
         }
     }
 
     /// Closes what timed out (fragments and idle flows) at `now`.
-    pub fn expire(&mut self, now: Duration, deliver: &mut impl FnMut(&Record<'_>)) {
+    pub fn expire(&mut self, now: Duration, emit: &mut impl FnMut(&Record<'_>)) {
         self.fragments.expire(now);
         self.tcp.expire(now, &mut |key, message| {
-            deliver(&tcp_record(now, key, message))
+            emit(&tcp_record(now, key, message))
         });
     }
 
     /// Gives up every open gap and flow (the capture ended at `now`), handing on the NOTIFYs
     /// that complete, and counts the incomplete datagrams.
-    pub fn finish(&mut self, now: Duration, deliver: &mut impl FnMut(&Record<'_>)) {
+    pub fn finish(&mut self, now: Duration, emit: &mut impl FnMut(&Record<'_>)) {
         self.tcp
-            .finish(&mut |key, message| deliver(&tcp_record(now, key, message)));
+            .finish(&mut |key, message| emit(&tcp_record(now, key, message)));
         self.fragments.expire(Duration::MAX);
     }
 
@@ -231,7 +223,7 @@ impl Reassembly {
         dst: IpAddr,
         protocol: u8,
         l4: &[u8],
-        deliver: &mut impl FnMut(&Record<'_>),
+        emit: &mut impl FnMut(&Record<'_>),
     ) {
         match protocol {
             IPPROTO_UDP => {
@@ -251,7 +243,7 @@ impl Reassembly {
                 let mut header = record_header(now, src, dst, payload.len());
                 header.src_port = u16::from_be_bytes([l4[0], l4[1]]);
                 header.dst_port = dst_port;
-                deliver(&Record { header, payload });
+                emit(&Record { header, payload });
             }
             IPPROTO_TCP => {
                 let segment = match tcp::parse_segment(src, dst, l4) {
@@ -265,7 +257,7 @@ impl Reassembly {
                     return;
                 }
                 self.tcp.push(now, segment, &mut |key, message| {
-                    deliver(&tcp_record(now, key, message));
+                    emit(&tcp_record(now, key, message));
                 });
             }
             _ => {}
@@ -376,47 +368,6 @@ mod tests {
             ("[2001:db8::1]:40000", "[2001:db8::2]:5061")
         );
         assert_eq!(out[0].3, message);
-    }
-
-    fn ip_record(packet: &[u8], flags: u16) -> Record<'_> {
-        Record {
-            header: EventHeader {
-                flags,
-                captured_len: packet.len() as u32,
-                payload_len: packet.len() as u32,
-                ..EventHeader::default()
-            },
-            payload: packet,
-        }
-    }
-
-    #[test]
-    fn records_go_on_whole_or_through_reassembly_by_their_flag() {
-        let mut stage = Reassembly::new(ReassemblySettings::default(), &[5061]);
-        let mut out: Vec<Vec<u8>> = Vec::new();
-        let now = Duration::from_secs(1);
-        // A whole NOTIFY goes on as it is.
-        let whole = ip_record(b"NOTIFY sip:a@b SIP/2.0\r\n\r\n", 0);
-        stage.push_record(now, &whole, &mut |r| out.push(r.payload.to_vec()));
-        assert_eq!(out, [whole.payload.to_vec()]);
-        // IP packets are put together first: two fragments give one NOTIFY.
-        let notify = big(b"");
-        let pieces = ipv4_fragments(7, 17, &udp(5060, 5061, &notify), &[1480]);
-        for piece in &pieces {
-            let record = ip_record(piece, FLAG_IP_PACKET);
-            stage.push_record(now, &record, &mut |r| out.push(r.payload.to_vec()));
-        }
-        assert_eq!(out.len(), 2);
-        assert_eq!(out[1], notify);
-        // A packet the capture cut short cannot be put back: counted, not parsed.
-        let cut = ip_record(
-            &pieces[0][..100],
-            FLAG_IP_PACKET | sipnotify_common::FLAG_TRUNCATED,
-        );
-        stage.push_record(now, &cut, &mut |r| out.push(r.payload.to_vec()));
-        assert_eq!(out.len(), 2);
-        let lost: BTreeMap<&str, u64> = stage.stats().losses().collect();
-        assert_eq!(lost.get("ip_packet_truncated"), Some(&1));
     }
 
     #[test]

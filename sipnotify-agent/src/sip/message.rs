@@ -1,7 +1,9 @@
 //! A whole SIP message (request or response), in the spirit of `httparse`: [`parse_message`]
-//! fills caller-provided [`Header`] slots and frames the body by Content-Length, for tests and
-//! tools that want every header. The NOTIFY parser (`sip::parse`) walks [`Headers`] itself
-//! and keeps only the fields it needs.
+//! fills caller-provided [`Header`] slots and frames the body by Content-Length. The agent
+//! never calls it: the NOTIFY parser (`sip::parse`) walks [`Headers`] itself and keeps only the
+//! fields it needs. It stays public because the parse fuzzer (`fuzz/fuzz_targets/parse.rs`)
+//! drives the header layer through it with every header kept, and the corpus tests
+//! (`tests/sip_corpus.rs`) check the header layer against whole messages of any method.
 
 use super::{
     error::ParseError,

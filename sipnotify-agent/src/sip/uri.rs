@@ -222,11 +222,6 @@ impl<'a> Dn<'a> {
         self.raw
     }
 
-    /// Whether it came from a tel URI.
-    pub fn is_tel(&self) -> bool {
-        self.tel
-    }
-
     /// Whether [`Dn::bytes`] differs from [`Dn::raw`].
     pub fn needs_decoding(&self) -> bool {
         if self.tel {
@@ -465,7 +460,10 @@ mod tests {
         assert!(dn.needs_decoding());
         assert_eq!(dn.to_string_lossy(), "\u{e9}\u{fffd}");
         let dn = dn_of(b"tel:+1-555").unwrap();
-        assert!(dn.is_tel() && dn.needs_decoding());
+        assert!(
+            dn.needs_decoding(),
+            "visual separators are dropped from tel numbers"
+        );
         assert_eq!(dn.to_string_lossy(), "+1555");
         let dn = dn_of(b"sip:\xff@h").unwrap();
         assert_eq!(dn.to_string_lossy(), "\u{fffd}");

@@ -1,20 +1,23 @@
-//! One captured NOTIFY record: the shared [`EventHeader`] plus the UDP payload, from the live
-//! ring buffer or built by the replay.
+//! What every source hands the pipeline: a [`Record`], the shared [`EventHeader`] (addresses,
+//! ports, flags, lengths, a timestamp) plus the payload bytes, and the clock that dates the
+//! kernel's records ([`MonotonicClock`]).
 //!
-//! The kernel's records are decoded here with length checks first, since a record that does
-//! not match the ABI must be counted and skipped, never read past its end.
+//! A record is either a whole NOTIFY (its UDP payload, or a message reassembly put together)
+//! or, flagged [`FLAG_IP_PACKET`], an IP packet for the pipeline's reassembly stage. The
+//! kernel's records are decoded here with length checks first, since a record that does not
+//! match the ABI must be counted and skipped, never read past its end.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
-use sipnotify_common::{EVENT_HEADER_LEN, EventHeader};
+use sipnotify_common::{EVENT_HEADER_LEN, EventHeader, FLAG_IP_PACKET};
 
 use crate::event::CaptureMeta;
 
-/// One captured UDP payload with its capture header.
+/// One captured NOTIFY (or IP packet, [`FLAG_IP_PACKET`]) with its capture header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record<'a> {
     /// Capture metadata written by the program (or built by the replay).
@@ -85,6 +88,27 @@ impl<'a> Record<'a> {
         )
     }
 
+    /// An IP packet (`l3` starts at its IPv4 or IPv6 header) for the reassembly stage, captured
+    /// at `timestamp_ns`; its addresses are read from the packet there.
+    pub fn ip_packet(l3: &'a [u8], timestamp_ns: u64) -> Self {
+        let len = u32::try_from(l3.len()).unwrap_or(u32::MAX);
+        Self {
+            header: EventHeader {
+                timestamp_ns,
+                payload_len: len,
+                captured_len: len,
+                flags: FLAG_IP_PACKET,
+                ..EventHeader::default()
+            },
+            payload: l3,
+        }
+    }
+
+    /// Whether this is an IP packet for reassembly rather than a whole NOTIFY.
+    pub fn is_ip_packet(&self) -> bool {
+        self.header.flags & FLAG_IP_PACKET != 0
+    }
+
     /// Whether the payload was cut short.
     pub fn truncated(&self) -> bool {
         self.header.flags & sipnotify_common::FLAG_TRUNCATED != 0
@@ -109,9 +133,63 @@ fn ip(version: u8, bytes: [u8; 16]) -> IpAddr {
     }
 }
 
+/// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
+///
+/// The offset is taken once at start; the daemon's lifetime is far shorter than the drift
+/// NTP slewing could introduce between the two clocks in a way that matters for latency.
+#[derive(Clone, Copy, Debug)]
+pub struct MonotonicClock {
+    /// Wall-clock time at monotonic zero.
+    epoch: SystemTime,
+}
+
+impl MonotonicClock {
+    /// Samples both clocks now.
+    pub fn new() -> Self {
+        let mono = monotonic_now();
+        let wall = SystemTime::now();
+        Self {
+            epoch: wall.checked_sub(mono).unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
+
+    /// Wall-clock time of a `bpf_ktime_get_ns()` timestamp.
+    pub fn wall_time(&self, monotonic_ns: u64) -> SystemTime {
+        self.epoch + Duration::from_nanos(monotonic_ns)
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// CLOCK_MONOTONIC now: the clock `bpf_ktime_get_ns()` reads.
+pub fn monotonic_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the duration of the call; CLOCK_MONOTONIC always
+    // exists on Linux, so the call cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn monotonic_timestamps_map_to_now() {
+        let clock = MonotonicClock::new();
+        let now = clock.wall_time(monotonic_now().as_nanos() as u64);
+        let skew = now
+            .duration_since(SystemTime::now())
+            .unwrap_or_else(|e| e.duration());
+        assert!(skew < Duration::from_millis(50), "skew {skew:?}");
+    }
 
     fn record_bytes(header: EventHeader, payload: &[u8]) -> Vec<u8> {
         let mut bytes = vec![0u8; EVENT_HEADER_LEN];
