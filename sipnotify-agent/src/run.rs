@@ -94,6 +94,7 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
             queue: stage.output().clone(),
             attached: source.attached(),
             bridge: bridge_health,
+            process: metrics_process::Collector::default(),
         });
         tokio::spawn(telemetry::serve(listener, sources, stop_telemetry.clone()));
     }

@@ -5,6 +5,12 @@
 //! shows current values without a polling task. `/healthz` answers 200 once every program is
 //! attached and the bridge has answered at least once (or no bridge is configured), and 503
 //! with the reason otherwise.
+//!
+//! Names follow Prometheus's conventions (base units, `_total` on counters), and the endpoint
+//! carries what every exporter has: `sipnotify_build_info` and the `process_*` metrics
+//! (`metrics-process`, read from `/proc` at scrape). Series that alerts and dashboards use are
+//! registered at zero when the recorder is installed ([`seed`]): a counter that first appears
+//! at 5 is a jump `increase()` never sees, and a missing series is a panel with "No data".
 
 use std::{
     convert::Infallible,
@@ -48,16 +54,67 @@ pub enum TelemetryError {
     },
 }
 
-/// Installs the process-wide Prometheus recorder.
+/// Installs the process-wide Prometheus recorder, with the build information and the series
+/// that must exist before their first event.
 pub fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("sipnotify_delivery_latency_seconds".into()),
             LATENCY_BUCKETS,
         )
         .map_err(|e| TelemetryError::Recorder(e.to_string()))?
         .install_recorder()
-        .map_err(|e| TelemetryError::Recorder(e.to_string()))
+        .map_err(|e| TelemetryError::Recorder(e.to_string()))?;
+    seed();
+    Ok(handle)
+}
+
+/// Drop reasons counted away from the capture readers (`capture_ring_full` is per interface,
+/// written at scrape from the capture counters).
+const DROP_REASONS: &[&str] = &[
+    "queue_full",
+    "spool_full",
+    "spool_corrupt",
+    "max_age",
+    "rejected",
+    "shutdown",
+    "closed",
+];
+
+/// The bridge's answers, as `sipnotify_deliveries_total{outcome}` labels them.
+const DELIVERY_OUTCOMES: &[&str] = &["delivered", "errored", "rejected"];
+
+/// Registers `sipnotify_build_info` and, at zero, every series an alert or a dashboard panel
+/// reads that would otherwise appear only with its first event.
+fn seed() {
+    metrics::gauge!(
+        "sipnotify_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "ebpf" => if crate::bpf::OBJECT.is_empty() { "false" } else { "true" }
+    )
+    .set(1.0);
+    for reason in DROP_REASONS {
+        metrics::counter!("sipnotify_dropped_total", "reason" => *reason).absolute(0);
+    }
+    for (reason, _) in crate::reassembly::ReassemblyStats::default().losses() {
+        metrics::counter!("sipnotify_reassembly_lost_total", "reason" => reason).absolute(0);
+    }
+    // The HEP source's refusals for a wrong key, alerted on whether or not HEP is in use.
+    metrics::counter!("sipnotify_hep_packets_total", "outcome" => "auth_failed").absolute(0);
+    for outcome in DELIVERY_OUTCOMES {
+        metrics::counter!("sipnotify_deliveries_total", "outcome" => *outcome).absolute(0);
+    }
+    for name in [
+        "sipnotify_records_total",
+        "sipnotify_notifications_total",
+        "sipnotify_retries_total",
+        "sipnotify_reassembly_discarded_bytes_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    let process = metrics_process::Collector::default();
+    process.describe();
+    process.collect();
 }
 
 /// How often histogram samples are folded into their buckets when nobody scrapes.
@@ -90,6 +147,8 @@ pub struct Sources {
     pub attached: Arc<AtomicBool>,
     /// Whether the bridge has answered; `None` when no bridge is configured.
     pub bridge: Option<BridgeHealth>,
+    /// The `process_*` metrics, read from `/proc` at each scrape.
+    pub process: metrics_process::Collector,
 }
 
 impl Sources {
@@ -118,6 +177,7 @@ impl Sources {
             }
         }
         metrics::gauge!("sipnotify_queue_depth").set(self.queue.len() as f64);
+        self.process.collect();
         self.handle.render()
     }
 

@@ -201,8 +201,11 @@ impl Delivery {
         let acks = self.acks.clone();
         let drops = Arc::clone(&self.drops);
         let backlog_queue = queue.clone();
+        let answered = self.health.has_answered();
         let shared = self.http.map(|http| {
-            metrics::gauge!("sipnotify_bridge_up").set(0.0);
+            // Up if the check before capture got an answer: an idle agent whose bridge
+            // answered must not look like one whose bridge is down.
+            metrics::gauge!("sipnotify_bridge_up").set(if answered { 1.0 } else { 0.0 });
             Arc::new(Shared {
                 acks: acks.clone(),
                 drops: Arc::clone(&drops),

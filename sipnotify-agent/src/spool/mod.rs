@@ -52,6 +52,9 @@ pub async fn run(
     output: NotificationQueue,
     drops: Arc<DropLog>,
 ) -> Spool {
+    // The bound, so an alert can compare `sipnotify_spool_bytes` with it.
+    metrics::gauge!("sipnotify_spool_max_bytes").set(spool.settings().max_bytes as f64);
+    publish(spool.gauges());
     let mut batch = Vec::with_capacity(BATCH);
     let mut read = Vec::new();
     let mut tick = tokio::time::interval(spool.settings().fsync_every);
