@@ -33,6 +33,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("zstd", "zstd"),
     ("dpkg-deb", "dpkg"),
     ("apt-get", "apt"),
+    ("promtool", "prometheus"),
 ];
 
 /// Runs every setup step that is not already satisfied.
