@@ -104,6 +104,8 @@ fn seed() {
     for outcome in DELIVERY_OUTCOMES {
         metrics::counter!("sipnotify_deliveries_total", "outcome" => *outcome).absolute(0);
     }
+    // Rendered with empty buckets until the first delivery.
+    let _registered = metrics::histogram!("sipnotify_delivery_latency_seconds");
     for name in [
         "sipnotify_records_total",
         "sipnotify_notifications_total",

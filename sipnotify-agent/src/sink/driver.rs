@@ -133,9 +133,12 @@ impl Delivery {
             return Ok(None);
         };
         let check = http.check().await?;
-        if let BridgeCheck::Answered { .. } = check {
+        let answered = matches!(check, BridgeCheck::Answered { .. });
+        if answered {
             self.health.mark_answered();
         }
+        // Before capture, so `/metrics` has it from the first scrape.
+        publish_bridge_up(answered);
         Ok(Some(check))
     }
 
@@ -203,9 +206,7 @@ impl Delivery {
         let backlog_queue = queue.clone();
         let answered = self.health.has_answered();
         let shared = self.http.map(|http| {
-            // Up if the check before capture got an answer: an idle agent whose bridge
-            // answered must not look like one whose bridge is down.
-            metrics::gauge!("sipnotify_bridge_up").set(if answered { 1.0 } else { 0.0 });
+            publish_bridge_up(answered);
             Arc::new(Shared {
                 acks: acks.clone(),
                 drops: Arc::clone(&drops),
@@ -391,7 +392,7 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .down_since
             .take();
-        metrics::gauge!("sipnotify_bridge_up").set(1.0);
+        publish_bridge_up(true);
         if let Some(since) = down_since {
             tracing::info!(
                 url = %self.http.url(),
@@ -414,7 +415,7 @@ impl Shared {
                 }
             }
         };
-        metrics::gauge!("sipnotify_bridge_up").set(0.0);
+        publish_bridge_up(false);
         let check = what_to_check(error, self.http.url());
         if let SendError::UntrustedCertificate { .. } = error {
             // A configuration error found after capture began (the check before capture
@@ -892,6 +893,13 @@ impl<W: AsyncWrite + Unpin + Send> Run<W> {
             None => Ok(report),
         }
     }
+}
+
+/// `sipnotify_bridge_up`: until the first request, whether the check before capture got an
+/// answer (an idle agent whose bridge answered must not look like one whose bridge is down);
+/// then set by every request.
+fn publish_bridge_up(up: bool) {
+    metrics::gauge!("sipnotify_bridge_up").set(if up { 1.0 } else { 0.0 });
 }
 
 /// Whether the bridge has answered at least once (any HTTP status), for `/healthz`.
