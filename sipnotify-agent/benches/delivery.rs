@@ -23,7 +23,7 @@ use sipnotify_agent::{
     cli::{DeliveryArgs, sink_settings},
     event::{CaptureMeta, Notification},
     queue::NotificationQueue,
-    sink::deliver,
+    sink::Delivery,
 };
 use sipnotify_testkit::{BridgeOptions, TestBridge, proc::threads_cpu_seconds};
 use tokio::runtime::Runtime;
@@ -56,7 +56,6 @@ fn notification(i: u32) -> Notification {
             dst: (Ipv4Addr::new(192, 0, 2, 20), 5061).into(),
             iface: None,
         },
-        spool_id: None,
     }
 }
 
@@ -104,9 +103,8 @@ fn run(
     let bridge_cpu = threads_cpu(BRIDGE_THREADS);
     let started = Instant::now();
     // Spawned, so the driver runs on the agent's workers rather than this thread.
-    let report = agent
-        .block_on(agent.spawn(deliver(queue, settings, CancellationToken::new())))?
-        .map_err(|failed| anyhow::anyhow!("{failed}"))?;
+    let delivery = Delivery::new(settings)?;
+    let report = agent.block_on(agent.spawn(delivery.run(queue, CancellationToken::new())))?;
     let elapsed = started.elapsed();
     let agent_cpu = threads_cpu(AGENT_THREADS).saturating_sub(agent_cpu);
     let bridge_cpu = threads_cpu(BRIDGE_THREADS).saturating_sub(bridge_cpu);

@@ -43,9 +43,6 @@ pub struct Notification {
     pub extra_headers: Vec<(String, String)>,
     /// Capture metadata.
     pub meta: CaptureMeta,
-    /// Its record id in the spool, when it came through one (acknowledged by id); not part of
-    /// the JSON.
-    pub spool_id: Option<u64>,
 }
 
 /// Which optional members the JSON object carries.
@@ -167,7 +164,6 @@ pub(crate) mod tests {
                 dst: (Ipv4Addr::new(10, 0, 0, 2), 5061).into(),
                 iface: Some("eth0".into()),
             },
-            spool_id: None,
         }
     }
 

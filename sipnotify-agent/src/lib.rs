@@ -2,7 +2,7 @@
 //! `X-Genesys-CallUUID` to the WebRTC bridge.
 //!
 //! A NOTIFY's way: `capture` (a source yields `record::Record`s) → `pipeline` (`reassembly`
-//! of IP packets → `sip` parse → `dedup`) → the stage (`spool` on disk, or the memory `queue`)
+//! of IP packets → `sip` parse → `dedup`) → `stage` (the `spool` on disk, or the memory `queue`)
 //! → `sink` (delivery to the bridge, stdout), wired by `wiring`; see `docs/ARCHITECTURE.md`.
 //! The binary (`src/main.rs`) is a thin shell over this library so every stage can be tested
 //! without root.
@@ -15,7 +15,7 @@ pub mod doctor;
 pub mod error;
 pub mod event;
 pub mod logging;
-pub mod oplog;
+pub mod loss;
 pub mod pipeline;
 pub mod queue;
 pub mod reassembly;
@@ -25,6 +25,7 @@ pub mod run;
 pub mod sink;
 pub mod sip;
 pub mod spool;
+pub mod stage;
 pub mod telemetry;
 pub mod tls_alarm;
 pub mod wiring;

@@ -14,7 +14,7 @@
 //! stderr is the journal when `JOURNAL_STREAM` names its device and inode, as systemd sets it
 //! (a variable merely inherited by a process whose stderr was redirected does not match).
 
-use std::{fmt, io::IsTerminal as _};
+use std::{fmt, io::IsTerminal as _, time::Duration};
 
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::{
@@ -187,9 +187,45 @@ where
     }
 }
 
+/// A duration as people write it: `850ms`, `3.2s`, `4m 10s`, `2h 5m`.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1_000 {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs();
+    if secs < 60 {
+        let tenths = (d.as_millis() + 50) / 100;
+        return if tenths.is_multiple_of(10) {
+            format!("{}s", tenths / 10)
+        } else {
+            format!("{}.{}s", tenths / 10, tenths % 10)
+        };
+    }
+    if secs < 3_600 {
+        return format!("{}m {}s", secs / 60, secs % 60);
+    }
+    format!("{}h {}m", secs / 3_600, (secs % 3_600) / 60)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        let cases = [
+            (Duration::from_micros(850_400), "850ms"),
+            (Duration::from_millis(3_249), "3.2s"),
+            (Duration::from_millis(3_793), "3.8s"),
+            (Duration::from_secs(5), "5s"),
+            (Duration::from_secs(250), "4m 10s"),
+            (Duration::from_secs(7_500), "2h 5m"),
+        ];
+        for (d, text) in cases {
+            assert_eq!(human(d), text, "{d:?}");
+        }
+    }
 
     const PIPE: Surroundings = Surroundings {
         terminal: false,

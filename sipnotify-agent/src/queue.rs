@@ -1,4 +1,4 @@
-//! The bounded hand-off between the capture path and the delivery driver.
+//! The bounded hand-offs between the capture path, the stage and the delivery loop.
 //!
 //! The producer is the ring-buffer reader: if it waited, the kernel ring buffer would fill and
 //! lose NOTIFYs it cannot count per call. So `push` never waits; when the queue is full it
@@ -16,7 +16,7 @@ use std::{
 use metrics::Counter;
 use tokio::sync::Notify;
 
-use crate::event::Notification;
+use crate::{event::Notification, loss::Loss};
 
 /// What happened to a pushed notification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,14 +30,14 @@ pub enum Pushed {
 }
 
 #[derive(Debug)]
-struct State {
-    items: VecDeque<Notification>,
+struct State<T> {
+    items: VecDeque<T>,
     closed: bool,
 }
 
 #[derive(Debug)]
-struct Inner {
-    state: Mutex<State>,
+struct Inner<T> {
+    state: Mutex<State<T>>,
     /// Wakes consumers on push and on close.
     ready: Notify,
     /// Wakes a producer waiting for room (the spool) when notifications are taken.
@@ -50,13 +50,24 @@ struct Inner {
     dropped_closed: Counter,
 }
 
-/// A bounded multi-producer multi-consumer queue of notifications. Cloning shares the queue.
-#[derive(Clone, Debug)]
-pub struct NotificationQueue {
-    inner: Arc<Inner>,
+/// A bounded multi-producer multi-consumer queue. Cloning shares the queue.
+#[derive(Debug)]
+pub struct Queue<T> {
+    inner: Arc<Inner<T>>,
 }
 
-impl NotificationQueue {
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+/// The queue the pipeline pushes parsed notifications into.
+pub type NotificationQueue = Queue<Notification>;
+
+impl<T> Queue<T> {
     /// An empty queue holding at most `capacity` notifications (at least 1).
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
@@ -71,14 +82,14 @@ impl NotificationQueue {
                 room: Notify::new(),
                 dropped: AtomicU64::new(0),
                 capacity,
-                dropped_full: metrics::counter!("sipnotify_dropped_total", "reason" => "queue_full"),
-                dropped_closed: metrics::counter!("sipnotify_dropped_total", "reason" => "closed"),
+                dropped_full: Loss::QueueFull.counter(),
+                dropped_closed: Loss::Closed.counter(),
             }),
         }
     }
 
     /// Queues `n` without waiting, dropping the oldest notification when full.
-    pub fn push(&self, n: Notification) -> Pushed {
+    pub fn push(&self, n: T) -> Pushed {
         let outcome = {
             let mut state = self.lock();
             if state.closed {
@@ -112,7 +123,7 @@ impl NotificationQueue {
 
     /// The next notification, waiting for one; `None` once the queue is closed and drained.
     /// Cancel-safe: nothing is taken unless the future completes.
-    pub async fn pop(&self) -> Option<Notification> {
+    pub async fn pop(&self) -> Option<T> {
         let mut out = Vec::with_capacity(1);
         self.pop_batch(1, &mut out).await;
         out.pop()
@@ -121,7 +132,22 @@ impl NotificationQueue {
     /// Waits until at least one notification is queued, then moves up to `max` of them (in
     /// order) to the end of `out` and returns how many. Returns 0 only once the queue is closed
     /// and drained (or when `max` is 0). Cancel-safe.
-    pub async fn pop_batch(&self, max: usize, out: &mut Vec<Notification>) -> usize {
+    pub async fn pop_batch(&self, max: usize, out: &mut Vec<T>) -> usize {
+        self.pop_into::<T, _>(max, out).await
+    }
+
+    /// [`Queue::pop_batch`] into a deque of what the items convert into.
+    pub async fn pop_batch_into<U>(&self, max: usize, out: &mut VecDeque<U>) -> usize
+    where
+        T: Into<U>,
+    {
+        self.pop_into::<U, _>(max, out).await
+    }
+
+    async fn pop_into<U, E: Extend<U>>(&self, max: usize, out: &mut E) -> usize
+    where
+        T: Into<U>,
+    {
         if max == 0 {
             return 0;
         }
@@ -153,7 +179,22 @@ impl NotificationQueue {
     }
 
     /// Moves up to `max` queued notifications to `out` without waiting; returns how many.
-    pub fn try_pop_batch(&self, max: usize, out: &mut Vec<Notification>) -> usize {
+    pub fn try_pop_batch(&self, max: usize, out: &mut Vec<T>) -> usize {
+        self.try_pop_into::<T, _>(max, out)
+    }
+
+    /// [`Queue::try_pop_batch`] into a deque of what the items convert into.
+    pub fn try_pop_batch_into<U>(&self, max: usize, out: &mut VecDeque<U>) -> usize
+    where
+        T: Into<U>,
+    {
+        self.try_pop_into::<U, _>(max, out)
+    }
+
+    fn try_pop_into<U, E: Extend<U>>(&self, max: usize, out: &mut E) -> usize
+    where
+        T: Into<U>,
+    {
         let taken = take(&mut self.lock().items, max, out);
         if taken > 0 {
             self.inner.room.notify_one();
@@ -216,7 +257,7 @@ impl NotificationQueue {
         self.inner.capacity
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
         // The critical sections cannot panic half-way through an update, so a poisoned lock
         // still guards a consistent queue.
         self.inner
@@ -226,9 +267,9 @@ impl NotificationQueue {
     }
 }
 
-fn take(items: &mut VecDeque<Notification>, max: usize, out: &mut Vec<Notification>) -> usize {
+fn take<T: Into<U>, U, E: Extend<U>>(items: &mut VecDeque<T>, max: usize, out: &mut E) -> usize {
     let n = items.len().min(max);
-    out.extend(items.drain(..n));
+    out.extend(items.drain(..n).map(Into::into));
     n
 }
 

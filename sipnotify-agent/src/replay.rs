@@ -260,7 +260,9 @@ pub async fn replay_to<W: AsyncWrite + Unpin + Send + 'static>(
     out: W,
 ) -> Result<ReplaySummary, ReplayFailure> {
     let capacity = settings.delivery.queue_capacity;
-    let delivery = Delivery::new(settings.delivery).map_err(ReplayError::from)?;
+    let delivery = Delivery::new(settings.delivery)
+        .map_err(ReplayError::from)?
+        .with_stdout(out);
 
     let path = settings.file.clone();
     let (reader, size) = open(&path)?;
@@ -281,7 +283,7 @@ pub async fn replay_to<W: AsyncWrite + Unpin + Send + 'static>(
     let source = FileSource::new(reader, &settings.ports, settings.speed, progress_bar(size));
     // Everything read is delivered: with the bridge down, delivery keeps retrying until it
     // answers or a signal arrives, which leaves --shutdown-timeout to finish.
-    let finished = wiring::wire(source, pipeline, delivery, stage, out)
+    let finished = wiring::wire(source, pipeline, delivery, stage)
         .await
         .map_err(|err| ReplayError::Delivery(format!("cannot install a signal handler: {err}")))?;
     finished.log_summary(0);
@@ -296,8 +298,7 @@ pub async fn replay_to<W: AsyncWrite + Unpin + Send + 'static>(
         }
     };
     let (report, delivery_error) = match delivered {
-        Ok(Ok(report)) => (report, None),
-        Ok(Err(failed)) => (failed.report, Some(failed.error.to_string())),
+        Ok(report) => (report, None),
         Err(join) => (
             DeliveryReport::default(),
             Some(format!("the delivery task failed: {join}")),

@@ -91,7 +91,7 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
         let sources = Arc::new(telemetry::Sources {
             handle: recorder,
             kernel: kernel.clone(),
-            queue: stage.output().clone(),
+            queue: stage.output(),
             attached: source.attached(),
             bridge: bridge_health,
             process: metrics_process::Collector::default(),
@@ -100,7 +100,7 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
     }
     info!(interfaces = capture.ifaces.len(), ports = ?capture.ports, capture = %capture.mode, "capturing");
 
-    let finished = wiring::wire(source, pipeline, delivery, stage, tokio::io::stdout())
+    let finished = wiring::wire(source, pipeline, delivery, stage)
         .await
         .map_err(|source| AgentError::Io {
             context: "cannot install a signal handler",
@@ -117,8 +117,7 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
         .sum();
     finished.log_summary(ring_full);
     match finished.delivery {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(failed)) => Err(AgentError::Delivery(failed.to_string())),
+        Ok(_) => Ok(()),
         Err(join) => Err(AgentError::Delivery(format!(
             "the delivery task failed: {join}"
         ))),

@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::{capture::CaptureCounters, queue::NotificationQueue, sink::BridgeHealth};
+use crate::{capture::CaptureCounters, loss::Loss, sink::BridgeHealth, stage::Output};
 
 /// Latency buckets (seconds) for capture-to-acknowledgement: the goal is a p99 of 5 ms.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -69,18 +69,6 @@ pub fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
     Ok(handle)
 }
 
-/// Drop reasons counted away from the capture readers (`capture_ring_full` is per interface,
-/// written at scrape from the capture counters).
-const DROP_REASONS: &[&str] = &[
-    "queue_full",
-    "spool_full",
-    "spool_corrupt",
-    "max_age",
-    "rejected",
-    "shutdown",
-    "closed",
-];
-
 /// The bridge's answers, as `sipnotify_deliveries_total{outcome}` labels them.
 const DELIVERY_OUTCOMES: &[&str] = &["delivered", "errored", "rejected"];
 
@@ -93,8 +81,12 @@ fn seed() {
         "ebpf" => if crate::bpf::OBJECT.is_empty() { "false" } else { "true" }
     )
     .set(1.0);
-    for reason in DROP_REASONS {
-        metrics::counter!("sipnotify_dropped_total", "reason" => *reason).absolute(0);
+    // Every loss but `capture_ring_full`, which is per interface, written at scrape from the
+    // capture counters.
+    for loss in Loss::ALL {
+        if loss != Loss::CaptureRingFull {
+            loss.counter().absolute(0);
+        }
     }
     for (reason, _) in crate::reassembly::ReassemblyStats::default().losses() {
         metrics::counter!("sipnotify_reassembly_lost_total", "reason" => reason).absolute(0);
@@ -144,7 +136,7 @@ pub struct Sources {
     /// Capture counters per interface.
     pub kernel: Arc<[(Arc<str>, CaptureCounters)]>,
     /// The delivery queue.
-    pub queue: NotificationQueue,
+    pub queue: Output,
     /// Set once every program is attached.
     pub attached: Arc<AtomicBool>,
     /// Whether the bridge has answered; `None` when no bridge is configured.
@@ -170,7 +162,7 @@ impl Sources {
                     // The capture ring's losses belong with every other drop.
                     metrics::counter!(
                         "sipnotify_dropped_total",
-                        "reason" => "capture_ring_full",
+                        "reason" => Loss::CaptureRingFull.label(),
                         "iface" => iface.to_string()
                     )
                     .absolute(values.get(Counter::RingbufFull));

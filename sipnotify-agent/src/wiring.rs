@@ -22,26 +22,24 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::{
-    oplog::{self, DropLog},
+    loss::{self, Loss, Losses},
     pipeline::{Pipeline, Source},
-    sink::{Delivery, DeliveryFailed, DeliveryReport},
-    spool::{Leftover, SpoolError, SpoolSettings, Stage},
+    sink::{Delivery, DeliveryReport},
+    spool::{SpoolError, SpoolSettings},
+    stage::{Leftover, Output, Stage},
 };
 
 /// Opens the stage between the pipeline and `delivery` (the spool in `spool`, or a memory
-/// queue of `capacity`) and connects delivery to its acknowledgements and drop log. Called
+/// queue of `capacity`) and connects delivery to its acknowledgements and loss log. Called
 /// before anything attaches: a spool directory that cannot be used is a configuration error.
-pub fn open_stage(
+pub fn open_stage<W>(
     spool: Option<SpoolSettings>,
     capacity: usize,
-    delivery: Delivery,
-) -> Result<(Stage, Delivery), SpoolError> {
-    let drops = Arc::new(DropLog::default());
-    let stage = Stage::open(spool, capacity, Arc::clone(&drops))?;
-    let mut delivery = delivery.with_drop_log(drops);
-    if let Some(acks) = stage.acks() {
-        delivery = delivery.with_spool_acks(acks);
-    }
+    delivery: Delivery<W>,
+) -> Result<(Stage, Delivery<W>), SpoolError> {
+    let losses = Arc::new(Losses::default());
+    let stage = Stage::open(spool, capacity, Arc::clone(&losses))?;
+    let delivery = delivery.with_stage(stage.acker(), losses);
     Ok((stage, delivery))
 }
 
@@ -50,14 +48,14 @@ pub fn open_stage(
 pub struct Finished<R> {
     /// The source's report, or why its task failed.
     pub source: Result<R, JoinError>,
-    /// What delivery achieved, or why it stopped or its task failed.
-    pub delivery: Result<Result<DeliveryReport, DeliveryFailed>, JoinError>,
+    /// What delivery achieved, or why its task failed.
+    pub delivery: Result<DeliveryReport, JoinError>,
     /// Whether a signal ended reading (or cut the final drain short).
     pub interrupted: bool,
     /// What the spool keeps for the next start.
     pub leftover: Leftover,
-    /// Drops by reason, from the queue, the spool and delivery.
-    pub drops: BTreeMap<&'static str, u64>,
+    /// Losses by reason, from the queues, the spool and delivery.
+    pub losses: BTreeMap<Loss, u64>,
     /// Whether notifications went through the spool.
     pub spooled: bool,
 }
@@ -66,29 +64,35 @@ impl<R> Finished<R> {
     /// Logs the shutdown line counting every outcome; `capture_ring_full` is what the
     /// capture rings lost before any of this saw it (0 for a file).
     pub fn log_summary(&self, capture_ring_full: u64) {
-        let report = match &self.delivery {
-            Ok(Ok(report)) => *report,
-            Ok(Err(failed)) => failed.report,
-            Err(_) => DeliveryReport::default(),
-        };
-        let mut drops = self.drops.clone();
+        let report = self.delivery.as_ref().copied().unwrap_or_default();
+        let mut losses = self.losses.clone();
         if capture_ring_full > 0 {
-            *drops.entry("capture_ring_full").or_default() += capture_ring_full;
+            *losses.entry(Loss::CaptureRingFull).or_default() += capture_ring_full;
         }
-        oplog::summary(&report, &drops, self.leftover, self.spooled);
+        let dropped: u64 = losses.values().sum();
+        info!(
+            delivered = report.delivered,
+            rejected = report.rejected,
+            expired = report.expired,
+            dropped,
+            dropped_by_reason = %loss::by_label(&losses),
+            left_in_spool = self.leftover.in_spool,
+            spool_bytes = self.leftover.spool_bytes,
+            spool = if self.spooled { "on" } else { "off" },
+            "delivery finished"
+        );
     }
 }
 
-/// Runs `source → pipeline → stage → delivery` (JSON lines, if enabled, go to `out`) until the
-/// source runs out, a signal arrives or delivery fails, then shuts down as the module says. `pipeline` pushes into `stage.input()` and `delivery`
-/// comes from [`open_stage`]. Fails only when the signal handlers cannot be installed, before
+/// Runs `source → pipeline → stage → delivery` until the source runs out, a signal arrives or
+/// delivery ends, then shuts down as the module says. `pipeline` pushes into `stage.input()`
+/// and `delivery` comes from [`open_stage`]. Fails only when the signal handlers cannot be installed, before
 /// anything starts.
 pub async fn wire<S, W>(
     source: S,
     pipeline: Pipeline,
-    delivery: Delivery,
+    delivery: Delivery<W>,
     stage: Stage,
-    out: W,
 ) -> io::Result<Finished<S::Report>>
 where
     S: Source,
@@ -96,11 +100,12 @@ where
 {
     let interrupt = CancellationToken::new();
     let signals = watch_signals(interrupt.clone())?;
-    let queue = stage.output().clone();
     let stop_reading = CancellationToken::new();
     let stop_delivery = CancellationToken::new();
-    let mut delivering =
-        tokio::spawn(delivery.run_with_output(queue.clone(), stop_delivery.clone(), out));
+    let mut delivering = match stage.output() {
+        Output::Memory(queue) => tokio::spawn(delivery.run(queue, stop_delivery.clone())),
+        Output::Spooled(queue) => tokio::spawn(delivery.run(queue, stop_delivery.clone())),
+    };
     // The reassembly stage's clock, whatever the source.
     let ticking = tokio::spawn(pipeline.clone().tick(stop_reading.clone()));
     let mut reading = tokio::spawn(source.feed(pipeline, stop_reading.clone()));
@@ -135,14 +140,14 @@ where
     };
     signals.abort();
     let spooled = stage.spooled();
-    let drops = stage.drops();
+    let losses = stage.losses();
     let leftover = stage.finish().await;
     Ok(Finished {
         source,
         delivery,
         interrupted: interrupt.is_cancelled(),
         leftover,
-        drops: drops.totals(),
+        losses: losses.totals(),
         spooled,
     })
 }

@@ -217,6 +217,26 @@ fn af_packet_capture_prints_every_notify_once_and_passes_every_datagram() {
     send_and_check(&net, agent, "af-packet", NOTIFIES);
 }
 
+/// `--stdout` alone posts nothing, so it needs no spool: a spool directory that cannot be
+/// created (a read-only /var/lib on a rescue system or in a container) does not stop it.
+#[test]
+fn stdout_alone_needs_no_spool_and_runs_with_an_unwritable_spool_dir() {
+    if !support::privileged("stdout_alone_needs_no_spool") {
+        return;
+    }
+    let net = network("ro");
+    // `--stdout` alone: AGENT without its `--no-bridge`.
+    let args: Vec<&str> = AGENT[..AGENT.len() - 1]
+        .iter()
+        .copied()
+        // Not even root can create a directory in /proc.
+        .chain(["--capture", "xdp", "--spool-dir", "/proc/sipnotify-spool"])
+        .collect();
+    assert_eq!(args[args.len() - 5], "--stdout");
+    let agent = start_agent(&net.receiver, &args);
+    send_and_check(&net, agent, "xdp", NOTIFIES + OTHER + TAGGED);
+}
+
 /// An XDP program that passes everything, standing in for a DDoS filter or Cilium.
 static NOOP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sipnotify-noop"));
 

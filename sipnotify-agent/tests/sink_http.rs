@@ -13,10 +13,7 @@ use sipnotify_agent::{
     cli::{DeliveryArgs, sink_settings},
     event::{CaptureMeta, Notification},
     queue::NotificationQueue,
-    sink::{
-        BridgeCheck, BridgeConfigError, Delivery, DeliveryFailed, DeliveryReport, Fingerprint,
-        SinkSettings, deliver,
-    },
+    sink::{BridgeCheck, BridgeConfigError, Delivery, DeliveryReport, Fingerprint, SinkSettings},
 };
 use sipnotify_testkit::{
     BridgeOptions, Reply, TestBridge,
@@ -43,7 +40,6 @@ fn notification(i: u32) -> Notification {
             dst: (Ipv4Addr::new(192, 0, 2, 20), 5061).into(),
             iface: None,
         },
-        spool_id: None,
     }
 }
 
@@ -83,6 +79,15 @@ fn settings(args: &DeliveryArgs) -> SinkSettings {
     sink_settings(args, None).unwrap()
 }
 
+/// Delivers from `queue` with `settings` until it is drained, or `shutdown` and its deadline.
+async fn deliver(
+    queue: NotificationQueue,
+    settings: SinkSettings,
+    shutdown: CancellationToken,
+) -> DeliveryReport {
+    Delivery::new(settings).unwrap().run(queue, shutdown).await
+}
+
 /// Queues `notifications`, closes the queue and delivers everything.
 async fn deliver_all(args: &DeliveryArgs, notifications: &[Notification]) -> DeliveryReport {
     let queue = NotificationQueue::new(100_000);
@@ -95,7 +100,7 @@ async fn deliver_all(args: &DeliveryArgs, notifications: &[Notification]) -> Del
         deliver(queue, settings(args), CancellationToken::new()),
     )
     .await;
-    report.unwrap().unwrap()
+    report.unwrap()
 }
 
 /// Asserts the bridge acknowledged each of `sent` exactly once, under its idempotency key.
@@ -299,7 +304,7 @@ async fn an_untrusted_certificate_at_delivery_time_keeps_the_notifications() {
         "delivery gave up on a certificate error"
     );
     shutdown.cancel();
-    let report = delivering.await.unwrap().unwrap();
+    let report = delivering.await.unwrap();
     assert_eq!((report.delivered, report.undelivered), (0, 1), "{report:?}");
     assert!(report.retries >= 2, "{report:?}");
     assert!(f.bridge.requests().is_empty());
@@ -447,7 +452,6 @@ async fn an_outage_of_refused_connections_loses_nothing() {
     let report = tokio::time::timeout(Duration::from_secs(20), running)
         .await
         .unwrap()
-        .unwrap()
         .unwrap();
     assert_eq!(report.delivered, 600, "{report:?}");
     assert!(report.retries > 0, "{report:?}");
@@ -473,7 +477,6 @@ async fn an_outage_of_503_replies_loses_nothing_in_array_mode() {
     let sent = produce(queue, 1_000, Duration::from_secs(3)).await;
     let report = tokio::time::timeout(Duration::from_secs(20), running)
         .await
-        .unwrap()
         .unwrap()
         .unwrap();
     assert_eq!(report.delivered, 1_000, "{report:?}");
@@ -502,7 +505,7 @@ async fn shutdown_gives_up_at_the_deadline_and_counts_the_rest() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     shutdown.cancel();
-    let report = running.await.unwrap().unwrap();
+    let report = running.await.unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -557,11 +560,10 @@ async fn stdout_and_bridge_get_the_same_objects() {
     }
     queue.close();
     let mut out = Vec::new();
-    let delivery = Delivery::new(settings(&args)).unwrap();
-    let report = delivery
-        .run_with_output(queue, CancellationToken::new(), &mut out)
-        .await
-        .unwrap();
+    let delivery = Delivery::new(settings(&args))
+        .unwrap()
+        .with_stdout(&mut out);
+    let report = delivery.run(queue, CancellationToken::new()).await;
     assert_eq!(report.delivered, 2);
     // Compare as parsed values (the bridge's record has its keys sorted).
     let lines: BTreeSet<String> = String::from_utf8(out)
@@ -630,7 +632,7 @@ fn tls_args(bridge: &TestBridge, ca_file: Option<PathBuf>, pins: &[String]) -> D
 }
 
 /// Delivers one notification with `args`.
-async fn deliver_one(args: &DeliveryArgs) -> Result<DeliveryReport, DeliveryFailed> {
+async fn deliver_one(args: &DeliveryArgs) -> DeliveryReport {
     let settings = settings(args);
     let queue = NotificationQueue::new(10);
     queue.push(notification(1));
@@ -645,7 +647,7 @@ async fn deliver_one(args: &DeliveryArgs) -> Result<DeliveryReport, DeliveryFail
 
 /// Delivers one notification and asserts the bridge acknowledged it exactly once.
 async fn assert_delivers(bridge: &TestBridge, args: &DeliveryArgs) {
-    let report = deliver_one(args).await.unwrap();
+    let report = deliver_one(args).await;
     assert_eq!((report.delivered, report.undelivered), (1, 0), "{report:?}");
     assert_eq!(bridge.received().len(), 1);
 }

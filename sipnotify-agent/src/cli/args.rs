@@ -115,7 +115,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub delivery: DeliveryArgs,
 
-    /// The durable spool (on unless `--spool off`).
+    /// The durable spool (on unless `--spool off` where a bridge is delivered to; off for
+    /// `--stdout` alone, which posts nothing).
     #[command(flatten)]
     pub spool: SpoolArgs,
 }
@@ -166,13 +167,14 @@ pub enum Toggle {
     Off,
 }
 
-/// The durable spool's flags, shared by `run` (on by default) and `replay` (off by default).
+/// The durable spool's flags, shared by `run` (on by default with a bridge) and `replay` (off
+/// by default).
 #[derive(Clone, Debug, PartialEq, Eq, Args)]
 #[command(next_help_heading = "Spool")]
 pub struct SpoolArgs {
     /// Keep every notification on disk until the bridge accepted or refused it, so a slow or
-    /// absent bridge and an agent restart or crash lose nothing [default: on for `run`, off
-    /// for `replay`].
+    /// absent bridge and an agent restart or crash lose nothing [default: on for `run` with a
+    /// bridge; off for `run --stdout` alone, which posts nothing, and for `replay`].
     ///
     /// `off` keeps notifications in memory only (a bounded queue that drops its oldest).
     #[arg(long, value_enum, value_name = "on|off")]

@@ -199,6 +199,9 @@ fn run_settings(args: &RunArgs, token: Option<String>) -> Result<RunSettings, Se
     }
     let pipeline = pipeline_settings(&args.pipeline)?;
     let delivery = sink_settings(&args.delivery, token)?;
+    // Only what is posted needs keeping: `--stdout` alone (a read-only root, a rescue system)
+    // runs without a spool unless asked for one.
+    let spool = spool_settings(&args.spool, delivery.bridge.is_some())?;
     let metrics_listen = match args.metrics_listen.as_str() {
         "off" => None,
         addr => Some(
@@ -218,7 +221,7 @@ fn run_settings(args: &RunArgs, token: Option<String>) -> Result<RunSettings, Se
         pipeline,
         delivery,
         metrics_listen,
-        spool: spool_settings(&args.spool, true)?,
+        spool,
         log: log_settings(&args.log),
     })
 }
@@ -771,6 +774,15 @@ mod tests {
         assert_eq!(
             run(&["--spool-max-bytes", "1000"]).unwrap_err(),
             "--spool-max-bytes must be at least 1048576, not 1000"
+        );
+        // Stdout alone posts nothing and keeps nothing, unless a spool is asked for.
+        assert_eq!(run(&["--stdout"]).unwrap(), None);
+        assert_eq!(run(&["--stdout", "--no-bridge"]).unwrap(), None);
+        assert!(run(&["--stdout", "--spool", "on"]).unwrap().is_some());
+        assert!(
+            run(&["--stdout", "--bridge-url", "https://127.0.0.1:8000/notify"])
+                .unwrap()
+                .is_some()
         );
 
         let replay = |extra: &[&str]| {

@@ -9,21 +9,33 @@
 //! The batcher keeps everything it has taken from the queue in itself, so a cancelled
 //! `next` (shutdown) loses nothing and `in_hand` can count it as undelivered.
 //!
+//! A [`Batch`] carries the stage's tickets for its notifications; a sink settles it
+//! (`settle`, `expire`) without knowing what a ticket is, and one dropped unsettled stays
+//! outstanding (undelivered; with the spool, kept for the next start).
+//!
 //! Order per Call-ID: a notification whose call already has one in a batch not yet settled
-//! (delivered, refused or expired) waits, parked behind it, until the driver reports that
-//! batch settled (`release`). Requests run concurrently and retry independently, so without
+//! (delivered, refused or expired) waits, parked behind it, until the delivery loop reports
+//! that batch settled (`release`). Requests run concurrently and retry independently, so without
 //! this a `talk` that failed once could reach the bridge after the `hold` that followed it.
 //! Within one array batch, notifications of a call keep their order in the array.
 
-use std::collections::{HashMap, HashSet, VecDeque, hash_map::Entry};
+use std::{
+    collections::{HashMap, HashSet, VecDeque, hash_map::Entry},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::settings::{BatchSettings, BodyMode};
+use super::{
+    ledger::{Ledger, Settled},
+    settings::{BatchSettings, BodyMode},
+};
 use crate::{
     event::{Fnv1a, JsonOptions, Notification},
-    queue::NotificationQueue,
+    queue::Queue,
+    stage::{Staged, Ticket},
 };
 
 /// The key the per-call order is kept by: a hash of the Call-ID.
@@ -43,6 +55,106 @@ pub(crate) struct Batch {
     pub(crate) notifications: Vec<Notification>,
     /// The encoded array (array mode); object bodies are encoded by the sender.
     pub(crate) body: Option<Bytes>,
+    /// The stage's tickets, one per notification, in the same order.
+    tickets: Vec<Ticket>,
+    /// Where settling reports; `None` for a copy (another sink settles the batch).
+    ledger: Option<Arc<Ledger>>,
+}
+
+impl Batch {
+    /// Hands the batch to `ledger`: from now on it settles there.
+    pub(crate) fn bind(&mut self, ledger: &Arc<Ledger>) {
+        ledger.taken(self.tickets.len() as u64);
+        self.ledger = Some(Arc::clone(ledger));
+    }
+
+    /// The same notifications for a sink that sees them but does not settle them.
+    pub(crate) fn copy(&self) -> Self {
+        Self {
+            notifications: self.notifications.clone(),
+            body: self.body.clone(),
+            tickets: Vec::new(),
+            ledger: None,
+        }
+    }
+
+    /// Whether nothing is left to send.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.notifications.is_empty()
+    }
+
+    /// Settles every notification of the batch as `how`.
+    pub(crate) fn settle(mut self, how: Settled) {
+        if let Some(ledger) = self.ledger.take() {
+            ledger.settle(std::mem::take(&mut self.tickets), how);
+        }
+    }
+
+    /// Removes the notifications older than `max_age` (captured before `now - max_age`) and
+    /// settles them as expired, re-encoding an array body if any went; returns how many.
+    pub(crate) fn expire(
+        &mut self,
+        max_age: Option<Duration>,
+        mode: BodyMode,
+        json: JsonOptions,
+    ) -> u64 {
+        if max_age.is_none() {
+            return 0;
+        }
+        let now = SystemTime::now();
+        if !self
+            .notifications
+            .iter()
+            .any(|n| is_expired(n, max_age, now))
+        {
+            return 0;
+        }
+        let mut expired = Vec::new();
+        let mut kept_tickets = Vec::with_capacity(self.tickets.len());
+        let mut tickets = std::mem::take(&mut self.tickets).into_iter();
+        self.notifications.retain(|n| {
+            let ticket = tickets.next();
+            let old = is_expired(n, max_age, now);
+            match (old, ticket) {
+                (true, Some(ticket)) => expired.push(ticket),
+                (false, Some(ticket)) => kept_tickets.push(ticket),
+                _ => {}
+            }
+            !old
+        });
+        self.tickets = kept_tickets;
+        let count = expired.len() as u64;
+        if let Some(ledger) = &self.ledger {
+            ledger.settle(expired, Settled::Expired);
+        }
+        self.body = match mode {
+            BodyMode::Array if !self.notifications.is_empty() => {
+                encode_array(&self.notifications, json).ok()
+            }
+            _ => None,
+        };
+        count
+    }
+
+    /// Notifications waiting for the sinks, this batch's included (for the log).
+    pub(crate) fn backlog(&self) -> u64 {
+        self.ledger.as_ref().map_or(0, |ledger| ledger.backlog())
+    }
+
+    /// Where the backlog is kept, for the log.
+    pub(crate) fn keeping(&self) -> &'static str {
+        self.ledger
+            .as_ref()
+            .map_or("in memory", |ledger| ledger.keeping())
+    }
+}
+
+/// Whether `n` is older than `max_age` at `now`; a capture clock ahead of ours is not old.
+pub(crate) fn is_expired(n: &Notification, max_age: Option<Duration>, now: SystemTime) -> bool {
+    max_age.is_some_and(|max| {
+        now.duration_since(n.meta.captured_at)
+            .is_ok_and(|age| age > max)
+    })
 }
 
 /// The body of one notification in object mode.
@@ -89,7 +201,7 @@ pub(crate) fn idempotency_key(notifications: &[Notification], mode: BodyMode) ->
 enum Added {
     Yes,
     /// Adding it would pass `max_bytes`: the batch is complete; the notification is returned.
-    Full(Box<Notification>),
+    Full(Box<Staged>),
 }
 
 /// Fills batches from the queue.
@@ -99,20 +211,19 @@ pub(crate) struct Batcher {
     settings: BatchSettings,
     json: JsonOptions,
     /// Taken from the queue, not yet in `pending`.
-    inbox: VecDeque<Notification>,
-    scratch: Vec<Notification>,
+    inbox: VecDeque<Staged>,
     /// The batch being filled.
-    pending: Vec<Notification>,
+    pending: Vec<Staged>,
     /// Its body so far (array mode), without the closing bracket.
     body: Vec<u8>,
     /// When the batch being filled closes at the latest.
     linger_until: Option<Instant>,
-    /// Objects that could not be encoded (never expected; counted as rejected by the caller).
-    pub(crate) unencodable: u64,
+    /// Objects that could not be encoded (never expected; settled as rejected by the caller).
+    unencodable: Vec<Ticket>,
     /// Calls with a notification in an unsettled batch, and what waits behind it.
-    busy: HashMap<u64, VecDeque<Notification>>,
+    busy: HashMap<u64, VecDeque<Staged>>,
     /// Released from `busy`: next in line for their call, ahead of the inbox.
-    ready: VecDeque<Notification>,
+    ready: VecDeque<Staged>,
     parked: usize,
     /// Calls in the batch being filled (more of them may join it).
     filling: HashSet<u64>,
@@ -132,11 +243,10 @@ impl Batcher {
             settings,
             json,
             inbox: VecDeque::new(),
-            scratch: Vec::new(),
             pending: Vec::new(),
             body: Vec::new(),
             linger_until: None,
-            unencodable: 0,
+            unencodable: Vec::new(),
             busy: HashMap::new(),
             ready: VecDeque::new(),
             parked: 0,
@@ -147,6 +257,11 @@ impl Batcher {
     /// Notifications taken from the queue but not yet handed out (parked ones included).
     pub(crate) fn in_hand(&self) -> usize {
         self.inbox.len() + self.pending.len() + self.ready.len() + self.parked
+    }
+
+    /// The tickets of the notifications that could not be encoded since the last call.
+    pub(crate) fn take_unencodable(&mut self) -> Vec<Ticket> {
+        std::mem::take(&mut self.unencodable)
     }
 
     /// The batch holding these calls' notifications has settled: the next notification of
@@ -170,8 +285,8 @@ impl Batcher {
     }
 
     /// Takes `n` into the batch being filled unless its call is busy (then parks it).
-    fn admit(&mut self, n: Notification, released: bool) -> Option<Added> {
-        let call = call_key(&n);
+    fn admit(&mut self, n: Staged, released: bool) -> Option<Added> {
+        let call = call_key(&n.notification);
         if !released && !self.filling.contains(&call) {
             match self.busy.entry(call) {
                 Entry::Occupied(mut waiting) => {
@@ -184,9 +299,9 @@ impl Batcher {
                 }
             }
         }
-        let unencodable = self.unencodable;
+        let unencodable = self.unencodable.len();
         let added = self.add(n);
-        if self.unencodable > unencodable {
+        if self.unencodable.len() > unencodable {
             // Dropped: it no longer holds its call.
             if !self.filling.contains(&call) {
                 self.release([call]);
@@ -199,7 +314,7 @@ impl Batcher {
 
     /// The next batch; `None` once the queue is closed and everything was handed out.
     /// Cancel-safe.
-    pub(crate) async fn next(&mut self, queue: &NotificationQueue) -> Option<Batch> {
+    pub(crate) async fn next<T: Into<Staged>>(&mut self, queue: &Queue<T>) -> Option<Batch> {
         loop {
             loop {
                 let (n, released) = match self.ready.pop_front() {
@@ -216,7 +331,7 @@ impl Batcher {
                     }
                     Some(Added::Yes) => {}
                     Some(Added::Full(n)) => {
-                        let call = call_key(&n);
+                        let call = call_key(&n.notification);
                         if self.filling.contains(&call) {
                             // Earlier ones of its call are in this batch: wait for it to settle.
                             self.busy.entry(call).or_default().push_back(*n);
@@ -232,7 +347,7 @@ impl Batcher {
             let room = self.settings.max_events - self.pending.len();
             if self.pending.is_empty() {
                 // An empty batch waits as long as it takes for its first notification.
-                if queue.pop_batch(room, &mut self.scratch).await == 0 {
+                if queue.pop_batch_into(room, &mut self.inbox).await == 0 {
                     if self.parked > 0 {
                         // Closed, but notifications wait for their call's batch to settle:
                         // the driver releases them (and cancels this wait).
@@ -240,25 +355,25 @@ impl Batcher {
                     }
                     return None;
                 }
-            } else if queue.try_pop_batch(room, &mut self.scratch) == 0 {
+            } else if queue.try_pop_batch_into(room, &mut self.inbox) == 0 {
                 let Some(until) = self.linger_until else {
                     return Some(self.finish());
                 };
                 if queue.is_closed() {
                     return Some(self.finish());
                 }
-                match tokio::time::timeout_at(until, queue.pop_batch(room, &mut self.scratch)).await
+                match tokio::time::timeout_at(until, queue.pop_batch_into(room, &mut self.inbox))
+                    .await
                 {
                     Ok(taken) if taken > 0 => {}
                     // Linger over, or closed and drained: send what we have.
                     _ => return Some(self.finish()),
                 }
             }
-            self.inbox.extend(self.scratch.drain(..));
         }
     }
 
-    fn add(&mut self, n: Notification) -> Added {
+    fn add(&mut self, n: Staged) -> Added {
         if self.pending.is_empty() {
             self.linger_until = Some(Instant::now() + self.settings.linger);
         }
@@ -269,10 +384,13 @@ impl Batcher {
         let before = self.body.len();
         self.body
             .push(if self.pending.is_empty() { b'[' } else { b',' });
-        if serde_json::to_writer(&mut self.body, &n.json(self.json)).is_err() {
+        if serde_json::to_writer(&mut self.body, &n.notification.json(self.json)).is_err() {
             self.body.truncate(before);
-            self.unencodable += 1;
-            tracing::warn!(call_id = %n.call_id, "cannot encode a notification as json; dropped");
+            self.unencodable.push(n.ticket);
+            tracing::warn!(
+                call_id = %n.notification.call_id,
+                "cannot encode a notification as json; dropped"
+            );
             return Added::Yes;
         }
         // +1 for the closing bracket.
@@ -287,7 +405,11 @@ impl Batcher {
     fn finish(&mut self) -> Batch {
         self.linger_until = None;
         self.filling.clear();
-        let notifications = std::mem::take(&mut self.pending);
+        let (notifications, tickets) = self
+            .pending
+            .drain(..)
+            .map(|staged| (staged.notification, staged.ticket))
+            .unzip();
         let body = match self.mode {
             BodyMode::Object => None,
             BodyMode::Array => {
@@ -302,6 +424,8 @@ impl Batcher {
         Batch {
             notifications,
             body,
+            tickets,
+            ledger: None,
         }
     }
 }
@@ -311,7 +435,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::event::tests::sample;
+    use crate::{event::tests::sample, queue::NotificationQueue};
 
     fn numbered(cseq: u32) -> Notification {
         let mut n = sample();

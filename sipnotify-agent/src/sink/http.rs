@@ -146,14 +146,14 @@ impl BatchOutcome {
 
 /// The bridge client.
 #[derive(Clone, Debug)]
-pub(crate) struct HttpSink {
+pub(crate) struct BridgeClient {
     client: Client,
     url: Url,
     authorization: Option<HeaderValue>,
     timeout: Duration,
 }
 
-impl HttpSink {
+impl BridgeClient {
     pub(crate) fn new(
         settings: &BridgeSettings,
         max_in_flight: usize,

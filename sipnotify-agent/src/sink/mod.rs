@@ -1,23 +1,33 @@
-//! Delivery of notifications to the WebRTC bridge (HTTPS POST) and to stdout (JSON lines).
+//! Delivery of notifications to their destinations: the WebRTC bridge (HTTPS POST) and
+//! stdout (JSON lines), each a [`Sink`].
 //!
 //! It takes [`SinkSettings`], which the command line validated (a bad value is a
-//! configuration error, exit 2, before anything is captured). The driver (`deliver`,
-//! `Delivery::run`) drains the queue with a bounded number of requests in flight, retries what
-//! can succeed later, and on shutdown reports what it could not deliver.
+//! configuration error, exit 2, before anything is captured). [`Delivery::run`] drains the
+//! stage's queue into batches, hands each batch to every sink, and on shutdown reports what it
+//! could not deliver.
 //!
-//! Layout: `settings` holds what it runs with, `batch` builds request bodies, `http` sends
-//! them and classifies replies, `retry` holds the backoff, `tls` the rustls set-up, `stdout`
-//! the JSON-lines writer, `driver` the loop.
+//! Layout, one file per job: `delivery` is the loop (batches, requests in flight, shutdown,
+//! the report), `ledger` what became of each notification (counts, acknowledgements to the
+//! stage), `batch` builds batches and their bodies; one file per sink: `bridge` (encode, POST,
+//! retry, the bridge's state in the log) over `http` (the client and reply classification),
+//! `retry` (the backoff) and `tls` (the rustls set-up), and `stdout`. `settings` holds what it
+//! runs with. A new transport is one file implementing [`Sink`] and one line in
+//! `Delivery::sinks`.
 
 mod batch;
-mod driver;
+mod bridge;
+mod delivery;
 pub(crate) mod http;
+mod ledger;
 mod retry;
 mod settings;
 mod stdout;
 pub(crate) mod tls;
 
-pub use driver::{BridgeHealth, Delivery, DeliveryError, DeliveryFailed, DeliveryReport, deliver};
+use std::{future::Future, pin::Pin};
+
+pub use bridge::BridgeHealth;
+pub use delivery::{Delivery, DeliveryReport};
 pub use http::{BatchOutcome, BridgeCheck, BridgeConfigError, SendError};
 pub use settings::{
     BatchSettings, BearerToken, BodyMode, BridgeSettings, ClientError, Fingerprint, RetrySettings,
@@ -25,3 +35,47 @@ pub use settings::{
 };
 pub use stdout::JsonLines;
 pub use tls::{TrustedBy, Verdict};
+
+use self::batch::Batch;
+
+/// Work a sink does on a batch after taking it: a request and its retries.
+pub(crate) type Sending = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Writing out what a sink buffered.
+pub(crate) type Flushing<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// A destination for notifications, in the shape of Vector's sinks: batches in, every
+/// notification settled (delivered, refused for good, expired) through its [`Batch`], which
+/// reports to the stage. A sink knows nothing of the spool or the queue.
+///
+/// Every sink sees each batch in queue order; the last one listed settles it (the bridge when
+/// there is one), the others get a copy (stdout beside the bridge).
+pub(crate) trait Sink: Send {
+    /// How batches for this sink are formed (array bodies or one object per request).
+    fn mode(&self) -> BodyMode {
+        BodyMode::Object
+    }
+
+    /// Whether a batch waits for one of `--max-in-flight` slots before it leaves the queue,
+    /// so that while this sink is slow the backlog stays in the queue (and the stage).
+    fn limits_in_flight(&self) -> bool {
+        false
+    }
+
+    /// Takes the next batch, in queue order. Either settles it at once and returns `None`, or
+    /// returns the work that settles it, which the delivery loop runs beside the other
+    /// requests in flight. A batch dropped unsettled stays undelivered.
+    fn take(&mut self, batch: Batch) -> Option<Sending>;
+
+    /// Writes out what is buffered when due, or now if `idle` (the queue ran empty, or
+    /// delivery ends).
+    fn flush(&mut self, idle: bool) -> Flushing<'_> {
+        let _ = idle;
+        Box::pin(std::future::ready(()))
+    }
+
+    /// Adds this sink's own figures (requests, retries) to the report.
+    fn report(&self, report: &mut DeliveryReport) {
+        let _ = report;
+    }
+}

@@ -1,11 +1,58 @@
 //! `--stdout`: one JSON object per line, the same object the bridge gets.
 //!
 //! Lines are buffered and written in one go when the queue runs empty (or the buffer grows),
-//! so a burst costs few writes and a lone notification still appears at once.
+//! so a burst costs few writes and a lone notification still appears at once. Alone, written
+//! is delivered; beside the bridge, the bridge settles and stdout prints a copy.
 
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
+use super::{Flushing, Sending, Sink, batch::Batch, ledger::Settled};
 use crate::event::{JsonOptions, Notification};
+
+/// The stdout sink: [`JsonLines`] over the process's stdout (or a test's writer).
+#[derive(Debug)]
+pub(crate) struct Stdout<W> {
+    /// `None` once a write failed (a closed pipe): output stops, delivery goes on.
+    lines: Option<JsonLines<W>>,
+}
+
+impl<W: AsyncWrite + Unpin> Stdout<W> {
+    pub(crate) fn new(out: W, json: JsonOptions) -> Self {
+        Self {
+            lines: Some(JsonLines::new(out, json)),
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send> Sink for Stdout<W> {
+    fn take(&mut self, batch: Batch) -> Option<Sending> {
+        if let Some(lines) = self.lines.as_mut() {
+            for n in &batch.notifications {
+                if let Err(error) = lines.push(n) {
+                    tracing::warn!(%error, "cannot encode a notification as json");
+                }
+            }
+        }
+        batch.settle(Settled::Delivered);
+        None
+    }
+
+    fn flush(&mut self, idle: bool) -> Flushing<'_> {
+        Box::pin(async move {
+            let Some(lines) = self.lines.as_mut() else {
+                return;
+            };
+            if !idle && !lines.wants_flush() {
+                return;
+            }
+            if let Err(error) = lines.flush().await {
+                // A closed pipe (`| head`) must not stop delivery to the bridge.
+                tracing::warn!(%error, "cannot write to stdout; stdout output stopped");
+                self.lines = None;
+            }
+        })
+    }
+}
 
 /// Flush on our own once this much is buffered, even if more is queued.
 const FLUSH_BYTES: usize = 64 * 1024;

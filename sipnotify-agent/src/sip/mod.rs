@@ -272,7 +272,6 @@ impl<'a> Notify<'a> {
                 .filter_map(|(name, value)| Some((name, value?)))
                 .collect(),
             meta,
-            spool_id: None,
         }
     }
 }

@@ -121,7 +121,6 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Notification, DecodeError> {
             dst,
             iface,
         },
-        spool_id: None,
     })
 }
 

@@ -1,7 +1,8 @@
 //! The spool's storage: a segmented append-only log with a CRC32 per record, and an
 //! acknowledgement watermark.
 //!
-//! Why hand-written, after measuring (docs/ARCHITECTURE.md "Spool"): the spool is a FIFO with
+//! Why hand-written, after measuring (docs/ARCHITECTURE.md, "Decisions and why": "A
+//! hand-written spool, not an embedded store"): the spool is a FIFO with
 //! out-of-order acknowledgements, written through for every notification at up to ~170 k/s on
 //! two cores. An append-only file does that with one `write(2)` per batch and no read-modify-write;
 //! an embedded B-tree (redb) or LSM (fjall) would add a transaction, a key index and compaction
@@ -28,142 +29,20 @@ use std::{
     io::{self, Write as _},
     os::{fd::AsRawFd as _, unix::fs::FileExt as _},
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::atomic::Ordering,
     time::{Duration, SystemTime},
 };
 
-use super::codec::{self, DecodeError};
+use super::{
+    acks::Acks,
+    codec::{self, DecodeError},
+    record::{HEADER, MAX_PAYLOAD, Parsed, encode_record, parse_at, resync},
+    settings::{Recovered, SpoolCounts, SpoolError, SpoolGauges, SpoolSettings},
+};
 use crate::event::Notification;
 
-/// Default bound of the spool on disk: hours of a large site's traffic (~300 bytes a record).
-pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
-/// The smallest bound accepted: a few segments of a few records.
-pub const MIN_MAX_BYTES: u64 = 1 << 20;
-/// How often written records are forced to the disk by default.
-pub const DEFAULT_FSYNC_EVERY: Duration = Duration::from_millis(100);
-
-const HEADER: usize = 24;
-/// Larger lengths are corruption: a notification is well under 64 KiB.
-const MAX_PAYLOAD: usize = 256 << 10;
 const READ_CHUNK: usize = 256 << 10;
 const SEGMENT_SUFFIX: &str = ".seg";
-
-/// Where and how big the spool is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpoolSettings {
-    /// The directory (created if missing; must be writable).
-    pub dir: PathBuf,
-    /// The most bytes of segments on disk; beyond it the oldest segment is dropped.
-    pub max_bytes: u64,
-    /// How often written records are `fdatasync`ed (the window a power cut can lose).
-    pub fsync_every: Duration,
-}
-
-impl SpoolSettings {
-    /// Settings for `dir` with the default bound and cadence.
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self {
-            dir: dir.into(),
-            max_bytes: DEFAULT_MAX_BYTES,
-            fsync_every: DEFAULT_FSYNC_EVERY,
-        }
-    }
-
-    /// Checks the numbers.
-    pub fn validate(&self) -> Result<(), SpoolError> {
-        if self.max_bytes < MIN_MAX_BYTES {
-            return Err(SpoolError::TooSmall {
-                max_bytes: self.max_bytes,
-            });
-        }
-        Ok(())
-    }
-
-    fn segment_bytes(&self) -> u64 {
-        (self.max_bytes / 16).clamp(64 << 10, 16 << 20)
-    }
-}
-
-/// Why the spool cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum SpoolError {
-    /// The directory cannot be created or written.
-    #[error("cannot use --spool-dir `{}`: {reason}", dir.display())]
-    Dir {
-        /// The directory.
-        dir: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// Another agent holds the directory.
-    #[error(
-        "--spool-dir `{}` is in use by another sipnotify-agent; give each agent its own \
-         --spool-dir, or --spool off",
-        dir.display()
-    )]
-    Locked {
-        /// The directory.
-        dir: PathBuf,
-    },
-    /// The bound is too small to hold anything useful.
-    #[error("--spool-max-bytes must be at least {MIN_MAX_BYTES}, not {max_bytes}")]
-    TooSmall {
-        /// The value given.
-        max_bytes: u64,
-    },
-    /// A read or write failed while running.
-    #[error("spool file `{}`: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
-}
-
-impl SpoolError {
-    /// Whether this is a configuration problem found at start (exit 2).
-    pub fn is_config(&self) -> bool {
-        !matches!(self, Self::Io { .. })
-    }
-}
-
-/// What opening the spool found.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Recovered {
-    /// Records left undelivered by the previous run (some may be acked already: at most the
-    /// out-of-order acks of the last moments).
-    pub pending: u64,
-    /// Bytes of segments on disk.
-    pub bytes: u64,
-    /// Corrupt or torn records found in the last segment (others are found as they are read).
-    pub corrupt: u64,
-}
-
-/// Counters since open.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SpoolCounts {
-    /// Records dropped, never handed out, because the spool was full.
-    pub dropped_full: u64,
-    /// Records lost to corruption (ids skipped between valid records, or 1 per torn tail).
-    pub corrupt: u64,
-}
-
-/// A point-in-time view for metrics and the shutdown summary.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct SpoolGauges {
-    /// Bytes of segments on disk.
-    pub bytes: u64,
-    /// Records not yet acknowledged.
-    pub entries: u64,
-    /// Age of the oldest record not yet acknowledged (to within a segment for records not
-    /// read back yet).
-    pub oldest_age: Option<Duration>,
-}
 
 #[derive(Debug)]
 struct Segment {
@@ -175,77 +54,6 @@ struct Segment {
     bytes: u64,
     path: PathBuf,
     first_captured_ns: Option<u64>,
-}
-
-/// Handed-out records awaiting their outcome: ids `base..base + len`, contiguous.
-#[derive(Debug, Default)]
-struct Window {
-    base: u64,
-    /// (acknowledged, captured_ns)
-    entries: VecDeque<(bool, u64)>,
-    unacked: u64,
-}
-
-impl Window {
-    fn hand_out(&mut self, id: u64, captured_ns: u64) {
-        if self.entries.is_empty() {
-            self.base = id;
-        }
-        // Ids skipped by a full spool or corruption are done: mark them acked.
-        while self.base + (self.entries.len() as u64) < id {
-            self.entries.push_back((true, 0));
-        }
-        self.entries.push_back((false, captured_ns));
-        self.unacked += 1;
-    }
-
-    fn ack(&mut self, id: u64) {
-        let Some(index) = id.checked_sub(self.base) else {
-            return;
-        };
-        let Ok(index) = usize::try_from(index) else {
-            return;
-        };
-        if let Some(entry) = self.entries.get_mut(index) {
-            if !entry.0 {
-                entry.0 = true;
-                self.unacked -= 1;
-            }
-        }
-        while self.entries.front().is_some_and(|e| e.0) {
-            self.entries.pop_front();
-            self.base += 1;
-        }
-    }
-
-    fn first_unacked(&self) -> Option<(u64, u64)> {
-        self.entries.front().map(|e| (self.base, e.1))
-    }
-}
-
-/// Acknowledges handed-out records; cheap to clone, shared with the delivery tasks.
-#[derive(Clone, Debug, Default)]
-pub struct Acks {
-    window: Arc<Mutex<Window>>,
-    /// Records on disk not yet handed out (kept by the spool's owner).
-    on_disk: Arc<AtomicU64>,
-}
-
-impl Acks {
-    /// Records not yet settled: handed out and unacknowledged, or still only on disk.
-    pub fn backlog(&self) -> u64 {
-        self.lock().unacked + self.on_disk.load(Ordering::Relaxed)
-    }
-
-    /// Marks `id` as done (delivered, rejected for good, or expired).
-    pub fn ack(&self, id: u64) {
-        self.lock().ack(id);
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Window> {
-        // Every update leaves the window consistent, so a poisoned lock is still usable.
-        self.window.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 /// Where the reader is: the next record to hand out has id `next_id`, at or after `offset` in
@@ -269,61 +77,6 @@ impl Cursor {
         self.buf.clear();
         self.buf_offset = 0;
     }
-}
-
-/// One record parsed from a byte slice.
-enum Parsed {
-    Record {
-        id: u64,
-        captured_ns: u64,
-        payload: std::ops::Range<usize>,
-        next: usize,
-    },
-    /// The slice ends inside the record.
-    Incomplete,
-    /// Not a valid record at this position.
-    Corrupt,
-}
-
-fn parse_at(bytes: &[u8], at: usize) -> Parsed {
-    let Some(header) = bytes.get(at..at + HEADER) else {
-        return Parsed::Incomplete;
-    };
-    let word = |range: std::ops::Range<usize>| {
-        let mut out = [0u8; 8];
-        out[..range.len()].copy_from_slice(&header[range]);
-        u64::from_le_bytes(out)
-    };
-    let len = word(0..4) as usize;
-    let crc = word(4..8) as u32;
-    if len > MAX_PAYLOAD {
-        return Parsed::Corrupt;
-    }
-    let end = at + HEADER + len;
-    let Some(body) = bytes.get(at + 8..end) else {
-        return Parsed::Incomplete;
-    };
-    if crc32fast::hash(body) != crc {
-        return Parsed::Corrupt;
-    }
-    Parsed::Record {
-        id: word(8..16),
-        captured_ns: word(16..24),
-        payload: at + HEADER..end,
-        next: end,
-    }
-}
-
-fn encode_record(id: u64, n: &Notification, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&[0; 8]);
-    out.extend_from_slice(&id.to_le_bytes());
-    out.extend_from_slice(&codec::captured_ns(n).to_le_bytes());
-    codec::encode(n, out);
-    let len = (out.len() - start - HEADER) as u32;
-    let crc = crc32fast::hash(&out[start + 8..]);
-    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// File work of a sync: `fdatasync`, the watermark file, deletions.
@@ -451,14 +204,6 @@ fn scan_segment(path: &Path, first_id: u64) -> Result<(u64, u64, Option<u64>, u6
         }
     }
     Ok((end_id, valid as u64, first_captured, corrupt))
-}
-
-/// The first position from `from` holding a valid record with an id in `min_id..end_id`.
-fn resync(bytes: &[u8], from: usize, min_id: u64, end_id: u64) -> Option<(usize, u64)> {
-    (from..bytes.len().saturating_sub(HEADER - 1)).find_map(|at| match parse_at(bytes, at) {
-        Parsed::Record { id, .. } if id >= min_id && id < end_id => Some((at, id)),
-        _ => None,
-    })
 }
 
 impl Spool {
@@ -1024,6 +769,7 @@ impl Spool {
 mod tests {
     use super::*;
     use crate::event::tests::sample;
+    use crate::spool::{DEFAULT_FSYNC_EVERY, MIN_MAX_BYTES};
 
     fn numbered(cseq: u32) -> Notification {
         let mut n = sample();
