@@ -3,7 +3,7 @@
 //!
 //! A [`Loss`] carries its `sipnotify_dropped_total{reason}` label (also its key in the log
 //! lines and the shutdown summary) and the remedy an operator can act on. A new reason is one
-//! variant plus its three match arms; nothing else spells a reason as a string.
+//! entry in `losses!`; nothing else spells a reason as a string.
 //!
 //! [`Losses`] decides when a WARN line is due: the first loss after a quiet spell is logged at
 //! once, later ones are folded into the next line, at most one per [`LOSS_LOG_EVERY`], and
@@ -22,87 +22,71 @@ use crate::logging::human;
 /// At most one loss line per this long.
 pub const LOSS_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Why notifications were lost. Ordered by label, the order of the log lines' reasons.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Loss {
+/// Declares [`Loss`] with its metric label and remedy and the list of every variant, so the
+/// three cannot drift apart. A new reason is one entry here.
+macro_rules! losses {
+    ($($(#[doc = $doc:literal])* $variant:ident => $label:literal, $remedy:expr;)+) => {
+        /// Why notifications were lost. Entries are kept in label order (the order of the
+        /// log lines' reasons, checked by a test).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Loss {
+            $($(#[doc = $doc])* $variant,)+
+        }
+
+        impl Loss {
+            /// Every reason, in label order.
+            pub const ALL: &'static [Loss] = &[$(Loss::$variant),+];
+
+            /// The `reason` label of `sipnotify_dropped_total`, and the key in the log lines
+            /// and the shutdown summary.
+            pub const fn label(self) -> &'static str {
+                match self {
+                    $(Loss::$variant => $label,)+
+                }
+            }
+
+            /// What an operator can do about it.
+            pub const fn remedy(self) -> &'static str {
+                match self {
+                    $(Loss::$variant => $remedy,)+
+                }
+            }
+        }
+    };
+}
+
+losses! {
     /// The kernel's capture ring was full: lost before user space saw them.
-    CaptureRingFull,
+    CaptureRingFull => "capture_ring_full",
+        "the capture ring filled faster than the agent read it: raise --ring-bytes, or check \
+         the agent's CPU";
     /// Pushed into a queue that was already closed (shutting down).
-    Closed,
+    Closed => "closed", "they arrived while the agent was shutting down";
     /// Older than `--max-age` before the bridge took them.
-    MaxAge,
+    MaxAge => "max_age",
+        "they waited longer than --max-age for the bridge: check the bridge, or raise \
+         --max-age (0 = no limit)";
     /// An in-memory queue was full: the oldest notification made room.
-    QueueFull,
+    QueueFull => "queue_full",
+        "the in-memory queue was full: with --spool off, turn the spool on or raise \
+         --queue-capacity; with the spool on, the disk under --spool-dir fell behind capture";
     /// The bridge refused them for good (4xx other than 408/429); not retried.
-    Rejected,
+    Rejected => "rejected", "the bridge's log says why it refuses them; they are not retried";
     /// Still queued at the shutdown deadline, with no spool to keep them.
-    Shutdown,
+    Shutdown => "shutdown",
+        "still queued when the shutdown deadline passed: raise --shutdown-timeout, or turn \
+         the spool on to keep them for the next start";
     /// Spool records that failed their checksum.
-    SpoolCorrupt,
+    SpoolCorrupt => "spool_corrupt",
+        "spool records failed their checksum (a power cut or disk damage): check the disk \
+         under --spool-dir";
     /// The spool reached `--spool-max-bytes`: its oldest segment made room.
-    SpoolFull,
+    SpoolFull => "spool_full",
+        "the spool reached --spool-max-bytes while the bridge was down or slow: check the \
+         bridge, or raise --spool-max-bytes";
 }
 
 impl Loss {
-    /// Every reason, in label order.
-    pub const ALL: [Self; 8] = [
-        Self::CaptureRingFull,
-        Self::Closed,
-        Self::MaxAge,
-        Self::QueueFull,
-        Self::Rejected,
-        Self::Shutdown,
-        Self::SpoolCorrupt,
-        Self::SpoolFull,
-    ];
-
-    /// The `reason` label of `sipnotify_dropped_total`, and the key in the log lines.
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::CaptureRingFull => "capture_ring_full",
-            Self::Closed => "closed",
-            Self::MaxAge => "max_age",
-            Self::QueueFull => "queue_full",
-            Self::Rejected => "rejected",
-            Self::Shutdown => "shutdown",
-            Self::SpoolCorrupt => "spool_corrupt",
-            Self::SpoolFull => "spool_full",
-        }
-    }
-
-    /// What an operator can do about it.
-    pub const fn remedy(self) -> &'static str {
-        match self {
-            Self::CaptureRingFull => {
-                "the capture ring filled faster than the agent read it: raise --ring-bytes, or \
-                 check the agent's CPU"
-            }
-            Self::Closed => "they arrived while the agent was shutting down",
-            Self::MaxAge => {
-                "they waited longer than --max-age for the bridge: check the bridge, or raise \
-                 --max-age (0 = no limit)"
-            }
-            Self::QueueFull => {
-                "the in-memory queue was full: with --spool off, turn the spool on or raise \
-                 --queue-capacity; with the spool on, the disk under --spool-dir fell behind \
-                 capture"
-            }
-            Self::Rejected => "the bridge's log says why it refuses them; they are not retried",
-            Self::Shutdown => {
-                "still queued when the shutdown deadline passed: raise --shutdown-timeout, or \
-                 turn the spool on to keep them for the next start"
-            }
-            Self::SpoolCorrupt => {
-                "spool records failed their checksum (a power cut or disk damage): check the \
-                 disk under --spool-dir"
-            }
-            Self::SpoolFull => {
-                "the spool reached --spool-max-bytes while the bridge was down or slow: check \
-                 the bridge, or raise --spool-max-bytes"
-            }
-        }
-    }
-
     /// Its `sipnotify_dropped_total` counter; register once where losses are frequent.
     pub fn counter(self) -> metrics::Counter {
         metrics::counter!("sipnotify_dropped_total", "reason" => self.label())
@@ -245,7 +229,7 @@ mod tests {
     fn every_loss_has_its_own_label_and_a_remedy_and_all_lists_them_in_label_order() {
         let labels: HashSet<_> = Loss::ALL.iter().map(|loss| loss.label()).collect();
         assert_eq!(labels.len(), Loss::ALL.len());
-        for loss in Loss::ALL {
+        for &loss in Loss::ALL {
             assert!(!loss.remedy().is_empty(), "{loss:?}");
             // Prometheus label values of this metric are snake_case.
             assert!(
@@ -255,10 +239,10 @@ mod tests {
                 "{loss:?}"
             );
         }
-        let mut sorted = Loss::ALL;
+        let mut sorted = Loss::ALL.to_vec();
         sorted.sort_by_key(|loss| loss.label());
         assert_eq!(sorted, Loss::ALL);
-        let mut ordered = Loss::ALL;
+        let mut ordered = Loss::ALL.to_vec();
         ordered.sort();
         assert_eq!(ordered, Loss::ALL);
     }

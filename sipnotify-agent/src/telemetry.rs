@@ -83,7 +83,7 @@ fn seed() {
     .set(1.0);
     // Every loss but `capture_ring_full`, which is per interface, written at scrape from the
     // capture counters.
-    for loss in Loss::ALL {
+    for &loss in Loss::ALL {
         if loss != Loss::CaptureRingFull {
             loss.counter().absolute(0);
         }
