@@ -228,6 +228,7 @@ fn bench(root: &Path, filter: Option<&str>) -> Result<()> {
         "delivery",
         "end_to_end",
         "tcp",
+        "idle",
     ];
     let mut ran = 0;
     for name in benches {
