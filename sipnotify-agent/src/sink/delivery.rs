@@ -198,6 +198,7 @@ impl<W: AsyncWrite + Unpin + Send> Delivery<W> {
         // Batches take the settling sink's form (stdout alone has nothing to batch for).
         let mode = sinks.last().map_or(BodyMode::Object, |sink| sink.mode());
         let limits = sinks.last().is_some_and(|sink| sink.limits_in_flight());
+        let buffering = sinks.iter().any(|sink| sink.buffers());
         let Some(settling) = sinks.pop() else {
             return DeliveryReport::default();
         };
@@ -210,6 +211,7 @@ impl<W: AsyncWrite + Unpin + Send> Delivery<W> {
             copies: sinks,
             settling,
             slots: limits.then(|| Arc::new(Semaphore::new(self.settings.max_in_flight))),
+            buffering,
             tasks: JoinSet::new(),
             ledger,
         };
@@ -239,6 +241,8 @@ struct Run<'w, T> {
     settling: Box<dyn Sink + 'w>,
     /// Slots for batches in flight, when the settling sink limits them.
     slots: Option<Arc<Semaphore>>,
+    /// Whether a sink buffers output to flush.
+    buffering: bool,
     /// Work on batches; each returns the call keys of its batch (none for copies).
     tasks: JoinSet<Vec<u64>>,
     ledger: Arc<Ledger>,
@@ -359,9 +363,11 @@ impl<T: Into<Staged> + Send> Run<'_, T> {
                     });
                 }
             }
-            // Flush when the burst is over, so a lone notification shows at once.
-            let idle = self.queue.is_empty() && self.batcher.in_hand() == 0;
-            self.flush(idle).await;
+            if self.buffering {
+                // Flush when the burst is over, so a lone notification shows at once.
+                let idle = self.queue.is_empty() && self.batcher.in_hand() == 0;
+                self.flush(idle).await;
+            }
         }
     }
 
@@ -381,10 +387,11 @@ impl<T: Into<Staged> + Send> Run<'_, T> {
     }
 
     async fn flush(&mut self, idle: bool) {
-        for sink in &mut self.copies {
-            sink.flush(idle).await;
+        for sink in self.copies.iter_mut().chain([&mut self.settling]) {
+            if sink.buffers() {
+                sink.flush(idle).await;
+            }
         }
-        self.settling.flush(idle).await;
     }
 
     fn report(&self) -> DeliveryReport {

@@ -67,8 +67,13 @@ pub(crate) trait Sink: Send {
     /// requests in flight. A batch dropped unsettled stays undelivered.
     fn take(&mut self, batch: Batch) -> Option<Sending>;
 
+    /// Whether it buffers output, to be written out by [`Sink::flush`].
+    fn buffers(&self) -> bool {
+        false
+    }
+
     /// Writes out what is buffered when due, or now if `idle` (the queue ran empty, or
-    /// delivery ends).
+    /// delivery ends). Called only for a sink that [`Sink::buffers`].
     fn flush(&mut self, idle: bool) -> Flushing<'_> {
         let _ = idle;
         Box::pin(std::future::ready(()))

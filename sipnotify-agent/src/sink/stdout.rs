@@ -37,6 +37,10 @@ impl<W: AsyncWrite + Unpin + Send> Sink for Stdout<W> {
         None
     }
 
+    fn buffers(&self) -> bool {
+        true
+    }
+
     fn flush(&mut self, idle: bool) -> Flushing<'_> {
         Box::pin(async move {
             let Some(lines) = self.lines.as_mut() else {
