@@ -233,6 +233,21 @@ fn bookworm(root: &Path, dist: &Dist, checks: &mut Checks) -> Result<()> {
             Ok(())
         },
     )?;
+    checks.run(
+        "bookworm: dpkg -i installs monitoring/ under /usr/share/sipnotify/monitoring/",
+        || {
+            for file in ["alerts.yaml", "dashboard.json"] {
+                let installed = tree.join("usr/share/sipnotify/monitoring").join(file);
+                let installed = fs::read(&installed)
+                    .with_context(|| format!("the package installs no {}", installed.display()))?;
+                ensure!(
+                    installed == fs::read(root.join("monitoring").join(file))?,
+                    "{file} differs from monitoring/"
+                );
+            }
+            Ok(())
+        },
+    )?;
     checks.run("bookworm: systemd-analyze verify", || {
         let out = in_tree(&tree, &["systemd-analyze", "verify", "sipnotify.service"])?;
         let said = format!(
