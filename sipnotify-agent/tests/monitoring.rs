@@ -3,7 +3,7 @@
 //! and a unit test per alert (`promtool test rules`), every dashboard expression parses, every
 //! metric either names is one a running agent exports before any traffic, and a real
 //! Prometheus scraping a real agent fires `SipnotifyBridgeFailing` when the bridge stops and
-//! resolves it when the bridge is back.
+//! resolves it when the bridge is back, and `SipnotifyAgentDown` when the agent stops.
 
 mod support;
 
@@ -239,6 +239,14 @@ fn exported(metrics: &str, name: &str) -> bool {
     })
 }
 
+/// The agent's flags: capture on veth1, deliver to `bridge`, then `extra`.
+fn agent_args<'a>(bridge: &'a NamespacedBridge, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--iface", "veth1"];
+    args.extend(bridge.agent_args());
+    args.extend_from_slice(extra);
+    args
+}
+
 /// A bridge stand-in and the agent on veth1 of a fresh namespace pair, with `extra` flags.
 fn agent_with_bridge(
     tag: &str,
@@ -246,10 +254,7 @@ fn agent_with_bridge(
 ) -> (VethPair, NamespacedBridge, sipnotify_testkit::Agent) {
     let net = VethPair::new(tag);
     let bridge = NamespacedBridge::start(&net.receiver, BridgeOptions::default(), "mon-bridge");
-    let mut args = vec!["run", "--iface", "veth1"];
-    args.extend(bridge.agent_args());
-    args.extend_from_slice(extra);
-    let agent = start_agent(&net.receiver, &args);
+    let agent = start_agent(&net.receiver, &agent_args(&bridge, extra));
     (net, bridge, agent)
 }
 
@@ -372,9 +377,8 @@ fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Dura
 }
 
 #[test]
-fn a_real_prometheus_fires_bridge_failing_when_the_bridge_stops_and_resolves_it() {
-    const TEST: &str =
-        "a_real_prometheus_fires_bridge_failing_when_the_bridge_stops_and_resolves_it";
+fn a_real_prometheus_fires_and_resolves_bridge_failing_and_agent_down() {
+    const TEST: &str = "a_real_prometheus_fires_and_resolves_bridge_failing_and_agent_down";
     if !support::privileged(TEST) || !have("prometheus", TEST) {
         return;
     }
@@ -485,6 +489,25 @@ fn a_real_prometheus_fires_bridge_failing_when_the_bridge_stops_and_resolves_it(
          pending at {pending:.1?}; firing at {fired:.1?}; bridge back at {OUTAGE:?}, retried NOTIFY \
          delivered at {delivered:.1?}; resolved at {resolved:.1?}"
     );
-    drop(prometheus);
+
+    // The agent stops: SipnotifyAgentDown fires; it starts again: the alert resolves.
     agent.stop();
+    let agent_stopped = Instant::now();
+    let down = wait_until(Duration::from_secs(30), || {
+        alert_state(ns, "SipnotifyAgentDown").as_deref() == Some("firing")
+    })
+    .expect("SipnotifyAgentDown did not fire after the agent stopped");
+    let restarted = start_agent(ns, &agent_args(&bridge, &["--retry-max", "1s"]));
+    let started_again = agent_stopped.elapsed();
+    let up = wait_until(Duration::from_secs(20), || {
+        alert_state(ns, "SipnotifyAgentDown").is_none()
+    })
+    .map(|_| agent_stopped.elapsed())
+    .expect("SipnotifyAgentDown did not resolve once the agent was back");
+    eprintln!(
+        "SipnotifyAgentDown (for: {HOLD:?}): agent stopped at 0 s; firing at {down:.1?}; agent \
+         capturing again at {started_again:.1?}; resolved at {up:.1?}"
+    );
+    drop(prometheus);
+    restarted.stop();
 }
