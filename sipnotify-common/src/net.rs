@@ -1,7 +1,9 @@
-//! The header walk shared by the XDP program, the AF_PACKET reader and the pcap replay.
+//! The header walk shared by the XDP program, the AF_PACKET reader, the capture-file source and
+//! the agent's reassembly stage: the program's only IPv4/IPv6 walk, and the agent's.
 //!
 //! It finds the UDP or TCP header of a frame through Ethernet, up to two VLAN tags, IPv4
-//! (with options) or IPv6 (with a bounded number of extension headers). It is written against the
+//! (with options) or IPv6 (with a bounded number of extension headers); [`walk_ip`] starts at
+//! the IP header and also says which part of its datagram a fragment holds, for reassembly. It is written against the
 //! [`Frame`] trait so the same code runs on a kernel packet (bounds-checked pointer reads the
 //! verifier accepts) and on a byte slice in userspace, where `cargo test` reaches it.
 //!
@@ -190,6 +192,75 @@ struct L4 {
     flags: u16,
     fragment_id: u32,
     later_fragment: bool,
+    /// Which part of its datagram a fragment holds (for [`walk_ip`]; the program reads none
+    /// of it, so none of it reaches its instructions).
+    part: Part,
+}
+
+/// Where a packet's share of its datagram starts, and where in the datagram it goes.
+#[derive(Clone, Copy)]
+struct Part {
+    /// Offset of the first byte after the IPv4 header or the IPv6 fragment header.
+    data: usize,
+    /// Fragment offset in bytes; zero when unfragmented.
+    offset: usize,
+    /// More fragments follow (MF, M).
+    more: bool,
+    /// Whether the packet has a fragment header (IPv6) or fragment fields set (IPv4).
+    fragmented: bool,
+}
+
+/// An IP packet as [`walk_ip`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpWalk {
+    /// UDP or TCP.
+    pub transport: Transport,
+    /// Offset of the UDP or TCP header; for a later fragment, of its share of the datagram.
+    pub l4_offset: usize,
+    /// Where the IP datagram ends according to its length field.
+    pub ip_end: usize,
+    /// `Some` for a fragment (an atomic IPv6 fragment is whole).
+    pub fragment: Option<IpFragment>,
+}
+
+/// Which part of its datagram a fragment holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpFragment {
+    /// Offset of the fragment's data in the packet: right after the IPv4 header or the IPv6
+    /// fragment header.
+    pub data_offset: usize,
+    /// Where that data goes in the datagram, in bytes.
+    pub offset: usize,
+    /// More fragments follow.
+    pub more: bool,
+    /// The identification (IPv4's 16 bits, IPv6's 32).
+    pub id: u32,
+}
+
+/// Walks the IP packet whose header starts at `l3` in `frame`, IPv4 or IPv6 by its version
+/// nibble, with the limits and verdicts of [`walk`]; `Err` holds the verdict when no UDP or
+/// TCP header (or later fragment of one) is there.
+#[inline(always)]
+pub fn walk_ip<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<IpWalk, Walk> {
+    let Some([first]) = frame.load::<1>(l3) else {
+        return Err(Walk::Bail(Bail::ShortHeader));
+    };
+    let l4 = match first >> 4 {
+        4 => walk_ipv4(frame, l3)?,
+        6 => walk_ipv6(frame, l3)?,
+        _ => return Err(Walk::Bail(Bail::BadIpHeader)),
+    };
+    Ok(IpWalk {
+        transport: l4.transport,
+        l4_offset: l4.offset,
+        ip_end: l4.ip_end,
+        fragment: l4.part.fragmented.then_some(IpFragment {
+            data_offset: l4.part.data,
+            offset: l4.part.offset,
+            more: l4.part.more,
+            id: l4.fragment_id,
+        }),
+    })
 }
 
 #[inline(always)]
@@ -234,6 +305,12 @@ fn walk_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<L4, Walk> {
         flags,
         fragment_id,
         later_fragment,
+        part: Part {
+            data: l3 + ihl * 4,
+            offset: usize::from(frag & 0x1fff) * 8,
+            more: more_fragments,
+            fragmented: more_fragments || later_fragment,
+        },
     })
 }
 
@@ -252,7 +329,13 @@ fn walk_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<L4, Walk> {
     let mut flags = 0u16;
     let mut fragment_id = 0u32;
     let mut later_fragment = false;
-    let found = |transport, offset, flags, fragment_id, later_fragment| {
+    let mut part = Part {
+        data: 0,
+        offset: 0,
+        more: false,
+        fragmented: false,
+    };
+    let found = |transport, offset, flags, fragment_id, later_fragment, part| {
         Ok(L4 {
             transport,
             offset,
@@ -260,15 +343,30 @@ fn walk_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<L4, Walk> {
             flags,
             fragment_id,
             later_fragment,
+            part,
         })
     };
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next_header {
             IPPROTO_UDP => {
-                return found(Transport::Udp, offset, flags, fragment_id, later_fragment);
+                return found(
+                    Transport::Udp,
+                    offset,
+                    flags,
+                    fragment_id,
+                    later_fragment,
+                    part,
+                );
             }
             IPPROTO_TCP => {
-                return found(Transport::Tcp, offset, flags, fragment_id, later_fragment);
+                return found(
+                    Transport::Tcp,
+                    offset,
+                    flags,
+                    fragment_id,
+                    later_fragment,
+                    part,
+                );
             }
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
                 let Some(ext) = frame.load::<2>(offset) else {
@@ -294,10 +392,16 @@ fn walk_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<L4, Walk> {
                 }
                 next_header = ext[0];
                 offset += 8;
+                part = Part {
+                    data: offset,
+                    offset: usize::from(frag & 0xfff8),
+                    more: frag & 1 != 0,
+                    fragmented: later_fragment || frag & 1 != 0,
+                };
                 if later_fragment {
                     // What follows is the middle of the datagram, not another header.
                     return match transport(next_header) {
-                        Some(t) => found(t, offset, flags, fragment_id, true),
+                        Some(t) => found(t, offset, flags, fragment_id, true, part),
                         None => Err(Walk::NotUdpOrTcp),
                     };
                 }
@@ -309,7 +413,7 @@ fn walk_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Result<L4, Walk> {
         }
     }
     match transport(next_header) {
-        Some(transport) => found(transport, offset, flags, fragment_id, later_fragment),
+        Some(transport) => found(transport, offset, flags, fragment_id, later_fragment, part),
         None => Err(Walk::Bail(Bail::ExtHeaderLimit)),
     }
 }
@@ -590,5 +694,48 @@ mod tests {
         let mut four = frame.clone();
         four[14 + 40 + 3 * 8] = IPPROTO_UDP;
         assert_eq!(located(&four).l4_offset, 14 + 40 + 32);
+    }
+
+    #[test]
+    fn walk_ip_reads_from_the_ip_header_with_the_same_limits() {
+        // Where each fragment's share of the datagram starts, and where it goes.
+        let first = ipv6_fragment(0, true);
+        let ip = walk_ip(&first[14..], 0).unwrap();
+        let part = ip.fragment.unwrap();
+        assert_eq!(
+            (part.data_offset, part.offset, part.more, part.id),
+            (48, 0, true, 1)
+        );
+        let last = walk_ip(&ipv6_fragment(3, false)[14..], 0).unwrap();
+        assert_eq!(last.fragment.map(|f| (f.offset, f.more)), Some((24, false)));
+        assert_eq!(
+            walk_ip(&ipv6_fragment(0, false)[14..], 0).unwrap().fragment,
+            None
+        );
+        let mut v4 = write(
+            PacketBuilder::ethernet2(MAC, MAC)
+                .ipv4([1; 4], [2; 4], 64)
+                .udp(1, 5061),
+        );
+        assert_eq!(walk_ip(&v4[14..], 0).unwrap().fragment, None);
+        v4[20] = 0x20 | 0x01; // MF, offset 256 units
+        let part = walk_ip(&v4[14..], 0).unwrap().fragment.unwrap();
+        assert_eq!((part.data_offset, part.offset, part.more), (20, 2048, true));
+        // The limits and verdicts of `walk`.
+        let mut five = std::vec![0u8; 40 + 5 * 8 + 8];
+        five[0] = 0x60;
+        five[6] = IPV6_DSTOPTS;
+        for i in 0..5 {
+            five[40 + i * 8] = if i == 4 { IPPROTO_UDP } else { IPV6_DSTOPTS };
+        }
+        assert_eq!(
+            walk_ip(five.as_slice(), 0),
+            Err(Walk::Bail(Bail::ExtHeaderLimit))
+        );
+        assert_eq!(
+            walk_ip(&[0x15u8; 40][..], 0),
+            Err(Walk::Bail(Bail::BadIpHeader))
+        );
+        assert_eq!(walk_ip(&v4[14..20], 0), Err(Walk::Bail(Bail::ShortHeader)));
     }
 }

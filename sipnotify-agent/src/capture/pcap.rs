@@ -26,7 +26,7 @@ use pcap_file::{
 use sipnotify_common::{
     Counter, CounterSet, SipConfig,
     decide::Skip,
-    net::{self, Bail, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, Frame as _},
+    net::{self, Bail, ETH_HLEN, ETH_P_IPV4, ETH_P_IPV6, Walk},
 };
 
 use super::frame::{FragmentFollower, SplicedFrame, inspect};
@@ -707,24 +707,17 @@ impl Filter {
     }
 }
 
-/// The layer-3 bytes of a captured frame (from its IPv4 or IPv6 header), past the link header
-/// and up to [`net::MAX_VLAN_TAGS`] VLAN tags; `None` for anything else. Reassembly reads
-/// fragments and TCP segments from here.
+/// The layer-3 bytes of a captured frame (from its IPv4 or IPv6 header) that carries UDP or
+/// TCP, found by the program's walk (`net::walk`); `None` for anything else. The capture-file
+/// source hands these to reassembly.
 pub fn layer3(link: LinkType, data: &[u8]) -> Option<&[u8]> {
     let frame = link_frame(link, data).ok()?;
-    let mut offset = ETH_HLEN - 2;
-    let mut ethertype = u16::from_be_bytes(frame.load::<2>(offset)?);
-    for _ in 0..net::MAX_VLAN_TAGS {
-        if ethertype != net::ETH_P_8021Q && ethertype != net::ETH_P_8021AD {
-            break;
+    match net::walk(&frame) {
+        Walk::Found(location) | Walk::LaterFragment(location) => {
+            Some(frame.tail(location.l3_offset))
         }
-        offset += 4;
-        ethertype = u16::from_be_bytes(frame.load::<2>(offset)?);
+        Walk::NotUdpOrTcp | Walk::Bail(_) => None,
     }
-    if ethertype != ETH_P_IPV4 && ethertype != ETH_P_IPV6 {
-        return None;
-    }
-    Some(frame.tail(offset + 2))
 }
 
 /// Why a link-layer header could not be turned into a frame for the walk.

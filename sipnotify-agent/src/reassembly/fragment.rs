@@ -18,7 +18,9 @@ use std::{
     time::Duration,
 };
 
-use sipnotify_common::net::{IPV6_AH, IPV6_DSTOPTS, IPV6_FRAGMENT, IPV6_HOPOPTS, IPV6_ROUTING};
+use sipnotify_common::net::{
+    self, Bail, IPPROTO_TCP, IPPROTO_UDP, MAX_IPV6_EXT_HEADERS, Transport, Walk,
+};
 
 use super::tcp::Count;
 
@@ -113,8 +115,11 @@ pub enum PacketError {
         captured: usize,
     },
     /// More IPv6 extension headers than are followed.
-    #[error("more than {MAX_EXT_HEADERS} ipv6 extension headers")]
+    #[error("more than {MAX_IPV6_EXT_HEADERS} ipv6 extension headers")]
     ExtHeaderLimit,
+    /// Carrying neither UDP nor TCP: nothing a NOTIFY travels in (not counted as a loss).
+    #[error("ip packet carries neither udp nor tcp")]
+    NotUdpOrTcp,
 }
 
 impl PacketError {
@@ -125,136 +130,76 @@ impl PacketError {
             Self::BadHeader(_) => "ip_bad_header",
             Self::Truncated { .. } => "ip_truncated",
             Self::ExtHeaderLimit => "ip_ext_header_limit",
+            Self::NotUdpOrTcp => "ip_not_udp_or_tcp",
         }
     }
 }
 
-/// Most IPv6 extension headers followed before the fragment header or the upper layer.
-const MAX_EXT_HEADERS: usize = 8;
-
-/// Reads an IPv4 or IPv6 packet (`l3` starts at the IP header).
+/// Reads an IPv4 or IPv6 packet (`l3` starts at the IP header) with the program's own walk
+/// (`sipnotify_common::net::walk_ip`): the same extension headers followed, the same limits.
+/// Only UDP and TCP are read (what else would the stage put together); an IPv6 packet with an
+/// authentication header is not, as the program does not copy one.
 pub fn parse_ip(l3: &[u8]) -> Result<IpPacket<'_>, PacketError> {
-    match l3.first().map(|b| b >> 4) {
-        Some(4) => parse_ipv4(l3),
-        Some(6) => parse_ipv6(l3),
-        Some(version) => Err(PacketError::BadHeader(version)),
-        None => Err(PacketError::ShortHeader(0)),
-    }
-}
-
-fn parse_ipv4(l3: &[u8]) -> Result<IpPacket<'_>, PacketError> {
-    let Some(header) = l3.get(..20) else {
-        return Err(PacketError::ShortHeader(l3.len()));
+    let version = match l3.first() {
+        Some(byte) => byte >> 4,
+        None => return Err(PacketError::ShortHeader(0)),
     };
-    let header_len = usize::from(header[0] & 0x0f) * 4;
-    if header_len < 20 {
-        return Err(PacketError::BadHeader(4));
+    if version != 4 && version != 6 {
+        return Err(PacketError::BadHeader(version));
     }
-    let total = usize::from(u16::from_be_bytes([header[2], header[3]]));
-    if total < header_len {
-        return Err(PacketError::BadHeader(4));
-    }
-    let payload = l3.get(header_len..total).ok_or(PacketError::Truncated {
-        claimed: total,
-        captured: l3.len(),
-    })?;
-    let src = IpAddr::V4(Ipv4Addr::new(
-        header[12], header[13], header[14], header[15],
-    ));
-    let dst = IpAddr::V4(Ipv4Addr::new(
-        header[16], header[17], header[18], header[19],
-    ));
-    let protocol = header[9];
-    let word = u16::from_be_bytes([header[6], header[7]]);
-    let offset = usize::from(word & 0x1fff) * 8;
-    let more = word & 0x2000 != 0;
-    if offset == 0 && !more {
-        return Ok(IpPacket::Whole {
-            src,
-            dst,
-            protocol,
-            payload,
+    let ip = match net::walk_ip(l3, 0) {
+        Ok(ip) => ip,
+        Err(Walk::Bail(Bail::ShortHeader)) => return Err(PacketError::ShortHeader(l3.len())),
+        Err(Walk::Bail(Bail::BadIpHeader)) => return Err(PacketError::BadHeader(version)),
+        Err(Walk::Bail(Bail::ExtHeaderLimit)) => return Err(PacketError::ExtHeaderLimit),
+        Err(_) => return Err(PacketError::NotUdpOrTcp),
+    };
+    let start = ip.fragment.map_or(ip.l4_offset, |f| f.data_offset);
+    if ip.ip_end < start {
+        // IPv4 total length below the header length; IPv6 headers past the payload length.
+        return Err(match version {
+            4 => PacketError::BadHeader(4),
+            _ => PacketError::ShortHeader(ip.ip_end),
         });
     }
-    Ok(IpPacket::Fragment(Fragment {
-        key: DatagramKey {
+    let packet = l3.get(..ip.ip_end).ok_or(PacketError::Truncated {
+        claimed: ip.ip_end,
+        captured: l3.len(),
+    })?;
+    let (src, dst) = if version == 4 {
+        let v4 = |at: usize| IpAddr::V4(Ipv4Addr::new(l3[at], l3[at + 1], l3[at + 2], l3[at + 3]));
+        (v4(12), v4(16))
+    } else {
+        let v6 = |at: usize| {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&l3[at..at + 16]);
+            IpAddr::V6(Ipv6Addr::from(octets))
+        };
+        (v6(8), v6(24))
+    };
+    let protocol = match ip.transport {
+        Transport::Udp => IPPROTO_UDP,
+        Transport::Tcp => IPPROTO_TCP,
+    };
+    Ok(match ip.fragment {
+        Some(fragment) => IpPacket::Fragment(Fragment {
+            key: DatagramKey {
+                src,
+                dst,
+                protocol,
+                id: fragment.id,
+            },
+            offset: fragment.offset,
+            more: fragment.more,
+            data: &packet[start..],
+        }),
+        None => IpPacket::Whole {
             src,
             dst,
             protocol,
-            id: u32::from(u16::from_be_bytes([header[4], header[5]])),
+            payload: &packet[start..],
         },
-        offset,
-        more,
-        data: payload,
-    }))
-}
-
-fn parse_ipv6(l3: &[u8]) -> Result<IpPacket<'_>, PacketError> {
-    let Some(header) = l3.get(..40) else {
-        return Err(PacketError::ShortHeader(l3.len()));
-    };
-    let payload_len = usize::from(u16::from_be_bytes([header[4], header[5]]));
-    let end = 40 + payload_len;
-    let packet = l3.get(..end).ok_or(PacketError::Truncated {
-        claimed: end,
-        captured: l3.len(),
-    })?;
-    let addr = |at: usize| {
-        let mut octets = [0u8; 16];
-        octets.copy_from_slice(&header[at..at + 16]);
-        IpAddr::V6(Ipv6Addr::from(octets))
-    };
-    let (src, dst) = (addr(8), addr(24));
-    let mut next = header[6];
-    let mut at = 40;
-    for _ in 0..MAX_EXT_HEADERS {
-        let short = PacketError::ShortHeader(packet.len());
-        match next {
-            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_AH => {
-                let ext = packet.get(at..at + 2).ok_or(short)?;
-                // AH counts 4-octet units minus 2; the others 8-octet units minus 1.
-                at += if next == IPV6_AH {
-                    (usize::from(ext[1]) + 2) * 4
-                } else {
-                    (usize::from(ext[1]) + 1) * 8
-                };
-                next = ext[0];
-            }
-            IPV6_FRAGMENT => {
-                let frag = packet.get(at..at + 8).ok_or(short)?;
-                let protocol = frag[0];
-                let word = u16::from_be_bytes([frag[2], frag[3]]);
-                let offset = usize::from(word >> 3) * 8;
-                let more = word & 1 != 0;
-                at += 8;
-                if offset == 0 && !more {
-                    // An atomic fragment (RFC 6946): the datagram is whole.
-                    next = protocol;
-                    continue;
-                }
-                return Ok(IpPacket::Fragment(Fragment {
-                    key: DatagramKey {
-                        src,
-                        dst,
-                        protocol,
-                        id: u32::from_be_bytes([frag[4], frag[5], frag[6], frag[7]]),
-                    },
-                    offset,
-                    more,
-                    data: &packet[at..],
-                }));
-            }
-            protocol => {
-                return Ok(IpPacket::Whole {
-                    src,
-                    dst,
-                    protocol,
-                    payload: packet.get(at..).ok_or(short)?,
-                });
-            }
-        }
-    }
-    Err(PacketError::ExtHeaderLimit)
+    })
 }
 
 /// What the fragment reassembler did, by outcome. Every datagram it gives up is counted once.

@@ -21,7 +21,7 @@ use sipnotify_common::{
 use tracing::{info, warn};
 
 use crate::record::Record;
-use fragment::{FragmentReassembler, FragmentSettings, FragmentStats, IpPacket};
+use fragment::{FragmentReassembler, FragmentSettings, FragmentStats, IpPacket, PacketError};
 pub use tcp::Count;
 use tcp::{FlowKey, TcpReassembler, TcpSettings, TcpStats};
 
@@ -148,7 +148,8 @@ impl Reassembly {
                 protocol: IPPROTO_TCP,
                 payload,
             }) => self.upper_layer(now, src, dst, IPPROTO_TCP, payload, emit),
-            Ok(IpPacket::Whole { .. }) => {}
+            // Whole UDP datagrams are the capture decision's; other protocols carry no SIP.
+            Ok(IpPacket::Whole { .. }) | Err(PacketError::NotUdpOrTcp) => {}
             Err(err) => *self.unreadable.entry(err.reason()).or_default() += 1,
         }
     }
