@@ -25,7 +25,10 @@ use pcap_file::{
     },
 };
 use serde_json::Value;
-use sipnotify_testkit::TestBridge;
+use sipnotify_testkit::{
+    TestBridge,
+    frames::{sll, sll2},
+};
 
 const RETRANSMISSIONS: &str = "genesys_notify_talk_retrans_SYNTHETIC.pcap";
 
@@ -238,22 +241,6 @@ fn ipv6_udp(port: u16, payload: &[u8]) -> Vec<u8> {
         .udp(5060, port)
         .write(&mut out, payload)
         .unwrap();
-    out
-}
-
-/// Linux cooked v1 header (incoming, Ethernet device) in front of `l3`.
-fn sll(l3: &[u8], protocol: u16) -> Vec<u8> {
-    let mut out = vec![0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0];
-    out.extend_from_slice(&protocol.to_be_bytes());
-    out.extend_from_slice(l3);
-    out
-}
-
-/// Linux cooked v2 header (incoming, ifindex 3, Ethernet device) in front of `l3`.
-fn sll2(l3: &[u8], protocol: u16) -> Vec<u8> {
-    let mut out = protocol.to_be_bytes().to_vec();
-    out.extend_from_slice(&[0, 0, 0, 0, 0, 3, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0]);
-    out.extend_from_slice(l3);
     out
 }
 

@@ -425,6 +425,7 @@ mod tests {
     use std::{vec, vec::Vec};
 
     use etherparse::{PacketBuilder, VlanId};
+    use sipnotify_testkit::frames;
 
     use super::*;
     use crate::{CounterSet, FLAG_VLAN};
@@ -717,23 +718,9 @@ mod tests {
     /// The IPv4 fragments of a UDP datagram to 5061 (id 0x1234): the first `first` payload
     /// bytes in the first fragment, the rest in the second.
     fn fragments(payload: &[u8], first: usize) -> [Vec<u8>; 2] {
-        let whole = udp(5061, payload);
-        let ip_payload = &whole[34..];
-        let split = 8 + first;
-        let piece = |offset: usize, bytes: &[u8], more: bool| {
-            let mut header = whole[..34].to_vec();
-            let total = (20 + bytes.len()) as u16;
-            header[16..18].copy_from_slice(&total.to_be_bytes());
-            header[18..20].copy_from_slice(&0x1234u16.to_be_bytes());
-            let field = ((offset / 8) as u16) | if more { 0x2000 } else { 0 };
-            header[20..22].copy_from_slice(&field.to_be_bytes());
-            header.extend_from_slice(bytes);
-            header
-        };
-        [
-            piece(0, &ip_payload[..split], true),
-            piece(split, &ip_payload[split..], false),
-        ]
+        let datagram = frames::udp(5060, 5061, payload);
+        let pieces = frames::ipv4_fragments(0x1234, IPPROTO_UDP, &datagram, &[8 + first]);
+        [frames::ethernet(&pieces[0]), frames::ethernet(&pieces[1])]
     }
 
     #[test]

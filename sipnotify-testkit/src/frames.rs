@@ -1,6 +1,9 @@
-//! Test frames built with etherparse: UDP datagrams cut into IPv4 and
-//! IPv6 fragments, and TCP segments, as they appear on the wire from layer 3 on. The unit
-//! tests, the replay tests and the live tests share them.
+//! Test frames built with etherparse: UDP datagrams cut into IPv4 and IPv6 fragments, and TCP
+//! segments, as they appear on the wire from layer 3 on, and the link-layer headers in front
+//! of them (Ethernet, Linux cooked capture v1 and v2). The one frame builder of the unit
+//! tests (`sipnotify-common` and the agent), the replay tests and the live tests; the XDP tests
+//! (`tests/xdp_test_run.rs`) edit builder output byte by byte for the cases a builder refuses
+//! to make (cut headers, stray fragment offsets).
 
 use etherparse::{
     IpFragOffset, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, TcpHeader, UdpHeader,
@@ -144,4 +147,30 @@ pub fn ethernet(l3: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(&ethertype.to_be_bytes());
     frame.extend_from_slice(l3);
     frame
+}
+
+/// An Ethernet frame around `l3` with the given EtherType (ARP, a VLAN tag, …).
+pub fn ethernet_typed(l3: &[u8], ethertype: u16) -> Vec<u8> {
+    let mut frame = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 1];
+    frame.extend_from_slice(&ethertype.to_be_bytes());
+    frame.extend_from_slice(l3);
+    frame
+}
+
+/// A Linux cooked capture v1 header (incoming, Ethernet device) in front of `l3`, what older
+/// `tcpdump -i any` writes.
+pub fn sll(l3: &[u8], protocol: u16) -> Vec<u8> {
+    let mut out = vec![0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0];
+    out.extend_from_slice(&protocol.to_be_bytes());
+    out.extend_from_slice(l3);
+    out
+}
+
+/// A Linux cooked capture v2 header (incoming, ifindex 3, Ethernet device) in front of `l3`,
+/// what `tcpdump -i any` writes since libpcap 1.10.
+pub fn sll2(l3: &[u8], protocol: u16) -> Vec<u8> {
+    let mut out = protocol.to_be_bytes().to_vec();
+    out.extend_from_slice(&[0, 0, 0, 0, 0, 3, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0]);
+    out.extend_from_slice(l3);
+    out
 }

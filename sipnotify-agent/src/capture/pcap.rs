@@ -776,10 +776,11 @@ mod tests {
         FLAG_FIRST_FRAGMENT, FLAG_IP_PACKET, FLAG_TRUNCATED, FLAG_VLAN, net::Frame as _,
     };
 
+    use sipnotify_testkit::frames::{ethernet_typed as ethernet, sll, sll2};
+
     use super::*;
 
     const NOTIFY: &[u8] = b"NOTIFY sip:a@b SIP/2.0\r\n\r\n";
-    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 
     /// IPv4/UDP from 10.0.0.1:5060 to 10.0.0.2:`port`, without a link header.
     fn ipv4_udp(port: u16, payload: &[u8]) -> Vec<u8> {
@@ -797,31 +798,6 @@ mod tests {
             .udp(5060, port)
             .write(&mut out, payload)
             .unwrap();
-        out
-    }
-
-    fn ethernet(l3: &[u8], ethertype: u16) -> Vec<u8> {
-        let mut out = vec![0u8; 12];
-        out[..6].copy_from_slice(&MAC);
-        out[6..12].copy_from_slice(&MAC);
-        out.extend_from_slice(&ethertype.to_be_bytes());
-        out.extend_from_slice(l3);
-        out
-    }
-
-    fn sll(l3: &[u8], protocol: u16) -> Vec<u8> {
-        let mut out = vec![0, 0, 0, 1, 0, 6];
-        out.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0, 0]);
-        out.extend_from_slice(&protocol.to_be_bytes());
-        out.extend_from_slice(l3);
-        out
-    }
-
-    fn sll2(l3: &[u8], protocol: u16) -> Vec<u8> {
-        let mut out = protocol.to_be_bytes().to_vec();
-        out.extend_from_slice(&[0, 0, 0, 0, 0, 3, 0, 1, 0, 6]);
-        out.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0, 0]);
-        out.extend_from_slice(l3);
         out
     }
 
