@@ -72,9 +72,91 @@ pub fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
 /// The bridge's answers, as `sipnotify_deliveries_total{outcome}` labels them.
 const DELIVERY_OUTCOMES: &[&str] = &["delivered", "errored", "rejected"];
 
+/// The `# HELP` line of every `sipnotify_*` metric (the README's metric table in short): one
+/// place, so a new metric without one fails `promtool check metrics` in `tests/monitoring.rs`.
+const HELP: &[(&str, &str)] = &[
+    (
+        "sipnotify_build_info",
+        "Always 1; the agent's version, and whether the XDP program is embedded.",
+    ),
+    (
+        "sipnotify_kernel_packets_total",
+        "Capture decisions per interface and capture path, by outcome (outcomes sum to packets_seen; tallies on the way).",
+    ),
+    ("sipnotify_records_total", "Capture records read."),
+    (
+        "sipnotify_parse_rejects_total",
+        "Records that are not a usable NOTIFY, by reason.",
+    ),
+    (
+        "sipnotify_notifications_total",
+        "NOTIFYs accepted (before de-duplication).",
+    ),
+    (
+        "sipnotify_dedup_hits_total",
+        "Retransmissions dropped by de-duplication.",
+    ),
+    (
+        "sipnotify_dedup_evictions_total",
+        "De-duplication entries evicted at the cap.",
+    ),
+    (
+        "sipnotify_queue_depth",
+        "Notifications waiting for delivery in memory.",
+    ),
+    ("sipnotify_spool_bytes", "Bytes the spool holds on disk."),
+    (
+        "sipnotify_spool_entries",
+        "Notifications the spool holds on disk.",
+    ),
+    (
+        "sipnotify_spool_oldest_age_seconds",
+        "How long the oldest spooled notification has waited.",
+    ),
+    (
+        "sipnotify_spool_max_bytes",
+        "The spool's bound (--spool-max-bytes).",
+    ),
+    (
+        "sipnotify_bridge_up",
+        "1 while the bridge answers, 0 while requests to it fail.",
+    ),
+    ("sipnotify_deliveries_total", "Bridge requests by outcome."),
+    ("sipnotify_retries_total", "Bridge requests retried."),
+    ("sipnotify_dropped_total", "Notifications lost, by reason."),
+    (
+        "sipnotify_delivery_latency_seconds",
+        "From capture to the bridge's acknowledgement.",
+    ),
+    (
+        "sipnotify_reassembly_lost_total",
+        "IP fragments and TCP stream pieces given up, by reason.",
+    ),
+    (
+        "sipnotify_reassembly_discarded_bytes_total",
+        "TCP stream bytes skipped by reassembly.",
+    ),
+    (
+        "sipnotify_reassembled_total",
+        "NOTIFYs put together from IP fragments or a TCP stream, by kind.",
+    ),
+    (
+        "sipnotify_reassembly_memory_bytes",
+        "Memory held by reassembly.",
+    ),
+    (
+        "sipnotify_hep_packets_total",
+        "HEP packets received, by outcome.",
+    ),
+];
+
 /// Registers `sipnotify_build_info` and, at zero, every series an alert or a dashboard panel
 /// reads that would otherwise appear only with its first event.
 fn seed() {
+    for (name, help) in HELP {
+        // The exporter takes the type from the series; a description is only text.
+        metrics::describe_counter!(*name, *help);
+    }
     metrics::gauge!(
         "sipnotify_build_info",
         "version" => env!("CARGO_PKG_VERSION"),

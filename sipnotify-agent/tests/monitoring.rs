@@ -294,6 +294,29 @@ fn every_metric_the_rules_and_dashboard_use_is_exported_before_any_traffic() {
             }
         }
     }
+    // Prometheus's own linter: HELP on every metric, units, suffixes.
+    if have("promtool", "promtool check metrics") {
+        use std::io::Write as _;
+        let mut lint = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run promtool");
+        lint.stdin
+            .take()
+            .unwrap()
+            .write_all(metrics.as_bytes())
+            .unwrap();
+        let out = lint.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "promtool check metrics (a new metric needs a line in telemetry.rs HELP):\n{said}"
+        );
+    }
     let build = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
     assert!(
         metrics
