@@ -3,7 +3,8 @@
 //! and a unit test per alert (`promtool test rules`), every dashboard expression parses, every
 //! metric either names is one a running agent exports before any traffic, and a real
 //! Prometheus scraping a real agent fires `SipnotifyBridgeFailing` when the bridge stops and
-//! resolves it when the bridge is back, and `SipnotifyAgentDown` when the agent stops.
+//! resolves it when the bridge is back, `SipnotifyAgentDown` when the agent stops, and
+//! `SipnotifyNotificationsDropped` on the first notification the bridge refuses.
 
 mod support;
 
@@ -400,8 +401,8 @@ fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> Option<Dura
 }
 
 #[test]
-fn a_real_prometheus_fires_and_resolves_bridge_failing_and_agent_down() {
-    const TEST: &str = "a_real_prometheus_fires_and_resolves_bridge_failing_and_agent_down";
+fn a_real_prometheus_fires_and_resolves_alerts_against_a_live_agent() {
+    const TEST: &str = "a_real_prometheus_fires_and_resolves_alerts_against_a_live_agent";
     if !support::privileged(TEST) || !have("prometheus", TEST) {
         return;
     }
@@ -530,6 +531,20 @@ fn a_real_prometheus_fires_and_resolves_bridge_failing_and_agent_down() {
     eprintln!(
         "SipnotifyAgentDown (for: {HOLD:?}): agent stopped at 0 s; firing at {down:.1?}; agent \
          capturing again at {started_again:.1?}; resolved at {up:.1?}"
+    );
+
+    // The bridge refuses a NOTIFY for good (400): one `rejected` drop. The series exists at
+    // zero from the start, so `increase()` sees this first drop and the alert fires.
+    bridge
+        .bridge
+        .script([sipnotify_testkit::Reply::Status(400)]);
+    send(2);
+    let dropped = wait_until(Duration::from_secs(20), || {
+        alert_state(ns, "SipnotifyNotificationsDropped").as_deref() == Some("firing")
+    })
+    .expect("SipnotifyNotificationsDropped did not fire for a notification the bridge refused");
+    eprintln!(
+        "SipnotifyNotificationsDropped (no `for`): NOTIFY refused with 400 at 0 s; firing at {dropped:.1?}"
     );
     drop(prometheus);
     restarted.stop();
