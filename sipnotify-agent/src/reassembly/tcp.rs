@@ -300,18 +300,18 @@ impl TcpReassembler {
         self.flows.len()
     }
 
-    /// Adds a segment received at `now`; every NOTIFY it completes goes to `deliver`.
+    /// Adds a segment received at `now`; every NOTIFY it completes goes to `emit`.
     pub fn push(
         &mut self,
         now: Duration,
         segment: Segment<'_>,
-        deliver: &mut impl FnMut(&FlowKey, &[u8]),
+        emit: &mut impl FnMut(&FlowKey, &[u8]),
     ) {
-        self.expire(now, deliver);
+        self.expire(now, emit);
         self.stats.segments += 1;
         let key = segment.key;
         if segment.rst {
-            self.close(&key, deliver, false);
+            self.close(&key, emit, false);
             return;
         }
         let data_seq = if segment.syn {
@@ -327,7 +327,7 @@ impl TcpReassembler {
                 .is_some_and(|flow| flow.ahead(data_seq).abs() > window);
         if reused {
             // A SYN far from the stream's place: the ports were reused by a new connection.
-            self.close(&key, deliver, false);
+            self.close(&key, emit, false);
         }
         // A fresh tick for every segment: a new flow must not start on a tick another flow
         // still holds in the LRU order.
@@ -352,20 +352,20 @@ impl TcpReassembler {
         flow.last_seen = now;
         let stats = &mut self.stats;
         accept(flow, &settings, stats, now, data_seq, segment.payload);
-        frame(flow, &settings, stats, &key, deliver);
+        frame(flow, &settings, stats, &key, emit);
         let done = segment.fin && flow.early.is_empty();
         let cost = flow.cost();
         self.memory = self.memory - flow.held + cost;
         flow.held = cost;
         if done {
-            self.close(&key, deliver, false);
+            self.close(&key, emit, false);
         }
         self.enforce_memory();
     }
 
     /// Closes the flows idle for `idle_timeout`, handing on what their early segments
     /// complete.
-    pub fn expire(&mut self, now: Duration, deliver: &mut impl FnMut(&FlowKey, &[u8])) {
+    pub fn expire(&mut self, now: Duration, emit: &mut impl FnMut(&FlowKey, &[u8])) {
         while let Some((_, key)) = self.lru.first_key_value() {
             let key = *key;
             let idle = self
@@ -376,21 +376,21 @@ impl TcpReassembler {
                 break;
             }
             self.stats.expired += 1;
-            self.close(&key, deliver, true);
+            self.close(&key, emit, true);
         }
     }
 
     /// Closes every flow (end of a capture), handing on what their early segments complete.
-    pub fn finish(&mut self, deliver: &mut impl FnMut(&FlowKey, &[u8])) {
+    pub fn finish(&mut self, emit: &mut impl FnMut(&FlowKey, &[u8])) {
         let keys: Vec<FlowKey> = self.lru.values().copied().collect();
         for key in keys {
-            self.close(&key, deliver, true);
+            self.close(&key, emit, true);
         }
     }
 
     /// Removes a flow; with `flush`, gaps before its early segments are given up first so
     /// that complete messages behind them are still handed on.
-    fn close(&mut self, key: &FlowKey, deliver: &mut impl FnMut(&FlowKey, &[u8]), flush: bool) {
+    fn close(&mut self, key: &FlowKey, emit: &mut impl FnMut(&FlowKey, &[u8]), flush: bool) {
         let Some(mut flow) = self.flows.remove(key).map(|f| *f) else {
             return;
         };
@@ -401,7 +401,7 @@ impl TcpReassembler {
                 skip_gap(&mut flow, &mut self.stats);
                 let now = flow.last_seen;
                 drain_early(&mut flow, &mut self.stats, now);
-                frame(&mut flow, &self.settings, &mut self.stats, key, deliver);
+                frame(&mut flow, &self.settings, &mut self.stats, key, emit);
             }
         }
         let partial = flow.buf.len() + flow.early_bytes;
@@ -551,7 +551,7 @@ fn frame(
     settings: &TcpSettings,
     stats: &mut TcpStats,
     key: &FlowKey,
-    deliver: &mut impl FnMut(&FlowKey, &[u8]),
+    emit: &mut impl FnMut(&FlowKey, &[u8]),
 ) {
     let mut consumed = 0;
     loop {
@@ -646,7 +646,7 @@ fn frame(
         };
         if message.starts_with(NOTIFY_PREFIX) {
             stats.notifies += 1;
-            deliver(key, message);
+            emit(key, message);
         } else {
             stats.other_messages += 1;
         }
