@@ -19,6 +19,9 @@ pub enum AgentError {
     /// No capture path could start on an interface (`--capture`).
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// A HEP socket could not be opened (`--hep-listen`, `--hep-forward`).
+    #[error(transparent)]
+    Hep(#[from] crate::hep::HepSourceError),
     /// The metrics endpoint could not start (its port is taken, say).
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
@@ -53,7 +56,7 @@ impl AgentError {
         match self {
             AgentError::Load(err) => err.exit_code(),
             AgentError::Source(err) => err.exit_code(),
-            AgentError::Bridge(_) => 2,
+            AgentError::Bridge(_) | AgentError::Hep(_) => 2,
             AgentError::Spool(err) if err.is_config() => 2,
             AgentError::Spool(_) => 1,
             AgentError::Telemetry(_)

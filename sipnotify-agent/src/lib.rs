@@ -14,6 +14,7 @@ pub mod dedup;
 pub mod doctor;
 pub mod error;
 pub mod event;
+pub mod hep;
 pub mod logging;
 pub mod loss;
 pub mod pipeline;

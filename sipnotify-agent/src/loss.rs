@@ -62,6 +62,10 @@ losses! {
          the agent's CPU";
     /// Pushed into a queue that was already closed (shutting down).
     Closed => "closed", "they arrived while the agent was shutting down";
+    /// HEP datagrams the kernel dropped on a full `--hep-listen` socket.
+    HepSocketOverflow => "hep_socket_overflow",
+        "the PBX's HEP feed came faster than the agent read it: raise --hep-recv-buffer, or \
+         check the agent's CPU";
     /// Older than `--max-age` before the bridge took them.
     MaxAge => "max_age",
         "they waited longer than --max-age for the bridge: check the bridge, or raise \

@@ -10,6 +10,7 @@
 //! is full instead of letting it drop the oldest: a replay must deliver everything it reads.
 //! At the end of the file what still waits for a piece is given up and counted. This module
 //! is the command: opening the file, the wiring, and the summary.
+//! UDP datagrams to `--hep-port` (9060) are read as a PBX's HEP feed.
 //!
 //! A capture that breaks part-way still delivers what came before the break, then fails with
 //! the file and byte offset (exit 1). With the bridge down, delivery retries until it answers;
@@ -48,6 +49,8 @@ pub struct ReplaySettings {
     pub file: PathBuf,
     /// UDP destination ports to watch, as the XDP program would.
     pub ports: Vec<u16>,
+    /// UDP destination port of HEP datagrams, decapsulated (`--hep-port`).
+    pub hep_port: u16,
     /// Pacing.
     pub speed: Speed,
     /// Parsing and de-duplication.
@@ -173,6 +176,10 @@ impl fmt::Display for ReplaySummary {
                 c.get(Counter::Truncated)
             )?;
         }
+        if !s.hep.is_empty() {
+            let outcomes: Vec<String> = s.hep.iter().map(|(o, n)| format!("{o} {n}")).collect();
+            write!(f, "\n  hep datagrams: {}", outcomes.join(", "))?;
+        }
         let r = &s.reassembly;
         if r.fragmented_notifies + r.tcp.notifies > 0 {
             write!(
@@ -280,7 +287,8 @@ pub async fn replay_to<W: AsyncWrite + Unpin + Send + 'static>(
         stage.input().clone(),
     )
     .log_sip(settings.log.log_sip);
-    let source = FileSource::new(reader, &settings.ports, settings.speed, progress_bar(size));
+    let source = FileSource::new(reader, &settings.ports, settings.speed, progress_bar(size))
+        .with_hep_port(settings.hep_port);
     // Everything read is delivered: with the bridge down, delivery keeps retrying until it
     // answers or a signal arrives, which leaves --shutdown-timeout to finish.
     let finished = wiring::wire(source, pipeline, delivery, stage)

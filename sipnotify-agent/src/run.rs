@@ -2,7 +2,10 @@
 //! source through the pipeline and queue to delivery (`wiring`), which on SIGINT/SIGTERM
 //! detaches, stops reading, and lets delivery finish what is queued up to its deadline.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+};
 
 use sipnotify_common::Counter;
 use tokio_util::sync::CancellationToken;
@@ -12,6 +15,7 @@ use crate::{
     bpf,
     capture::{CaptureSettings, live::LiveSource},
     error::AgentError,
+    hep::{Both, HepSettings, HepSource},
     logging::LogSettings,
     pipeline::{Clock, Pipeline, PipelineSettings},
     sink::{Delivery, SinkSettings},
@@ -34,6 +38,8 @@ pub struct RunSettings {
     pub spool: Option<SpoolSettings>,
     /// Logging.
     pub log: LogSettings,
+    /// The HEP source (`--hep-listen`, none by default).
+    pub hep: HepSettings,
 }
 
 /// Checks that every interface exists (exit 2 otherwise), without attaching; also what
@@ -54,6 +60,7 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
         metrics_listen,
         spool,
         log,
+        hep,
     } = settings;
     check_interfaces(&capture)?;
     // Before the queue and the pipeline, which register their counters with it.
@@ -77,11 +84,25 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
         stage.input().clone(),
     )
     .log_sip(log.log_sip);
-    let mut source = LiveSource::attach(&capture)?;
+    // HEP alone (no --iface) needs no capability and loads nothing into the kernel.
+    let hep_source = if hep.listen.is_empty() {
+        None
+    } else {
+        Some(HepSource::bind(&hep)?.with_losses(stage.losses()))
+    };
+    let mut live = if capture.ifaces.is_empty() {
+        None
+    } else {
+        Some(LiveSource::attach(&capture)?)
+    };
 
     let stop_telemetry = CancellationToken::new();
     tokio::spawn(telemetry::upkeep(recorder.clone(), stop_telemetry.clone()));
-    let kernel: Arc<[_]> = source.take_kernel_stats().into();
+    let kernel: Arc<[_]> = live
+        .as_mut()
+        .map(LiveSource::take_kernel_stats)
+        .unwrap_or_default()
+        .into();
     tokio::spawn(tls_alarm::watch(
         kernel.clone(),
         capture.ports.clone(),
@@ -92,13 +113,21 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
             handle: recorder,
             kernel: kernel.clone(),
             queue: stage.output(),
-            attached: source.attached(),
+            attached: live
+                .as_ref()
+                .map_or_else(|| Arc::new(AtomicBool::new(true)), LiveSource::attached),
             bridge: bridge_health,
             process: metrics_process::Collector::default(),
         });
         tokio::spawn(telemetry::serve(listener, sources, stop_telemetry.clone()));
     }
-    info!(interfaces = capture.ifaces.len(), ports = ?capture.ports, capture = %capture.mode, "capturing");
+    if live.is_some() {
+        info!(interfaces = capture.ifaces.len(), ports = ?capture.ports, capture = %capture.mode, "capturing");
+    }
+    if let Some(hep) = &hep_source {
+        info!(listen = ?hep.local_addrs(), "capturing hep");
+    }
+    let source = Both(live, hep_source);
 
     let finished = wiring::wire(source, pipeline, delivery, stage)
         .await
@@ -107,8 +136,9 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
             source,
         })?;
     stop_telemetry.cancel();
-    if let Ok(reassembly) = &finished.source {
-        reassembly.log();
+    if let Ok((reassembly, hep)) = &finished.source {
+        reassembly.iter().for_each(|r| r.log());
+        hep.iter().for_each(|h| h.log());
     }
     let ring_full = kernel
         .iter()

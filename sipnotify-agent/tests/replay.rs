@@ -637,3 +637,85 @@ fn stdout_alone_makes_no_network_connection() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(objects(&output).len(), 1);
 }
+
+/// A capture of a PBX's HEP feed (UDP to 9060) beside the wire: each NOTIFY delivered once,
+/// dated and addressed by its HEP chunks, whatever the HEP version; what is not SIP in HEP is
+/// counted in the summary.
+#[test]
+fn hep_datagrams_to_the_hep_port_are_decapsulated_and_replayed() {
+    use sipnotify_agent::hep::decode::build;
+    let (src, dst) = (
+        "192.0.2.1:5090".parse().unwrap(),
+        "192.0.2.2:5061".parse().unwrap(),
+    );
+    let t = |ms: u64| Duration::from_millis(1_700_000_000_000 + ms);
+    let v3 = build::V3 {
+        time: Some((1_700_000_000, 0)),
+        ..build::V3::sip(src, dst, &notify(1, "1002", "z9hG4bK-1"))
+    }
+    .encode();
+    let rtcp = build::V3 {
+        payload_type: Some(5),
+        ..build::V3::sip(src, dst, b"\x80\xc8")
+    }
+    .encode();
+    let frames = [
+        (t(0), sll(&ipv4_udp(9060, &v3), 0x0800)),
+        // The same transaction again, in HEPv1: a duplicate.
+        (
+            t(1),
+            sll(
+                &ipv4_udp(
+                    9060,
+                    &build::v12(1, src, dst, (0, 0), &notify(1, "1002", "z9hG4bK-1")),
+                ),
+                0x0800,
+            ),
+        ),
+        (t(2), sll(&ipv4_udp(9060, &rtcp), 0x0800)),
+        (t(3), sll(&ipv4_udp(9060, b"HEP3\xff\xffjunk"), 0x0800)),
+        (
+            t(4),
+            sll(
+                &ipv6_udp(
+                    9060,
+                    &build::v12(
+                        2,
+                        src,
+                        dst,
+                        (1_700_000_000, 4_000),
+                        &notify(2, "1003", "z9hG4bK-2"),
+                    ),
+                ),
+                0x86dd,
+            ),
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hep.pcap");
+    write_pcap(&path, DataLink::LINUX_SLL, &frames);
+    let output = replay(&path, &["--extras"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let delivered = objects(&output);
+    assert_eq!(
+        dns_and_calls(&delivered),
+        [
+            ("1002".into(), "call-1@192.168.210.81".into()),
+            ("1003".into(), "call-2@192.168.210.81".into()),
+        ]
+    );
+    assert_eq!(delivered[0]["src"], "192.0.2.1:5090");
+    assert_eq!(delivered[0]["iface"], "hep");
+    let summary = stderr(&output);
+    assert!(
+        summary.contains("3 NOTIFYs, 2 delivered, 1 duplicates"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("hep datagrams: bad_length 1, not_sip 1, sip 3"),
+        "{summary}"
+    );
+    // Another --hep-port: the datagrams are no HEP to it, and no NOTIFY either.
+    let other = replay(&path, &["--hep-port", "9061"]);
+    assert!(objects(&other).is_empty(), "{}", stderr(&other));
+}

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod bridge;
 pub mod certs;
 pub mod frames;
+pub mod kamailio;
 pub mod netns;
 pub mod proc;
 pub mod prometheus;
@@ -15,6 +16,7 @@ pub mod sip;
 
 pub use agent::Agent;
 pub use bridge::{BridgeOptions, Received, Reply, RequestRecord, TestBridge, TestBridgeError};
+pub use kamailio::{Kamailio, KamailioOptions};
 pub use netns::{NamespacedBridge, NetNs, VethPair, ip};
 pub use prometheus::metric;
 pub use sip::{call_id, call_uuid, genesys_notify};

@@ -21,7 +21,8 @@ use anyhow::{Context as _, Result, bail};
 /// Debian packages the tests and demo use: `ip` for namespaces, `tcpdump` for the baseline
 /// comparison with the field report's script, `openssl` for bridge certificates made the way
 /// operators make them; QEMU, a static busybox, cpio and the module decompressors for the
-/// kernel matrix (`test-kernels`).
+/// kernel matrix (`test-kernels`); Kamailio and its TLS module send HEP in `tests/hep_kamailio.rs`
+/// (the TLS module has no binary of its own: it comes with `kamailio` on a fresh machine).
 const PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("tcpdump", "tcpdump"),
@@ -34,6 +35,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dpkg-deb", "dpkg"),
     ("apt-get", "apt"),
     ("promtool", "prometheus"),
+    ("kamailio", "kamailio"),
+    ("kamailio", "kamailio-tls-modules"),
 ];
 
 /// Runs every setup step that is not already satisfied.
@@ -161,7 +164,7 @@ fn ensure_debian_packages(packages: &[(&str, &str)]) -> Result<()> {
     run("apt-get", &args, &[])
 }
 
-/// Runs each fuzz target (the SIP parser, the reassemblers) for a few seconds when cargo-fuzz
+/// Runs each fuzz target (the SIP parser, the reassemblers, the HEP decoder) for a few seconds when cargo-fuzz
 /// is available.
 pub(crate) fn fuzz_smoke(root: &Path) -> Result<()> {
     let fuzz = root.join("fuzz");
@@ -171,7 +174,7 @@ pub(crate) fn fuzz_smoke(root: &Path) -> Result<()> {
     if output("cargo", &["fuzz", "--version"]).is_err() {
         run("cargo", &["install", "cargo-fuzz", "--locked"], &[])?;
     }
-    for target in ["parse", "reassembly"] {
+    for target in ["parse", "reassembly", "hep"] {
         let status = Command::new("rustup")
             .args([
                 "run",

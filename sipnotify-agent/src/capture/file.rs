@@ -13,12 +13,16 @@
 //! other ports. Live sources hand over only what the decision copies: the XDP program copies
 //! nothing else, and AF_PACKET's filter passes later fragments but not the first fragments of
 //! other ports' datagrams, so holding them would count every such datagram as incomplete.
+//!
+//! UDP datagrams to the HEP port (`replay --hep-port`) are a PBX's HEP feed: decapsulated
+//! ([`crate::hep`]) and their SIP handed on like a captured NOTIFY, dated by the HEP time.
 
 use std::{
     collections::BTreeMap,
     fs::File,
     future::Future,
-    time::{Duration, Instant},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
 };
 
 use sipnotify_common::{CounterSet, decide::Skip};
@@ -27,6 +31,7 @@ use tracing::warn;
 
 use super::pcap::{self, CaptureError, CaptureReader, Filter, Inspection, LinkType};
 use crate::{
+    hep,
     pipeline::{Outcome, Pipeline, Source},
     reassembly::ReassemblyStats,
     record::Record,
@@ -65,6 +70,8 @@ pub struct FileStats {
     pub rejects: BTreeMap<&'static str, u64>,
     /// IP fragment and TCP reassembly.
     pub reassembly: ReassemblyStats,
+    /// UDP datagrams to the HEP port, by decode outcome (`sip` went on as NOTIFY records).
+    pub hep: BTreeMap<&'static str, u64>,
 }
 
 impl FileStats {
@@ -96,6 +103,7 @@ pub struct FileSource {
     filter: Filter,
     speed: Speed,
     progress: Option<indicatif::ProgressBar>,
+    hep_port: Option<u16>,
 }
 
 impl FileSource {
@@ -112,7 +120,14 @@ impl FileSource {
             filter: Filter::new(ports),
             speed,
             progress,
+            hep_port: None,
         }
+    }
+
+    /// Reads the UDP datagrams to `port` as HEP.
+    pub fn with_hep_port(mut self, port: u16) -> Self {
+        self.hep_port = Some(port);
+        self
     }
 }
 
@@ -131,6 +146,7 @@ impl Source for FileSource {
             speed: self.speed,
             stop,
             progress: self.progress,
+            hep_port: self.hep_port,
         };
         let reader = self.reader;
         async move {
@@ -152,6 +168,7 @@ struct ReadJob {
     speed: Speed,
     stop: CancellationToken,
     progress: Option<indicatif::ProgressBar>,
+    hep_port: Option<u16>,
 }
 
 impl ReadJob {
@@ -180,6 +197,13 @@ impl ReadJob {
             }
             let timestamp_ns = u64::try_from(packet.timestamp.as_nanos()).unwrap_or(u64::MAX);
             let at = clock.wall_time(timestamp_ns);
+            let hep = self
+                .hep_port
+                .and_then(|port| hep::datagram_to(pcap::layer3(packet.link, packet.data)?, port));
+            if let Some(datagram) = hep {
+                self.replay_hep(&mut stats, datagram, at);
+                continue;
+            }
             // Counted by the filter, as the program counts them.
             let record = match self
                 .filter
@@ -224,6 +248,25 @@ impl ReadJob {
             bar.finish_and_clear();
         }
         (stats, error)
+    }
+
+    /// Decapsulates one HEP datagram and hands its SIP to the pipeline, dated by the HEP time
+    /// (the frame's when it has none); every datagram is counted by outcome.
+    fn replay_hep(&self, stats: &mut FileStats, datagram: &[u8], frame_time: SystemTime) {
+        match hep::decode(datagram, None) {
+            Ok(sip) => {
+                *stats.hep.entry("sip").or_default() += 1;
+                let iface: Arc<str> = Arc::from(hep::IFACE);
+                let record = Record {
+                    header: hep::header(&sip),
+                    payload: sip.payload,
+                };
+                let at = sip.time.unwrap_or(frame_time);
+                self.pipeline
+                    .push_counted(&record, at, Some(&iface), &mut |o| stats.count_parsed(o));
+            }
+            Err(err) => *stats.hep.entry(err.outcome()).or_default() += 1,
+        }
     }
 
     /// Sleeps until `due`, in slices so a stop request is seen.

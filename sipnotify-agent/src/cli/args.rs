@@ -63,8 +63,8 @@ pub enum Command {
 /// `run` flags.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Interface to capture on (repeat for several).
-    #[arg(long = "iface", value_name = "IFACE", required = true)]
+    /// Interface to capture on (repeat for several); not needed with --hep-listen.
+    #[arg(long = "iface", value_name = "IFACE")]
     pub ifaces: Vec<String>,
 
     /// UDP destination port to watch (repeat for several, at most 16).
@@ -119,6 +119,40 @@ pub struct RunArgs {
     /// `--stdout` alone, which posts nothing).
     #[command(flatten)]
     pub spool: SpoolArgs,
+
+    /// SIP mirrored by the PBX as HEP.
+    #[command(flatten)]
+    pub hep: HepArgs,
+}
+
+/// Environment variable that may hold the HEP auth key (never a flag: argv is public).
+pub const HEP_KEY_ENV: &str = "SIPNOTIFY_HEP_AUTH_KEY";
+
+/// `run`'s HEP flags: SIP the PBX mirrors, after decryption, as HEP over UDP.
+#[derive(Clone, Debug, PartialEq, Eq, Args)]
+#[command(next_help_heading = "HEP (SIP mirrored by the PBX, TLS included)")]
+pub struct HepArgs {
+    /// Receive HEP v1/v2/v3 on this UDP address (repeat for several): Asterisk's
+    /// `res_hep_pjsip` `capture_address`, Kamailio's `siptrace` `duplicate_uri`. Without
+    /// --iface the agent reads HEP alone and needs no capability.
+    #[arg(long = "hep-listen", value_name = "ADDR:PORT")]
+    pub hep_listen: Vec<std::net::SocketAddr>,
+
+    /// Accept only HEPv3 packets carrying the key in this file (`capture_password`,
+    /// `auth_key`); HEPv1/v2 carry no key and are then refused. The key can also come from
+    /// the SIPNOTIFY_HEP_AUTH_KEY environment variable.
+    #[arg(long, value_name = "PATH")]
+    pub hep_auth_key_file: Option<PathBuf>,
+
+    /// Relay every HEP datagram received, unchanged, to this collector (a HOMER); what
+    /// cannot be sent at once is counted, never waited for.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub hep_forward: Option<std::net::SocketAddr>,
+
+    /// Receive buffer of each HEP socket in bytes (what absorbs a burst while the agent is
+    /// busy).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::hep::DEFAULT_RECV_BUFFER)]
+    pub hep_recv_buffer: usize,
 }
 
 /// `replay` flags.
@@ -132,6 +166,11 @@ pub struct ReplayArgs {
     /// UDP destination port to watch (repeat for several, at most 16).
     #[arg(long = "port", value_name = "PORT", default_values_t = [5061])]
     pub ports: Vec<u16>,
+
+    /// UDP destination port of HEP in the capture: datagrams to it are decapsulated and
+    /// their SIP replayed.
+    #[arg(long, value_name = "PORT", default_value_t = 9060)]
+    pub hep_port: u16,
 
     /// `max` replays as fast as delivery keeps up; `realtime` sleeps to reproduce the
     /// capture's inter-packet gaps.
@@ -499,8 +538,15 @@ mod tests {
     }
 
     #[test]
-    fn run_requires_an_interface() {
-        assert!(Cli::try_parse_from(["sipnotify-agent", "run"]).is_err());
+    fn run_reads_an_interface_or_hep() {
+        // Which of them is required is the settings' check (the file or environment may
+        // supply either); clap takes both.
+        let cli = Cli::try_parse_from(["sipnotify-agent", "run", "--hep-listen", "127.0.0.1:9060"]);
+        let Command::Run(run) = cli.unwrap().command else {
+            panic!("not a run");
+        };
+        assert!(run.ifaces.is_empty());
+        assert_eq!(run.hep.hep_listen, ["127.0.0.1:9060".parse().unwrap()]);
     }
 
     #[test]

@@ -541,11 +541,14 @@ mod tests {
         assert!(run_args(&parsed).delivery.stdout);
         assert!(!run_args(&parsed).delivery.extras);
 
-        // Without the variable, a missing --iface is reported on one line.
-        let err = parse_clean(&["sipnotify-agent", "run"]).unwrap_err();
+        // Without the variable, nothing to read is reported on one line.
+        let err = parse_clean(&["sipnotify-agent", "run"])
+            .unwrap()
+            .settings(&Environment::default())
+            .unwrap_err();
         assert_eq!(
-            first_line(&err.render().to_string()),
-            "the following required arguments were not provided: --iface <IFACE>"
+            err.to_string(),
+            "nothing to read: give --iface IFACE to capture, or --hep-listen ADDR:PORT for HEP"
         );
     }
 

@@ -15,8 +15,8 @@ mod config;
 mod settings;
 
 pub use args::{
-    Cli, Command, DEFAULT_BRIDGE_URL, DeliveryArgs, DoctorArgs, LogArgs, PipelineArgs, ReplayArgs,
-    RunArgs, TOKEN_ENV, parse_duration,
+    Cli, Command, DEFAULT_BRIDGE_URL, DeliveryArgs, DoctorArgs, HEP_KEY_ENV, HepArgs, LogArgs,
+    PipelineArgs, ReplayArgs, RunArgs, TOKEN_ENV, parse_duration,
 };
 pub use config::{DEFAULT_CONFIG, Environment, Parsed, command, first_line, parse};
 pub use settings::{CommandSettings, SettingsError, sink_settings};

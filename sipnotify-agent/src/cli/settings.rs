@@ -12,8 +12,8 @@ use rustls::pki_types::{CertificateDer, pem::PemObject as _};
 
 use super::{
     args::{
-        Command, DeliveryArgs, DoctorArgs, LogArgs, PipelineArgs, ReplayArgs, RunArgs, SpoolArgs,
-        TOKEN_ENV, Toggle,
+        Command, DeliveryArgs, DoctorArgs, HEP_KEY_ENV, HepArgs, LogArgs, PipelineArgs, ReplayArgs,
+        RunArgs, SpoolArgs, TOKEN_ENV, Toggle,
     },
     config::{Environment, Parsed},
 };
@@ -21,6 +21,7 @@ use crate::{
     capture::CaptureSettings,
     dedup::DedupSettings,
     doctor::DoctorSettings,
+    hep::{AuthKey, HepSettings},
     logging::LogSettings,
     pipeline::PipelineSettings,
     reassembly::ReassemblySettings,
@@ -100,6 +101,23 @@ pub enum SettingsError {
         /// Why it cannot be used (never the token itself).
         reason: String,
     },
+    /// `run` without an interface or a HEP address.
+    #[error("nothing to read: give --iface IFACE to capture, or --hep-listen ADDR:PORT for HEP")]
+    NothingToRead,
+    /// The HEP key file cannot be read or is empty.
+    #[error("cannot use --hep-auth-key-file `{}`: {reason}", path.display())]
+    HepKeyFile {
+        /// The key file given.
+        path: PathBuf,
+        /// Why (never the key itself).
+        reason: String,
+    },
+    /// The HEP key variable is empty.
+    #[error("cannot use ${HEP_KEY_ENV}: it is empty")]
+    HepKeyEnv,
+    /// `--hep-forward` names one of the agent's own `--hep-listen` addresses.
+    #[error("--hep-forward {0} is a --hep-listen address: every datagram would loop")]
+    HepForwardLoop(SocketAddr),
     /// `--no-bridge` without `--stdout` would deliver nowhere.
     #[error("--no-bridge without --stdout would deliver nowhere")]
     NowhereToDeliver,
@@ -174,11 +192,12 @@ impl Parsed {
     /// the bridge token variable.
     pub fn settings(&self, env: &Environment) -> Result<CommandSettings, SettingsError> {
         let token = env.get_str(TOKEN_ENV);
+        let hep_key = env.get_str(HEP_KEY_ENV);
         Ok(match &self.cli.command {
             Command::Run(args) if args.check_config => {
-                CommandSettings::CheckConfig(run_settings(args, token)?)
+                CommandSettings::CheckConfig(run_settings(args, token, hep_key)?)
             }
-            Command::Run(args) => CommandSettings::Run(run_settings(args, token)?),
+            Command::Run(args) => CommandSettings::Run(run_settings(args, token, hep_key)?),
             Command::Replay(args) => CommandSettings::Replay(replay_settings(args, token)?),
             Command::Doctor(args) => CommandSettings::Doctor(doctor_settings(args)),
         })
@@ -192,8 +211,15 @@ fn log_settings(args: &LogArgs) -> LogSettings {
     }
 }
 
-fn run_settings(args: &RunArgs, token: Option<String>) -> Result<RunSettings, SettingsError> {
+fn run_settings(
+    args: &RunArgs,
+    token: Option<String>,
+    hep_key: Option<String>,
+) -> Result<RunSettings, SettingsError> {
     check_ports(&args.ports)?;
+    if args.ifaces.is_empty() && args.hep.hep_listen.is_empty() {
+        return Err(SettingsError::NothingToRead);
+    }
     if args.ring_bytes < 4096 || !args.ring_bytes.is_power_of_two() {
         return Err(SettingsError::RingBytes(args.ring_bytes));
     }
@@ -223,6 +249,45 @@ fn run_settings(args: &RunArgs, token: Option<String>) -> Result<RunSettings, Se
         metrics_listen,
         spool,
         log: log_settings(&args.log),
+        hep: hep_settings(&args.hep, hep_key)?,
+    })
+}
+
+/// The HEP source's settings; the key from `--hep-auth-key-file`, else `$SIPNOTIFY_HEP_AUTH_KEY`
+/// (a trailing newline is not part of it).
+fn hep_settings(args: &HepArgs, key_env: Option<String>) -> Result<HepSettings, SettingsError> {
+    let auth_key = match (&args.hep_auth_key_file, key_env) {
+        (Some(path), _) => {
+            let fail = |reason: String| SettingsError::HepKeyFile {
+                path: path.clone(),
+                reason,
+            };
+            let bytes = std::fs::read(path).map_err(|e| fail(e.to_string().to_lowercase()))?;
+            let key = bytes.trim_ascii_end();
+            if key.is_empty() {
+                return Err(fail("the file is empty".to_owned()));
+            }
+            Some(AuthKey(key.into()))
+        }
+        (None, Some(env)) if env.trim_end().is_empty() => return Err(SettingsError::HepKeyEnv),
+        (None, Some(env)) => Some(AuthKey(env.trim_end().as_bytes().into())),
+        (None, None) => None,
+    };
+    if let Some(forward) = args.hep_forward.filter(|f| args.hep_listen.contains(f)) {
+        return Err(SettingsError::HepForwardLoop(forward));
+    }
+    if args.hep_recv_buffer == 0 {
+        return Err(SettingsError::TooSmall {
+            flag: "hep-recv-buffer",
+            min: 1,
+            value: 0,
+        });
+    }
+    Ok(HepSettings {
+        listen: args.hep_listen.clone(),
+        auth_key,
+        forward: args.hep_forward,
+        recv_buffer: args.hep_recv_buffer,
     })
 }
 
@@ -257,6 +322,7 @@ fn replay_settings(
     Ok(ReplaySettings {
         file: args.file.clone(),
         ports: args.ports.clone(),
+        hep_port: args.hep_port,
         speed: args.speed,
         pipeline,
         delivery,
@@ -794,5 +860,89 @@ mod tests {
         };
         assert_eq!(replay(&[]), None);
         assert!(replay(&["--spool", "on"]).is_some());
+    }
+
+    /// `run` settings from `list` with `env` and the config file `file` (if any).
+    fn run_with(
+        list: &[&str],
+        env: &[(&str, &str)],
+        file: Option<&str>,
+    ) -> Result<RunSettings, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("sipnotify.toml");
+        if let Some(text) = file {
+            std::fs::write(&config, text).unwrap();
+        }
+        let args: Vec<std::ffi::OsString> = list.iter().map(Into::into).collect();
+        let env: Environment = env.iter().copied().collect();
+        let parsed = super::super::config::parse(args, &env, &config).map_err(|e| e.to_string())?;
+        match parsed.settings(&env).map_err(|e| e.to_string())? {
+            CommandSettings::Run(run) => Ok(run),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn hep_listen_needs_no_iface_and_comes_from_flag_environment_or_file() {
+        let flag = run_with(
+            &["sipnotify-agent", "run", "--hep-listen", "127.0.0.1:9060"],
+            &[],
+            None,
+        )
+        .unwrap();
+        assert!(flag.capture.ifaces.is_empty());
+        assert_eq!(flag.hep.listen, vec!["127.0.0.1:9060".parse().unwrap()]);
+        assert_eq!(flag.hep.auth_key, None);
+        assert_eq!(flag.hep.recv_buffer, crate::hep::DEFAULT_RECV_BUFFER);
+        let env = run_with(
+            &["sipnotify-agent", "run"],
+            &[
+                ("SIPNOTIFY_HEP_LISTEN", "127.0.0.1:9060,[::1]:9061"),
+                ("SIPNOTIFY_HEP_AUTH_KEY", "s3cret"),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(env.hep.listen.len(), 2);
+        assert_eq!(env.hep.auth_key, Some(AuthKey(b"s3cret"[..].into())));
+        let file = run_with(
+            &["sipnotify-agent", "run"],
+            &[],
+            Some("hep_listen = [\"0.0.0.0:9060\"]\nhep_forward = \"192.0.2.9:9060\"\n"),
+        )
+        .unwrap();
+        assert_eq!(file.hep.forward, Some("192.0.2.9:9060".parse().unwrap()));
+        // Neither an interface nor a HEP address: nothing to read.
+        assert!(run_with(&["sipnotify-agent", "run"], &[], None).is_err());
+    }
+
+    #[test]
+    fn the_hep_key_file_wins_and_bad_hep_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("hep.key");
+        std::fs::write(&key, "from-file\n").unwrap();
+        let base = ["sipnotify-agent", "run", "--hep-listen", "127.0.0.1:9060"];
+        let with_file = [&base[..], &["--hep-auth-key-file", key.to_str().unwrap()]].concat();
+        let run = run_with(&with_file, &[("SIPNOTIFY_HEP_AUTH_KEY", "from-env")], None).unwrap();
+        assert_eq!(run.hep.auth_key, Some(AuthKey(b"from-file"[..].into())));
+        assert!(
+            !format!("{run:?}").contains("from-file"),
+            "the key is never printed"
+        );
+        std::fs::write(&key, "\n").unwrap();
+        assert!(
+            run_with(&with_file, &[], None)
+                .unwrap_err()
+                .contains("the file is empty")
+        );
+        assert_eq!(
+            run_with(&base, &[("SIPNOTIFY_HEP_AUTH_KEY", " ")], None).unwrap_err(),
+            "cannot use $SIPNOTIFY_HEP_AUTH_KEY: it is empty"
+        );
+        let looped = [&base[..], &["--hep-forward", "127.0.0.1:9060"]].concat();
+        assert_eq!(
+            run_with(&looped, &[], None).unwrap_err(),
+            "--hep-forward 127.0.0.1:9060 is a --hep-listen address: every datagram would loop"
+        );
     }
 }
