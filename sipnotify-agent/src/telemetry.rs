@@ -148,6 +148,10 @@ const HELP: &[(&str, &str)] = &[
         "sipnotify_hep_packets_total",
         "HEP packets received, by outcome.",
     ),
+    (
+        "sipnotify_hep_datagrams_total",
+        "Datagrams read from the --hep-listen sockets.",
+    ),
 ];
 
 /// Registers `sipnotify_build_info` and, at zero, every series an alert or a dashboard panel

@@ -274,7 +274,8 @@ fn every_metric_the_rules_and_dashboard_use_is_exported_before_any_traffic() {
     ] {
         assert!(referenced.contains(name), "{referenced:?}");
     }
-    let (net, _bridge, agent) = agent_with_bridge("mexp", &[]);
+    // With a HEP listener too, so its metrics are linted as well.
+    let (net, _bridge, agent) = agent_with_bridge("mexp", &["--hep-listen", "127.0.0.1:9060"]);
     // The scrape before any NOTIFY: what exists only after a first event would be missing.
     let (status, metrics) = net.receiver.http_get("127.0.0.1:9464", "/metrics");
     assert!(status.contains("200"), "{status}");
@@ -285,6 +286,10 @@ fn every_metric_the_rules_and_dashboard_use_is_exported_before_any_traffic() {
     assert!(
         missing.is_empty(),
         "referenced by monitoring/ but not exported by the agent: {missing:?}\n{metrics}"
+    );
+    assert!(
+        exported(&metrics, "sipnotify_hep_datagrams_total"),
+        "the HEP listener's metrics are missing: the lint below would not see them"
     );
     // The conventions: counters end in _total, and the build information is there.
     for line in metrics.lines() {
