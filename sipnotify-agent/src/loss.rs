@@ -131,6 +131,11 @@ impl Losses {
         Self::log_if_due(&mut state, Instant::now(), false);
     }
 
+    /// Whether losses wait for their line: a timer must call [`Losses::tick`] until not.
+    pub fn pending(&self) -> bool {
+        !self.lock().since_line.is_empty()
+    }
+
     /// Writes what is pending if the last line is old enough (call on a timer).
     pub fn tick(&self) {
         Self::log_if_due(&mut self.lock(), Instant::now(), false);

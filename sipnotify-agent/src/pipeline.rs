@@ -16,7 +16,8 @@
 //!
 //! Record timestamps (`header.timestamp_ns`) are on the pipeline's [`Clock`], the clock
 //! reassembly runs on: CLOCK_MONOTONIC live, the capture time in a file. Live, time passes on
-//! its own, and [`Pipeline::tick`] (spawned once by the wiring) closes what timed out.
+//! its own, and [`Pipeline::tick`] (spawned once by the wiring) closes what timed out; it runs
+//! only while reassembly holds something, so an idle agent has no timer here.
 
 use std::{
     future::Future,
@@ -25,6 +26,7 @@ use std::{
 };
 
 use metrics::Counter;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -40,7 +42,8 @@ use crate::{
 #[cfg(doc)]
 use sipnotify_common::FLAG_IP_PACKET;
 
-/// How often the live reassembly stage closes what timed out: well under the TCP gap timeout.
+/// How often the live reassembly stage closes what timed out while it holds something: well
+/// under the TCP gap timeout.
 const REASSEMBLY_TICK: Duration = Duration::from_millis(100);
 /// At most one warning this often about what reassembly gave up, as for other drops.
 const LOSS_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -129,6 +132,8 @@ pub enum Outcome {
 pub struct Pipeline {
     options: Arc<ParseOptions>,
     reassembly: Arc<Mutex<Held>>,
+    /// Starts the reassembly clock when a packet leaves something held.
+    wake_clock: Arc<Notify>,
     clock: Clock,
     dedup: Arc<Mutex<Deduplicator>>,
     queue: NotificationQueue,
@@ -144,6 +149,8 @@ struct Held {
     latest: Duration,
     /// Set once the source has ended and what was held was given up.
     finished: bool,
+    /// Whether the clock ([`Pipeline::tick`]) is running; it stops while nothing is held.
+    ticking: bool,
 }
 
 /// What pushing into a full stage input does.
@@ -198,7 +205,9 @@ impl Pipeline {
                 stage: Reassembly::new(settings.reassembly, ports),
                 latest: Duration::ZERO,
                 finished: false,
+                ticking: false,
             })),
+            wake_clock: Arc::new(Notify::new()),
             clock,
             dedup: Arc::new(Mutex::new(Deduplicator::new(settings.dedup))),
             queue,
@@ -265,12 +274,18 @@ impl Pipeline {
             let at = self.clock.wall_time(whole.header.timestamp_ns);
             on_outcome(self.handle(whole, at, iface));
         });
+        if !held.ticking && !held.stage.is_empty() {
+            held.ticking = true;
+            self.wake_clock.notify_one();
+        }
     }
 
-    /// Live, the reassembly stage's clock: every [`REASSEMBLY_TICK`] it closes what timed out
-    /// (the NOTIFYs that completes go on), publishes its counters and, at most every 10 s, logs
-    /// what it gave up, until `stop` fires. Returns at once for a capture file, whose time
-    /// passes only with its records. The wiring spawns it once, whatever the source.
+    /// Live, the reassembly stage's clock: every [`REASSEMBLY_TICK`] while it holds flows or
+    /// fragments (or losses not yet logged) it closes what timed out (the NOTIFYs that
+    /// completes go on), publishes its counters and, at most every 10 s, logs what it gave up,
+    /// until `stop` fires; while nothing is held it sleeps until a packet leaves something.
+    /// Returns at once for a capture file, whose time passes only with its records. The wiring
+    /// spawns it once, whatever the source.
     pub async fn tick(self, stop: CancellationToken) {
         if self.clock.now().is_none() {
             return;
@@ -280,6 +295,12 @@ impl Pipeline {
         let mut losses = LossReport::default();
         let mut reported = Instant::now();
         loop {
+            if !self.lock_reassembly().ticking {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = self.wake_clock.notified() => ticker.reset(),
+                }
+            }
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = ticker.tick() => {
@@ -298,6 +319,10 @@ impl Pipeline {
                         if let Some(since) = losses.since_last(&held.stage.stats()) {
                             warn!(since_last_line = %since, check = LOSS_CHECK, "reassembly gave up on some messages");
                         }
+                    }
+                    // Nothing left to time out or to log: sleep until a packet is held.
+                    if held.stage.is_empty() && !losses.pending(&held.stage.stats()) {
+                        held.ticking = false;
                     }
                 }
             }

@@ -157,20 +157,16 @@ const _: () = assert!(size_of::<EventBuffer>() <= 32 * 1024);
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SipConfig {
-    /// Force a reader wake-up once this many bytes are pending in the ring buffer; below it
-    /// records are submitted with `BPF_RB_NO_WAKEUP` and the agent's poll timer collects them.
-    pub wakeup_bytes: u64,
     /// Bit `p` set means UDP destination port `p` is watched: one array lookup and a bit test,
     /// instead of a hash lookup per packet.
     pub port_bitmap: [u64; 1024],
 }
-const _: () = assert!(size_of::<SipConfig>() == 8 + 8192);
+const _: () = assert!(size_of::<SipConfig>() == 8192);
 
 impl SipConfig {
     /// A configuration watching no port.
     pub const fn empty() -> Self {
         Self {
-            wakeup_bytes: 0,
             port_bitmap: [0; 1024],
         }
     }

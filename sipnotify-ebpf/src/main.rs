@@ -31,7 +31,7 @@
 use core::{ffi::c_void, slice};
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, xdp_action},
+    bindings::xdp_action,
     helpers::{
         bpf_ktime_get_ns,
         generated::{bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
@@ -74,12 +74,6 @@ impl Ports for WatchedPorts {
     fn is_watched(&self, port: u16) -> bool {
         config_port_watched(port)
     }
-}
-
-#[inline(always)]
-fn config_wakeup_bytes() -> u64 {
-    // SAFETY: a plain read of a static.
-    unsafe { core::ptr::read_volatile(&raw const SIP_CONFIG.wakeup_bytes) }
 }
 
 /// Datagrams whose first fragment was copied, and when: their later fragments carry no port.
@@ -189,19 +183,14 @@ fn inspect<P: PayloadCopy>(ctx: &XdpContext) {
     match decide::decide(&packet, &WatchedPorts, &mut FollowedFragments, &mut count) {
         Decision::Skip(skip) => count(skip.counter()),
         Decision::Capture(capture) => {
-            count(copy::<P>(ctx, &packet, &capture, config_wakeup_bytes()));
+            count(copy::<P>(ctx, &packet, &capture));
         }
     }
 }
 
 /// Copies a NOTIFY into the ring buffer; returns the outcome to count.
 #[inline(always)]
-fn copy<P: PayloadCopy>(
-    ctx: &XdpContext,
-    packet: &Packet,
-    capture: &Capture,
-    wakeup_bytes: u64,
-) -> Counter {
+fn copy<P: PayloadCopy>(ctx: &XdpContext, packet: &Packet, capture: &Capture) -> Counter {
     let Some(buffer) = SIP_SCRATCH.get_ptr_mut(0) else {
         return Counter::ScratchFailed;
     };
@@ -229,17 +218,6 @@ fn copy<P: PayloadCopy>(
         return Counter::LoadFailed;
     }
 
-    // Waking the reader per record caps capture near 0.4 M/s; the agent polls every
-    // millisecond instead. Only the record that takes the backlog across `wakeup_bytes`
-    // forces a wake-up: forcing one per record past it would cost microseconds each while
-    // the reader is already behind.
-    let pending = SIP_EVENTS.query(BPF_RB_AVAIL_DATA.into());
-    let size = (EVENT_HEADER_LEN + len) as u64;
-    let wakeup = if pending < wakeup_bytes && pending + size >= wakeup_bytes {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
     // SAFETY: `buffer` is EVENT_HEADER_LEN + SCRATCH_PAYLOAD bytes and `len` ≤ SCRATCH_PAYLOAD.
     let record = unsafe {
         slice::from_raw_parts(
@@ -247,7 +225,9 @@ fn copy<P: PayloadCopy>(
             EVENT_HEADER_LEN + len,
         )
     };
-    match SIP_EVENTS.output::<[u8]>(record, wakeup.into()) {
+    // No flags: the kernel notifies the reader only when it had caught up with the ring (it
+    // then waits on readiness); a busy reader polls and is not woken per record.
+    match SIP_EVENTS.output::<[u8]>(record, 0) {
         Ok(()) => Counter::Copied,
         Err(_) => {
             log_ring_full(ctx);

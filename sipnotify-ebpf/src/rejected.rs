@@ -16,8 +16,8 @@ fn unchecked_read(ctx: &XdpContext) -> u32 {
     // SAFETY: none, on purpose: the verifier refuses this read before it can run.
     let first = unsafe { core::ptr::read_volatile(ctx.data() as *const u8) };
     // SAFETY: a plain read of a static, kept so the global exists in the object.
-    let wakeup = unsafe { core::ptr::read_volatile(&raw const SIP_CONFIG.wakeup_bytes) };
-    u32::from(first) + wakeup as u32
+    let word = unsafe { core::ptr::read_volatile(&raw const SIP_CONFIG.port_bitmap[0]) };
+    u32::from(first) + word as u32
 }
 
 #[xdp(frags)]

@@ -447,9 +447,6 @@ pub fn load_object(
     for &port in &settings.ports {
         config.watch(port);
     }
-    // Wake the reader early once a quarter of the ring is pending; below that the 1 ms poll
-    // collects records without a wake-up per event.
-    config.wakeup_bytes = u64::from(settings.ring_bytes / 4);
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(EVENTS_MAP, settings.ring_bytes)
         .override_global(CONFIG_GLOBAL, &config, true)

@@ -449,10 +449,13 @@ const fn sll_offset() -> usize {
 
 /// Reads `socket` until `cancel` fires, running the shared decision on every frame and
 /// calling `on_record` for each NOTIFY with its capture time; counts go to `stats`.
+///
+/// The reader wakes only when the socket is readable, which under TPACKET_V3 means a block
+/// was retired: full, or holding frames when `tp_retire_blk_tov` (`--poll-interval`) ran
+/// out. An empty block is never retired, so a quiet interface never wakes the reader.
 pub async fn read_ring(
     socket: PacketSocket,
     ports: &[u16],
-    poll: Duration,
     stats: Arc<AfPacketStats>,
     cancel: CancellationToken,
     mut on_record: impl FnMut(&Record<'_>, SystemTime),
@@ -465,8 +468,6 @@ pub async fn read_ring(
     // is dropped, and the AsyncFd owns the PacketSocket.
     let mut socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
         .map_err(io::Error::from)?;
-    let mut ticker = tokio::time::interval(poll);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fragments = FragmentFollower::default();
     let mut pass = |socket: &mut PacketSocket| {
         let mut counts = CounterSet::default();
@@ -499,10 +500,10 @@ pub async fn read_ring(
             () = cancel.cancelled() => break,
             guard = socket.readable_mut() => {
                 let mut guard = guard?;
-                pass(guard.get_inner_mut());
+                // Cleared first, so a block retired during the pass re-arms it.
                 guard.clear_ready();
+                pass(guard.get_inner_mut());
             }
-            _ = ticker.tick() => pass(socket.get_mut()),
         }
         // Let the tasks this pass woke (the spool, delivery) run: they wait in this worker's
         // LIFO slot, which the other worker cannot steal.

@@ -37,7 +37,8 @@ pub struct CaptureSettings {
     pub xdp_mode: AttachMode,
     /// Ring buffer size per interface in bytes (a power of two, at least one page).
     pub ring_bytes: u32,
-    /// How often the ring is polled when no wake-up arrives.
+    /// While records keep coming, the pause between passes over an XDP ring, and AF_PACKET's
+    /// block retire timeout: the most latency capture adds.
     pub poll_interval: Duration,
 }
 

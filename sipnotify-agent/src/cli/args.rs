@@ -103,7 +103,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub log: LogArgs,
 
-    /// How often the ring buffer is polled when no wake-up arrives.
+    /// The most latency capture adds while NOTIFYs keep coming: how long a busy XDP reader
+    /// waits between passes over its ring, and how long AF_PACKET's kernel holds a partly
+    /// filled block. An idle agent sleeps until a NOTIFY arrives, whatever this is.
     #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
 

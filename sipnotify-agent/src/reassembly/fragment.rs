@@ -326,6 +326,11 @@ impl FragmentReassembler {
         }
     }
 
+    /// Whether no datagram is pending.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
     /// The outcomes so far.
     pub fn stats(&self) -> &FragmentStats {
         &self.stats

@@ -86,6 +86,14 @@ pub struct LossReport {
 }
 
 impl LossReport {
+    /// Whether `stats` holds losses not yet reported.
+    pub fn pending(&self, stats: &ReassemblyStats) -> bool {
+        stats
+            .losses()
+            .into_iter()
+            .any(|(reason, total)| total > self.reported.get(reason).copied().unwrap_or(0))
+    }
+
     /// The losses since the last call, by reason (`tcp_gap=3 fragment_incomplete=1`); `None`
     /// when there are none.
     pub fn since_last(&mut self, stats: &ReassemblyStats) -> Option<String> {
@@ -115,6 +123,11 @@ pub struct Reassembly {
 }
 
 impl Reassembly {
+    /// Whether nothing is held (no flow, no pending datagram): nothing can time out.
+    pub fn is_empty(&self) -> bool {
+        self.fragments.is_empty() && self.tcp.is_empty()
+    }
+
     /// Reassembles for the watched `ports` (TCP and UDP destination ports).
     pub fn new(settings: ReassemblySettings, ports: &[u16]) -> Self {
         let mut config = Box::new(SipConfig::empty());

@@ -295,6 +295,11 @@ impl TcpReassembler {
         self.table
     }
 
+    /// Whether no flow is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
     /// Flows tracked.
     pub fn flows(&self) -> usize {
         self.flows.len()

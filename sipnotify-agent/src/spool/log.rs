@@ -343,6 +343,12 @@ impl Spool {
         self.counts
     }
 
+    /// Whether a timer has nothing to do: everything written is synced, every record is done
+    /// and its watermark saved. The spooler's timer sleeps while this holds.
+    pub fn settled(&self) -> bool {
+        !self.dirty && self.watermark() == self.saved_watermark && self.gauges().entries == 0
+    }
+
     /// Whether every appended record has been handed out.
     pub fn caught_up(&self) -> bool {
         self.cursor.next_id >= self.next_id

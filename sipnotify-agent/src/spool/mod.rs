@@ -14,7 +14,8 @@
 //! so the fast path costs one encode and one `write(2)` per batch. The in-memory delivery queue
 //! is bounded; while the bridge is slow or down, the backlog stays on disk and is read back in
 //! id (= capture) order as delivery takes from the queue. `fdatasync` runs every
-//! `fsync_every` off the async threads. When the spool cannot be written (a full disk), the
+//! `fsync_every` off the async threads, and only while something is unsynced, unsettled or
+//! unreported: a settled spool runs no timer. When the spool cannot be written (a full disk), the
 //! batch goes to delivery from memory, unspooled, and counted as such for the backlog.
 //! Storage: `log.rs` (segments), `record.rs` (one record's framing), `acks.rs` (the
 //! acknowledgement window), `codec.rs` (a notification's encoding), `settings.rs`.
@@ -103,6 +104,7 @@ pub async fn run(mut spool: Spool, queues: Queues, losses: Arc<Losses>) -> Spool
     let mut read = Vec::new();
     let mut tick = tokio::time::interval(spool.settings().fsync_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticking = true;
     let mut syncing: Option<JoinHandle<()>> = None;
     let mut seen = SpoolCounts::default();
     let mut seen_queue_drops = 0;
@@ -129,6 +131,14 @@ pub async fn run(mut spool: Spool, queues: Queues, losses: Arc<Losses>) -> Spool
         if input_done && (spool.caught_up() || output.is_closed()) {
             break;
         }
+        // The timer runs only while there is something to sync, save or report; started
+        // again, its first tick is a whole period after the write that woke the spooler.
+        if spool.settled() && !losses.pending() {
+            ticking = false;
+        } else if !ticking {
+            ticking = true;
+            tick.reset();
+        }
         tokio::select! {
             biased;
             taken = input.pop_batch(BATCH, &mut batch), if !input_done => {
@@ -140,7 +150,7 @@ pub async fn run(mut spool: Spool, queues: Queues, losses: Arc<Losses>) -> Spool
                 note_counts(&spool, &mut seen, &losses);
             }
             () = output.wait_for_room(), if !spool.caught_up() && !output.is_closed() => {}
-            _ = tick.tick() => {
+            _ = tick.tick(), if ticking => {
                 if syncing.as_ref().is_none_or(JoinHandle::is_finished) {
                     syncing = start_sync(&mut spool);
                 }
