@@ -32,7 +32,7 @@ use reqwest::StatusCode;
 use sipnotify_common::{Counter, CounterSet};
 
 use crate::{
-    bpf::{self, CopyPath, LoadError, ProgramSettings},
+    bpf::{self, AttachMode, CopyPath, LoadError, ProgramSettings},
     capture::{
         af_packet::{AfPacketSettings, PacketSocket},
         source::{self, CaptureMode, Prediction},
@@ -256,7 +256,8 @@ fn system_checks(ifaces: &[String], capture: CaptureMode) -> Vec<Check> {
                 block_timeout: Duration::from_millis(1),
             };
             let af_verdict = PacketSocket::open(iface, ifindex, &af).map(drop);
-            source::predict(capture, xdp_verdict, af_verdict.as_ref().copied())
+            let plan = source::AutoPlan::choose(AttachMode::Auto, source::driver(iface).as_deref());
+            source::predict(capture, plan, xdp_verdict, af_verdict.as_ref().copied())
         });
         // A running agent's program: what has it seen on the watched ports?
         let running = match &xdp {
@@ -282,12 +283,24 @@ fn system_checks(ifaces: &[String], capture: CaptureMode) -> Vec<Check> {
 pub fn capture_path_check(iface: &str, mode: CaptureMode, prediction: &Prediction) -> Check {
     let name = format!("capture {iface}");
     match prediction {
-        Prediction::Xdp => Check::ok(name, "run would capture with XDP"),
-        Prediction::AfPacket { fallback: None } => {
-            Check::ok(name, "run would capture with AF_PACKET")
+        Prediction::Xdp { why: None } => Check::ok(name, "run would capture with XDP"),
+        Prediction::Xdp { why: Some(why) } => {
+            Check::ok(name, format!("run would capture with XDP: {why}"))
         }
         Prediction::AfPacket {
+            fallback: None,
+            cheaper: None,
+        } => Check::ok(name, "run would capture with AF_PACKET"),
+        Prediction::AfPacket {
+            fallback: None,
+            cheaper: Some(why),
+        } => Check::ok(
+            name,
+            format!("run would capture with AF_PACKET, the cheapest path here: {why}"),
+        ),
+        Prediction::AfPacket {
             fallback: Some(why),
+            ..
         } => Check::warn(
             name,
             format!("run would capture with AF_PACKET: {why}"),
@@ -1043,7 +1056,7 @@ mod tests {
 
     #[test]
     fn the_capture_row_names_the_path_and_the_reason() {
-        let xdp = capture_path_check("eth0", CaptureMode::Auto, &Prediction::Xdp);
+        let xdp = capture_path_check("eth0", CaptureMode::Auto, &Prediction::Xdp { why: None });
         assert_eq!(
             (xdp.name.as_str(), xdp.status),
             ("capture eth0", Status::Ok)
@@ -1054,9 +1067,25 @@ mod tests {
             CaptureMode::Auto,
             &Prediction::AfPacket {
                 fallback: Some("the interface already has another XDP program attached".into()),
+                cheaper: None,
             },
         );
         assert_eq!(fallback.status, Status::Warn);
+        let cheaper = capture_path_check(
+            "veth1",
+            CaptureMode::Auto,
+            &Prediction::AfPacket {
+                fallback: None,
+                cheaper: Some(source::AutoPlan::AfPacket.why()),
+            },
+        );
+        assert_eq!(cheaper.status, Status::Ok);
+        assert!(
+            cheaper.detail.contains("AF_PACKET, the cheapest path here")
+                && cheaper.detail.contains("+341 ns"),
+            "{}",
+            cheaper.detail
+        );
         assert!(
             fallback
                 .detail

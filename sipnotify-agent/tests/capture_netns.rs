@@ -260,7 +260,9 @@ fn auto_falls_back_to_af_packet_when_another_xdp_program_holds_the_interface() {
             .expect("attach the stand-in XDP program");
     });
 
-    let mut agent = start_agent(&net.receiver, &AGENT);
+    // veth's native XDP copies, so `auto` alone would take AF_PACKET first; naming the XDP
+    // mode makes it try XDP and meet the other program.
+    let mut agent = start_agent(&net.receiver, &agent_args(&["--xdp-mode", "native"]));
     // Not "capturing …": the readiness line start_agent waits for comes after the socket opens.
     let reason = agent.log_line("falling back to AF_PACKET");
     assert!(
@@ -296,7 +298,16 @@ fn a_tls_client_hello_on_the_watched_port_is_counted_and_explained() {
     let net = VethPair::new("tls");
     let mut agent = start_agent(
         &net.receiver,
-        &["run", "--iface", "veth1", "--stdout", "--no-bridge"],
+        // XDP named: doctor reads the TLS counters of a running agent's program.
+        &[
+            "run",
+            "--iface",
+            "veth1",
+            "--capture",
+            "xdp",
+            "--stdout",
+            "--no-bridge",
+        ],
     );
     let listener = net
         .receiver
