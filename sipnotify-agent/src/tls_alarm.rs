@@ -3,9 +3,10 @@
 //! 5061 is the IANA port of SIP over TLS. When the SIP Server's trunk to this host is switched
 //! to TLS, the NOTIFYs are still there but encrypted: nothing can be captured. The XDP program
 //! counts packets to a watched port whose payload starts like a TLS record (or a DTLS record
-//! on UDP); the agent samples those counters and warns once, then again every
-//! [`REPEAT_EVERY`] while such packets keep arriving, in words that name the fix. `doctor`
-//! reads the same counters from a running agent's program.
+//! on UDP), and the later segments of a TCP flow seen so (`tls_flow`, not copied); the agent
+//! samples those counters and warns once, then again every [`REPEAT_EVERY`] while such packets
+//! keep arriving, in words that name the fix: the PBX's own HEP feed, which carries the SIP
+//! decrypted (`--hep-listen`). `doctor` reads the same counters from a running agent's program.
 
 use std::{
     sync::Arc,
@@ -33,8 +34,12 @@ pub fn message(ports: &[u16]) -> String {
         }
     };
     format!(
-        "{which} TLS; sipnotify can only read plaintext SIP: configure the SIP Server's trunk \
-         to this host as UDP or TCP"
+        "{which} TLS; sipnotify cannot read encrypted SIP on the wire (those connections are \
+         no longer copied). Read it from the PBX instead: in Asterisk's /etc/asterisk/hep.conf \
+         set `[general]` `enabled = yes` and `capture_address = 127.0.0.1:9060` (modules \
+         res_hep.so and res_hep_pjsip.so), and run sipnotify-agent with --hep-listen \
+         127.0.0.1:9060 (README \"SIP over TLS: read it from the PBX\"); or configure the SIP \
+         Server's trunk to this host as UDP or TCP"
     )
 }
 
@@ -50,7 +55,9 @@ pub async fn watch(
         counters
             .iter()
             .filter_map(|(_, counters)| counters.read().ok())
-            .map(|c| c.get(Counter::TlsRecord) + c.get(Counter::DtlsRecord))
+            .map(|c| {
+                c.get(Counter::TlsRecord) + c.get(Counter::TlsFlow) + c.get(Counter::DtlsRecord)
+            })
             .sum()
     };
     let mut alarm = TlsAlarm::new(total());
@@ -130,11 +137,17 @@ mod tests {
 
     #[test]
     fn the_message_names_the_port_and_the_fix() {
-        assert_eq!(
-            message(&[5061]),
-            "port 5061 carries TLS; sipnotify can only read plaintext SIP: configure the SIP \
-             Server's trunk to this host as UDP or TCP"
-        );
+        let one = message(&[5061]);
+        assert!(one.starts_with("port 5061 carries TLS; "), "{one}");
+        for remedy in [
+            "capture_address = 127.0.0.1:9060",
+            "enabled = yes",
+            "res_hep_pjsip.so",
+            "--hep-listen 127.0.0.1:9060",
+            "trunk to this host as UDP or TCP",
+        ] {
+            assert!(one.contains(remedy), "{remedy}: {one}");
+        }
         assert!(message(&[5060, 5061]).starts_with("one of the watched ports (5060, 5061)"));
     }
 

@@ -317,15 +317,20 @@ fn a_tls_client_hello_on_the_watched_port_is_counted_and_explained() {
     net.sender.enter(|| {
         use std::io::Write as _;
         let mut stream = std::net::TcpStream::connect("10.200.0.2:5061").unwrap();
+        stream.set_nodelay(true).unwrap();
         stream.write_all(&hello).unwrap();
+        // What follows a handshake is encrypted from anywhere in a record: the flow is not
+        // copied again, so reassembly never sees it (no gaps to report).
+        for chunk in 0..3u8 {
+            std::thread::sleep(Duration::from_millis(20));
+            stream.write_all(&[chunk; 700]).unwrap();
+        }
     });
     let (_accepted, _) = listener.accept().unwrap();
 
-    agent.wait_for_log(
-        "port 5061 carries TLS; sipnotify can only read plaintext SIP: configure the SIP \
-         Server's trunk to this host as UDP or TCP",
-        Duration::from_secs(15),
-    );
+    agent.wait_for_log("port 5061 carries TLS; ", Duration::from_secs(15));
+    let warning = agent.log_line("port 5061 carries TLS; ");
+    assert!(warning.contains("--hep-listen 127.0.0.1:9060"), "{warning}");
     let (status, metrics) = net.receiver.http_get("127.0.0.1:9464", "/metrics");
     assert!(status.contains("200"), "{status}");
     let tls = support::metric(
@@ -334,6 +339,17 @@ fn a_tls_client_hello_on_the_watched_port_is_counted_and_explained() {
         &[("iface", "veth1"), ("outcome", "tls_record")],
     );
     assert_eq!(tls, Some(1.0), "{metrics}");
+    let tls_flow = support::metric(
+        &metrics,
+        "sipnotify_kernel_packets_total",
+        &[("iface", "veth1"), ("outcome", "tls_flow")],
+    );
+    assert!(tls_flow >= Some(3.0), "{metrics}");
+    assert_eq!(
+        support::prometheus::sum(&metrics, "sipnotify_reassembly_lost_total"),
+        0.0,
+        "{metrics}"
+    );
 
     let config = tempfile::NamedTempFile::new().unwrap();
     let doctor = net

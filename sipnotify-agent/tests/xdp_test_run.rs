@@ -793,16 +793,35 @@ fn a_tls_client_hello_to_the_watched_port_is_counted_as_tls() {
         h.run(&udp4(5061, CLIENT_HELLO));
         h.run(&udp4(5061, &[0x16, 0xfe, 0xfd, 0, 0, 0, 0]));
         h.run(&tcp4(443, CLIENT_HELLO));
+        // The flow of that ClientHello is remembered: its later segments, encrypted from
+        // anywhere in a record, are not copied, even one that reads like SIP.
+        h.run(&tcp4(5061, &[0x42; 300]));
+        h.run(&tcp4(5061, b"NOTIFY sip:1002@x SIP/2.0\r\n\r\n"));
         assert!(h.records().is_empty());
         assert_eq!(
             h.counters(),
             [
-                (PacketsSeen, 4),
+                (PacketsSeen, 6),
                 (PortNotWatched, 1),
                 (TlsRecord, 2),
+                (TlsFlow, 2),
                 (DtlsRecord, 1),
                 (UdpWatched, 2)
             ]
+        );
+    }
+}
+
+#[test]
+fn a_flow_joined_mid_stream_is_recognised_by_any_tls_record_type() {
+    for mut h in Harness::each("a_flow_joined_mid_stream", &[5061], BOTH) {
+        // Application data (23) of TLS 1.2/1.3, then the rest of that flow.
+        h.run(&tcp4(5061, &[0x17, 0x03, 0x03, 0x00, 0x20, 0xaa, 0xbb]));
+        h.run(&tcp4(5061, &[0x99; 64]));
+        assert!(h.records().is_empty());
+        assert_eq!(
+            h.counters(),
+            [(PacketsSeen, 2), (TlsRecord, 1), (TlsFlow, 1)]
         );
     }
 }

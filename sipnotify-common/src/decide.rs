@@ -6,7 +6,8 @@
 //! [`MAX_LEADING_CRLF`] keep-alive CRLFs. What cannot be judged from one packet is copied
 //! whole from its IP header (flagged [`FLAG_IP_PACKET`]) for user space to reassemble: every
 //! TCP segment to a watched port that carries data or opens or closes the flow, the first
-//! fragment of a NOTIFY, and the later fragments of the datagrams [`Fragments`] follows.
+//! fragment of a NOTIFY, and the later fragments of the datagrams [`Fragments`] follows. A
+//! TCP flow once seen carrying TLS ([`TlsFlows`]) is not copied again.
 //! Every packet ends in exactly one [`Decision`], and
 //! every [`Skip`] names exactly one outcome [`Counter`]; a [`Capture`] ends in the outcome of
 //! its copy ([`Counter::Copied`], [`Counter::RingbufFull`], …), which only the caller knows.
@@ -17,8 +18,8 @@
 //! costs a port lookup and nothing more.
 
 use crate::{
-    Counter, EventHeader, FLAG_FIRST_FRAGMENT, FLAG_IP_PACKET, FLAG_TRUNCATED, FragmentKey,
-    MAX_PAYLOAD, NOTIFY_PREFIX, SipConfig,
+    Counter, EventHeader, FLAG_FIRST_FRAGMENT, FLAG_IP_PACKET, FLAG_TRUNCATED, FlowKey,
+    FragmentKey, MAX_PAYLOAD, NOTIFY_PREFIX, SipConfig,
     net::{self, Bail, Frame, IPPROTO_TCP, IPPROTO_UDP, Location, Transport, Walk},
 };
 
@@ -28,6 +29,11 @@ pub const MAX_LEADING_CRLF: usize = 4;
 
 /// The first bytes of a TLS record carrying a handshake (content type 22, version 3.x).
 pub const TLS_RECORD_START: [u8; 2] = [0x16, 0x03];
+/// TLS record content types: change_cipher_spec (20), alert, handshake, application_data (23).
+/// A segment of a connection joined mid-stream starts with any of them, not only 22.
+pub const TLS_CONTENT_TYPES: core::ops::RangeInclusive<u8> = 0x14..=0x17;
+/// The highest TLS record version minor (3.4; TLS 1.3 records still say 3.3).
+pub const TLS_MAX_MINOR: u8 = 4;
 /// The first bytes of a DTLS record carrying a handshake (content type 22, version 254.x).
 pub const DTLS_RECORD_START: [u8; 2] = [0x16, 0xfe];
 
@@ -36,6 +42,8 @@ const TCP_DATA_OFFSET: usize = 12;
 const TCP_FLAGS_END: usize = 14;
 /// FIN, SYN and RST: a segment with any of them opens or closes a flow, data or not.
 const TCP_FIN_SYN_RST: u8 = 0x07;
+/// FIN and RST: the flow is closing.
+const TCP_FIN_RST: u8 = 0x05;
 
 /// The set of watched destination ports. The XDP program reads its configuration through a
 /// volatile load, so the test is a trait rather than a [`SipConfig`] method call.
@@ -61,6 +69,18 @@ pub trait Fragments {
     fn followed(&mut self, key: &FragmentKey) -> bool;
 }
 
+/// The TCP flows seen carrying TLS, so that their later segments, which start anywhere in a
+/// record, are not copied: an LRU map in the kernel, a bounded table in user space. Asked of
+/// the same value as [`Fragments`].
+pub trait TlsFlows {
+    /// `key` carries TLS: its segments are not wanted.
+    fn mark_tls(&mut self, key: &FlowKey);
+    /// Whether `key` was seen carrying TLS.
+    fn is_tls(&mut self, key: &FlowKey) -> bool;
+    /// `key` is closing (FIN or RST): a new connection may reuse its ports.
+    fn forget_tls(&mut self, key: &FlowKey);
+}
+
 /// Why a packet is passed without a record; each maps to one outcome counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Skip {
@@ -76,6 +96,8 @@ pub enum Skip {
     EmptyPayload,
     /// To a watched port, starting like a TLS record.
     TlsRecord,
+    /// TCP to a watched port, of a flow seen carrying TLS.
+    TlsFlow,
     /// UDP to a watched port, starting like a DTLS record.
     DtlsRecord,
     /// UDP to a watched port, not a NOTIFY.
@@ -95,6 +117,7 @@ impl Skip {
             Skip::PortNotWatched => Counter::PortNotWatched,
             Skip::EmptyPayload => Counter::EmptyPayload,
             Skip::TlsRecord => Counter::TlsRecord,
+            Skip::TlsFlow => Counter::TlsFlow,
             Skip::DtlsRecord => Counter::DtlsRecord,
             Skip::NotNotify => Counter::NotNotify,
         }
@@ -193,7 +216,7 @@ impl From<Skip> for Decision {
 /// as they are passed; `packets_seen` and the outcome are the caller's to count.
 /// `fragments` remembers the datagrams whose first fragment is captured.
 #[inline(always)]
-pub fn decide<F: Frame + ?Sized, P: Ports + ?Sized, D: Fragments + ?Sized>(
+pub fn decide<F: Frame + ?Sized, P: Ports + ?Sized, D: Fragments + TlsFlows + ?Sized>(
     frame: &F,
     ports: &P,
     fragments: &mut D,
@@ -215,7 +238,7 @@ pub fn decide<F: Frame + ?Sized, P: Ports + ?Sized, D: Fragments + ?Sized>(
     }
     let decision = match location.transport {
         Transport::Udp => decide_udp(frame, location, tally),
-        Transport::Tcp => decide_tcp(frame, location, tally),
+        Transport::Tcp => decide_tcp(frame, location, fragments, tally),
     };
     if let Decision::Capture(capture) = &decision {
         if location.flags & FLAG_FIRST_FRAGMENT != 0 {
@@ -334,7 +357,7 @@ pub fn check_payload<F: Frame + ?Sized>(
     let Some(start) = frame.load::<2>(payload) else {
         return Err(Skip::NotNotify);
     };
-    if start == TLS_RECORD_START {
+    if TLS_CONTENT_TYPES.contains(&start[0]) && start[1] == TLS_RECORD_START[1] {
         return Err(Skip::TlsRecord);
     }
     if start == DTLS_RECORD_START {
@@ -372,9 +395,10 @@ fn leading_crlf<F: Frame + ?Sized>(frame: &F, payload: usize) -> Option<usize> {
 /// A TCP segment to a watched port is copied whole when it carries data or opens or closes
 /// the flow: a NOTIFY may start anywhere in a stream, so only user space can frame it.
 #[inline(always)]
-fn decide_tcp<F: Frame + ?Sized>(
+fn decide_tcp<F: Frame + ?Sized, T: TlsFlows + ?Sized>(
     frame: &F,
     location: Location,
+    flows: &mut T,
     tally: &mut impl FnMut(Counter),
 ) -> Decision {
     // Ports, sequence and acknowledgement numbers, data offset and flags in one load: every
@@ -394,29 +418,49 @@ fn decide_tcp<F: Frame + ?Sized>(
     if !has_data && tcp[TCP_DATA_OFFSET + 1] & TCP_FIN_SYN_RST == 0 {
         return Skip::EmptyPayload.into();
     }
-    if has_data {
-        // The first data byte decides: SIP is text and never starts with a TLS handshake's
-        // 0x16. It is read with the header's last byte, and a frame that ends before it
-        // returns early: verifiers reject the code LLVM makes of a one-byte load, or of a
-        // failed load whose bytes a later comparison still uses.
-        let Some([_, first]) = frame.load::<2>(payload - 1) else {
-            return Skip::Bail(Bail::ShortHeader).into();
-        };
-        if first == TLS_RECORD_START[0] {
-            return Skip::TlsRecord.into();
-        }
-    }
     let Some((src_addr, dst_addr)) = net::addresses(frame, &location) else {
         return Skip::Bail(Bail::ShortHeader).into();
     };
-    tally(Counter::TcpSegments);
-    ip_packet(
-        location,
-        u16::from_be_bytes([tcp[0], tcp[1]]),
-        u16::from_be_bytes([tcp[2], tcp[3]]),
+    let flow = FlowKey {
         src_addr,
         dst_addr,
-    )
+        src_port: u16::from_be_bytes([tcp[0], tcp[1]]),
+        dst_port: u16::from_be_bytes([tcp[2], tcp[3]]),
+        ip_version: location.ip_version,
+        _pad: [0; 3],
+    };
+    // A flow seen carrying TLS is encrypted to its end: its segments start anywhere in a
+    // record, so no later segment could be judged by its first bytes.
+    if flows.is_tls(&flow) {
+        if tcp[TCP_DATA_OFFSET + 1] & TCP_FIN_RST != 0 {
+            flows.forget_tls(&flow);
+        }
+        return Skip::TlsFlow.into();
+    }
+    if has_data {
+        // The first data byte decides: SIP is text and never starts with a TLS record's
+        // content type (0x14–0x17). It is read with the header's last byte, and a frame that
+        // ends before it returns early: verifiers reject the code LLVM makes of a one-byte
+        // load, or of a failed load whose bytes a later comparison still uses.
+        let Some([_, first]) = frame.load::<2>(payload - 1) else {
+            return Skip::Bail(Bail::ShortHeader).into();
+        };
+        if TLS_CONTENT_TYPES.contains(&first) {
+            // The version confirms it; a segment too short to hold it is judged by the type.
+            // Loaded from the payload itself: a load from the header's last byte that the
+            // compiler widens to the bytes before it reads at a negative packet offset.
+            let tls = match frame.load::<3>(payload) {
+                Some([_, major, minor]) => major == TLS_RECORD_START[1] && minor <= TLS_MAX_MINOR,
+                None => true,
+            };
+            if tls {
+                flows.mark_tls(&flow);
+                return Skip::TlsRecord.into();
+            }
+        }
+    }
+    tally(Counter::TcpSegments);
+    ip_packet(location, flow.src_port, flow.dst_port, src_addr, dst_addr)
 }
 
 #[cfg(test)]
@@ -430,9 +474,9 @@ mod tests {
     use super::*;
     use crate::{CounterSet, FLAG_VLAN};
 
-    /// The datagrams followed, as a plain list.
+    /// The datagrams followed and the TLS flows, as plain lists.
     #[derive(Default)]
-    struct Followed(Vec<FragmentKey>);
+    struct Followed(Vec<FragmentKey>, Vec<FlowKey>);
 
     impl Fragments for Followed {
         fn follow(&mut self, key: &FragmentKey) {
@@ -440,6 +484,18 @@ mod tests {
         }
         fn followed(&mut self, key: &FragmentKey) -> bool {
             self.0.contains(key)
+        }
+    }
+
+    impl TlsFlows for Followed {
+        fn mark_tls(&mut self, key: &FlowKey) {
+            self.1.push(*key);
+        }
+        fn is_tls(&mut self, key: &FlowKey) -> bool {
+            self.1.contains(key)
+        }
+        fn forget_tls(&mut self, key: &FlowKey) {
+            self.1.retain(|k| k != key);
         }
     }
 
@@ -573,14 +629,70 @@ mod tests {
         assert_eq!(skip(udp(5061, CLIENT_HELLO)), Skip::TlsRecord);
         assert_eq!(skip(tcp(5061, CLIENT_HELLO)), Skip::TlsRecord);
         assert_eq!(skip(udp(5061, &[0x16, 0xfe, 0xfd, 0, 0])), Skip::DtlsRecord);
-        // On TCP the first byte decides: SIP never starts with 0x16.
-        assert_eq!(skip(tcp(5061, &[0x16, 0xfe, 0xfd, 0, 0])), Skip::TlsRecord);
-        assert_ne!(
-            captured(&tcp(5061, b"\x17")).location.flags & FLAG_IP_PACKET,
-            0
-        );
+        // On TCP the content type and the version decide, whatever the record type: a
+        // connection joined mid-stream starts with application data or an alert.
+        for record in [[0x17, 3, 3], [0x15, 3, 1], [0x14, 3, 0], [0x16, 3, 4]] {
+            assert_eq!(skip(tcp(5061, &record)), Skip::TlsRecord, "{record:?}");
+        }
+        for not_tls in [&[0x16, 0xfe, 0xfd, 0, 0][..], b"\x17abc", b"\x13\x03\x03"] {
+            assert_ne!(
+                captured(&tcp(5061, not_tls)).location.flags & FLAG_IP_PACKET,
+                0,
+                "{not_tls:?}"
+            );
+        }
+        // Too short to hold a version: the type decides.
+        assert_eq!(skip(tcp(5061, b"\x17")), Skip::TlsRecord);
+        assert_eq!(skip(udp(5061, &[0x17, 0x03, 0x03, 0, 1])), Skip::TlsRecord);
         // TLS to a port nobody watches is nobody's business.
         assert_eq!(skip(tcp(443, CLIENT_HELLO)), Skip::PortNotWatched);
+    }
+
+    /// A TCP segment from `src_port` to 5061; `fin` closes the flow.
+    fn tcp_flow(src_port: u16, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mut frame = Vec::new();
+        let builder = PacketBuilder::ethernet2(MAC, MAC)
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(src_port, 5061, 1, 1000);
+        let builder = if fin { builder.fin() } else { builder };
+        builder.write(&mut frame, payload).unwrap();
+        frame
+    }
+
+    #[test]
+    fn a_flow_seen_carrying_tls_is_not_copied_again_until_it_closes() {
+        let frames = vec![
+            tcp_flow(40000, false, CLIENT_HELLO),
+            // Encrypted bytes that start anywhere in a record: not looked at.
+            tcp_flow(40000, false, b"NOTIFY sip:looks@like SIP/2.0\r\n"),
+            tcp_flow(40000, false, &[0x42; 100]),
+            // Another connection is judged on its own.
+            tcp_flow(40001, false, b"OPTIONS sip:a SIP/2.0\r\n\r\n"),
+            tcp_flow(40000, true, b""),
+            // The ports reused after the close: SIP again.
+            tcp_flow(40000, false, b"OPTIONS sip:a SIP/2.0\r\n\r\n"),
+        ];
+        let (decisions, counts) = run(&frames);
+        let skips: Vec<Option<Skip>> = decisions
+            .iter()
+            .map(|d| match d {
+                Decision::Skip(skip) => Some(*skip),
+                Decision::Capture(_) => None,
+            })
+            .collect();
+        assert_eq!(
+            skips,
+            [
+                Some(Skip::TlsRecord),
+                Some(Skip::TlsFlow),
+                Some(Skip::TlsFlow),
+                None,
+                Some(Skip::TlsFlow),
+                None
+            ]
+        );
+        assert_eq!(counts.get(Counter::TlsFlow), 3);
+        assert_eq!(counts.outcomes(), frames.len() as u64);
     }
 
     #[test]
@@ -640,10 +752,11 @@ mod tests {
             udp(5061, b""),
             udp(5061, CLIENT_HELLO),
             udp(5061, &[0x16, 0xfe, 0xfd]),
-            tcp(5061, CLIENT_HELLO),
             tcp(5061, b""),
             tcp(5061, b"OPTIONS"),
             tcp(5061, b"O"),
+            // Last of its flow: the flow is not copied after it.
+            tcp(5061, CLIENT_HELLO),
             arp,
             later,
             cut,

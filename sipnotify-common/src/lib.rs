@@ -34,6 +34,13 @@ pub const FRAGMENT_MAP_ENTRIES: u32 = 4096;
 /// How long after its first fragment a datagram's later fragments are still copied: Linux's
 /// own reassembly timeout (`ipfrag_time`). Older entries belong to an IP ID since reused.
 pub const FRAGMENT_FOLLOW_NS: u64 = 30 * 1_000_000_000;
+/// Name of the `BPF_MAP_TYPE_LRU_HASH` map of TCP flows to a watched port seen carrying TLS,
+/// keyed by [`FlowKey`]: their later segments are not copied (encrypted bytes are no SIP).
+pub const TLS_FLOWS_MAP: &str = "SIP_TLS_FLOWS";
+/// Entries of [`TLS_FLOWS_MAP`]: TLS connections to the watched ports at once (a trunk keeps
+/// a handful); the least recently used makes room for a new one, which is then copied again
+/// only until its next record starts a segment.
+pub const TLS_FLOW_MAP_ENTRIES: u32 = 4096;
 /// Name of the XDP program in the object file: multi-buffer frames, payload copied with
 /// `bpf_xdp_load_bytes` (Linux 5.18 and later, or kernels with that helper backported).
 pub const PROGRAM_NAME: &str = "sipnotify_xdp";
@@ -90,6 +97,26 @@ pub struct FragmentKey {
 }
 const _: () = assert!(size_of::<FragmentKey>() == 40);
 const _: () = assert!(align_of::<FragmentKey>() == 4);
+
+/// Identifies one direction of a TCP connection: the key of [`TLS_FLOWS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address (IPv4 in the first four bytes).
+    pub src_addr: [u8; 16],
+    /// Destination address (IPv4 in the first four bytes).
+    pub dst_addr: [u8; 16],
+    /// TCP source port.
+    pub src_port: u16,
+    /// TCP destination port.
+    pub dst_port: u16,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+const _: () = assert!(align_of::<FlowKey>() == 2);
 
 /// Header of every ring-buffer record; the UDP payload bytes (or, with [`FLAG_IP_PACKET`],
 /// the IP packet) follow it directly.
@@ -253,9 +280,13 @@ counters! {
     /// Outcome: UDP or TCP to a watched port without payload (a UDP length of 8, a bare ACK
     /// without SYN, FIN or RST).
     EmptyPayload, "empty_payload", Outcome;
-    /// Outcome: to a watched port, the payload starts like a TLS record (`0x16 0x03`): the
-    /// SIP Server talks TLS, which cannot be read.
+    /// Outcome: to a watched port, the payload starts like a TLS record (content type
+    /// 0x14–0x17, version 3.0–3.4): the SIP Server talks TLS, which cannot be read. A TCP
+    /// flow seen so is remembered, and its later segments are `tls_flow`.
     TlsRecord, "tls_record", Outcome;
+    /// Outcome: a TCP segment of a flow already seen carrying TLS (`tls_record`), not copied:
+    /// encrypted bytes are no SIP, and would only make reassembly report gaps.
+    TlsFlow, "tls_flow", Outcome;
     /// Outcome: UDP to a watched port whose payload starts like a DTLS record (`0x16 0xfe`).
     DtlsRecord, "dtls_record", Outcome;
     /// Outcome: UDP to a watched port whose payload is not a NOTIFY (after at most
@@ -341,6 +372,8 @@ mod user {
     unsafe impl aya::Pod for super::SipConfig {}
     // SAFETY: `#[repr(C)]` byte arrays and integers with explicit padding.
     unsafe impl aya::Pod for super::FragmentKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey {}
 }
 
 #[cfg(test)]

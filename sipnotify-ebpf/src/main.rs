@@ -2,13 +2,15 @@
 //! `NOTIFY ` (after at most four keep-alive CRLFs), copy them into the `SIP_EVENTS` ring
 //! buffer, count every outcome, and pass every packet on untouched. TCP segments to a watched
 //! port, and the fragments of a fragmented NOTIFY (followed through `SIP_FRAGMENTS`), are
-//! copied whole from their IP header for the agent to reassemble.
+//! copied whole from their IP header for the agent to reassemble; a TCP flow seen carrying
+//! TLS (`SIP_TLS_FLOWS`) is not copied again.
 //!
 //! ```text
 //! frame ─▶ walk (Ethernet, ≤2 VLAN tags, IPv4+options | IPv6+ext headers) ─▶ UDP/TCP header
 //!        ─▶ dst port in the SIP_CONFIG bitmap? ─▶ empty? TLS/DTLS record? "NOTIFY "?
 //!        ─▶ SIP_SCRATCH ─▶ bpf_ringbuf_output(header + payload, right-sized) ─▶ agent
 //! later fragment ─▶ first fragment copied (SIP_FRAGMENTS)? ─▶ SIP_SCRATCH ─▶ …
+//! TCP segment ─▶ flow in SIP_TLS_FLOWS? pass : TLS record start? remember the flow, pass : copy
 //! ```
 //!
 //! The object holds the program twice, differing only in how the payload reaches the scratch
@@ -43,8 +45,8 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use sipnotify_common::{
     Counter, DEFAULT_RING_BYTES, EVENT_HEADER_LEN, EventBuffer, FRAGMENT_FOLLOW_NS,
-    FRAGMENT_MAP_ENTRIES, FragmentKey, SCRATCH_PAYLOAD, SipConfig,
-    decide::{self, Capture, Decision, Fragments, Ports},
+    FRAGMENT_MAP_ENTRIES, FlowKey, FragmentKey, SCRATCH_PAYLOAD, SipConfig, TLS_FLOW_MAP_ENTRIES,
+    decide::{self, Capture, Decision, Fragments, Ports, TlsFlows},
     net::{self, Frame},
 };
 
@@ -103,6 +105,31 @@ impl Fragments for FollowedFragments {
         // SAFETY: plain helper call.
         let now = unsafe { bpf_ktime_get_ns() };
         now.wrapping_sub(since) < FRAGMENT_FOLLOW_NS
+    }
+}
+
+/// TCP flows to a watched port seen carrying TLS: their later segments are not copied.
+#[map]
+static SIP_TLS_FLOWS: LruHashMap<FlowKey, u8> =
+    LruHashMap::with_max_entries(TLS_FLOW_MAP_ENTRIES, 0);
+
+impl TlsFlows for FollowedFragments {
+    #[inline(always)]
+    fn mark_tls(&mut self, key: &FlowKey) {
+        // A full map evicts its least recently used flow, which is then copied again only
+        // until a segment of it starts a record.
+        let _ = SIP_TLS_FLOWS.insert(key, 1, 0);
+    }
+
+    #[inline(always)]
+    fn is_tls(&mut self, key: &FlowKey) -> bool {
+        // SAFETY: only the presence of the entry is read.
+        unsafe { SIP_TLS_FLOWS.get(key) }.is_some()
+    }
+
+    #[inline(always)]
+    fn forget_tls(&mut self, key: &FlowKey) {
+        let _ = SIP_TLS_FLOWS.remove(key);
     }
 }
 

@@ -1,13 +1,14 @@
 //! Whole frames from the userspace sources (AF_PACKET, capture files) through the XDP
 //! program's own capture decision (`sipnotify_common::decide`), counted as the program counts,
-//! with [`FragmentFollower`] in the place of the program's `SIP_FRAGMENTS` map.
+//! with [`FragmentFollower`] in the place of the program's `SIP_FRAGMENTS` and `SIP_TLS_FLOWS`
+//! maps.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use sipnotify_common::{
-    Counter, CounterSet, FLAG_IP_PACKET, FRAGMENT_FOLLOW_NS, FRAGMENT_MAP_ENTRIES, FragmentKey,
-    SipConfig,
-    decide::{self, Decision, Fragments, Skip},
+    Counter, CounterSet, FLAG_IP_PACKET, FRAGMENT_FOLLOW_NS, FRAGMENT_MAP_ENTRIES, FlowKey,
+    FragmentKey, SipConfig, TLS_FLOW_MAP_ENTRIES,
+    decide::{self, Decision, Fragments, Skip, TlsFlows},
     net::Frame,
 };
 
@@ -86,6 +87,10 @@ pub struct FragmentFollower {
     now_ns: u64,
     since: HashMap<FragmentKey, u64>,
     order: VecDeque<(FragmentKey, u64)>,
+    /// TCP flows seen carrying TLS, at most [`TLS_FLOW_MAP_ENTRIES`], the oldest marked
+    /// going first.
+    tls: HashSet<FlowKey>,
+    tls_order: VecDeque<FlowKey>,
 }
 
 impl FragmentFollower {
@@ -125,6 +130,30 @@ impl Fragments for FragmentFollower {
         self.since
             .get(key)
             .is_some_and(|&at| self.now_ns.saturating_sub(at) < FRAGMENT_FOLLOW_NS)
+    }
+}
+
+impl TlsFlows for FragmentFollower {
+    fn mark_tls(&mut self, key: &FlowKey) {
+        while self.tls.len() >= TLS_FLOW_MAP_ENTRIES as usize {
+            let Some(old) = self.tls_order.pop_front() else {
+                break;
+            };
+            self.tls.remove(&old);
+        }
+        if self.tls.insert(*key) {
+            self.tls_order.push_back(*key);
+        }
+    }
+
+    fn is_tls(&mut self, key: &FlowKey) -> bool {
+        self.tls.contains(key)
+    }
+
+    fn forget_tls(&mut self, key: &FlowKey) {
+        if self.tls.remove(key) {
+            self.tls_order.retain(|k| k != key);
+        }
     }
 }
 
