@@ -2,7 +2,9 @@
 //! test`):
 //! - Debian 11 (bullseye, glibc 2.31): the .tar.gz unpacked into a minimal root filesystem;
 //!   its binary runs `--version`, `doctor` and a `replay` of a corpus capture, and the shipped
-//!   example configuration passes `run --check-config`.
+//!   example configuration passes `run --check-config`; `systemd-analyze verify` accepts the
+//!   unit with the CAP_SYS_ADMIN drop-in that `sipnotify-unit-caps` writes for systemd < 246
+//!   or kernels without CAP_BPF, and bullseye's own systemd 247 gets none.
 //! - Debian 12 (bookworm): the .deb installs with `dpkg -i`; every file the unit names is
 //!   there; `systemd-analyze verify` accepts the unit and `systemd-analyze security` rates it;
 //!   against a recording `systemctl`, the maintainer scripts enable and start nothing on
@@ -34,21 +36,24 @@ use crate::{
 };
 
 /// A Debian release as a minimal root filesystem, with the packages its checks need.
-struct Suite {
-    name: &'static str,
+pub(crate) struct Suite {
+    pub(crate) name: &'static str,
     include: &'static [&'static str],
 }
 
-/// `doctor` asks `ip -j link` about the interfaces.
-const BULLSEYE: Suite = Suite {
+/// `doctor` asks `ip -j link` about the interfaces; `systemd-analyze` (with man-db, as on
+/// bookworm) verifies the unit and its drop-in; systemd-sysv makes the tree boot for
+/// `test-packages`.
+pub(crate) const BULLSEYE: Suite = Suite {
     name: "bullseye",
-    include: &["iproute2"],
+    include: &["iproute2", "systemd", "systemd-sysv", "man-db"],
 };
 /// `systemd-analyze` and `deb-systemd-helper` come with systemd; with man-db, `verify`
-/// also opens the unit's `man:` documentation.
-const BOOKWORM: Suite = Suite {
+/// also opens the unit's `man:` documentation; systemd-sysv and iproute2 make the tree boot
+/// for `test-packages`.
+pub(crate) const BOOKWORM: Suite = Suite {
     name: "bookworm",
-    include: &["systemd", "man-db"],
+    include: &["systemd", "man-db", "systemd-sysv", "iproute2"],
 };
 
 /// The corpus capture replayed on bullseye, and the one notification it must yield (SIP
@@ -197,7 +202,66 @@ fn bullseye(root: &Path, dist: &Dist, version: &str, checks: &mut Checks) -> Res
         )
         .map(drop)
     })?;
+    checks.run(
+        "bullseye: systemd-analyze verify, with the CAP_SYS_ADMIN drop-in",
+        || unit_caps_in_tree(&tree),
+    )?;
     fs::remove_dir_all(&tree)?;
+    Ok(())
+}
+
+/// Where the .deb puts the generator (`packaging/sipnotify-unit-caps`).
+const UNIT_CAPS: &str = "/lib/systemd/system-generators/sipnotify-unit-caps";
+const UNIT_CAPS_DROPIN: &str = "sipnotify.service.d/50-cap-sys-admin.conf";
+
+/// The generator as systemd 245 on a 5.4 kernel (Ubuntu 20.04) would run it, writing into
+/// /etc/systemd/system so that `systemd-analyze verify` reads the drop-in; then as bullseye's
+/// own systemd (247) on this kernel would, which must add nothing if the kernel has CAP_BPF.
+fn unit_caps_in_tree(tree: &Path) -> Result<()> {
+    let dir = "/etc/systemd/system";
+    let faked = [
+        "env",
+        "SIPNOTIFY_SYSTEMD_VERSION=245",
+        "SIPNOTIFY_CAP_LAST_CAP=37",
+        UNIT_CAPS,
+        dir,
+        dir,
+        dir,
+    ];
+    in_tree_ok(tree, &faked)?;
+    let dropin = inside(tree, dir).join(UNIT_CAPS_DROPIN);
+    let text = fs::read_to_string(&dropin).context("the generator wrote no drop-in")?;
+    ensure!(
+        text.contains("AmbientCapabilities=CAP_SYS_ADMIN"),
+        "drop-in: {text}"
+    );
+    analyze_verify(tree)?;
+    fs::remove_file(&dropin)?;
+    let last_cap: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")?
+        .trim()
+        .parse()?;
+    in_tree_ok(tree, &[UNIT_CAPS, dir, dir, dir])?;
+    ensure!(
+        dropin.exists() == (last_cap < 39),
+        "systemd 247 on a kernel with cap_last_cap {last_cap}: drop-in written: {}",
+        dropin.exists()
+    );
+    Ok(())
+}
+
+/// `systemd-analyze verify sipnotify.service` in the tree succeeds and says nothing.
+fn analyze_verify(tree: &Path) -> Result<()> {
+    let out = in_tree(tree, &["systemd-analyze", "verify", "sipnotify.service"])?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success() && said.trim().is_empty(),
+        "{}: {said}",
+        out.status
+    );
     Ok(())
 }
 
@@ -248,20 +312,7 @@ fn bookworm(root: &Path, dist: &Dist, checks: &mut Checks) -> Result<()> {
             Ok(())
         },
     )?;
-    checks.run("bookworm: systemd-analyze verify", || {
-        let out = in_tree(&tree, &["systemd-analyze", "verify", "sipnotify.service"])?;
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        ensure!(
-            out.status.success() && said.trim().is_empty(),
-            "{}: {said}",
-            out.status
-        );
-        Ok(())
-    })?;
+    checks.run("bookworm: systemd-analyze verify", || analyze_verify(&tree))?;
     checks.run("bookworm: systemd-analyze security", || {
         let out = in_tree_ok(
             &tree,
@@ -431,7 +482,7 @@ fn usr_merged(path: &str) -> String {
 
 /// A fresh copy of `suite`'s root filesystem under `target/userland/`, from the cached tarball
 /// (made by debootstrap the first time).
-fn fresh_tree(root: &Path, suite: &Suite) -> Result<PathBuf> {
+pub(crate) fn fresh_tree(root: &Path, suite: &Suite) -> Result<PathBuf> {
     let dir = root.join("target/userland");
     fs::create_dir_all(&dir)?;
     let tarball = dir.join(format!(
@@ -515,7 +566,7 @@ fn in_tree(tree: &Path, args: &[&str]) -> Result<Output> {
 }
 
 /// Runs the command in the tree; its stdout, or an error with its stderr.
-fn in_tree_ok(tree: &Path, args: &[&str]) -> Result<String> {
+pub(crate) fn in_tree_ok(tree: &Path, args: &[&str]) -> Result<String> {
     let out = in_tree(tree, args)?;
     if !out.status.success() {
         bail!(
@@ -629,6 +680,58 @@ fn expect_calls(calls: &[String], expected: &[&str], forbidden: &[&str]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The generator's decision on the distributions the README names, from their systemd
+    /// version and their kernel's /proc/sys/kernel/cap_last_cap (CAP_BPF is 39, from 5.8).
+    #[test]
+    fn unit_caps_adds_cap_sys_admin_only_where_cap_bpf_is_missing() -> Result<()> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/sipnotify-unit-caps");
+        let cases = [
+            ("RHEL 8: systemd 239, 4.18", "239", "37", true),
+            ("Ubuntu 20.04: systemd 245, 5.4", "245", "37", true),
+            ("Debian 11: systemd 247, 5.10", "247", "40", false),
+            ("Ubuntu 22.04: systemd 249, 5.15", "249", "40", false),
+            ("RHEL 9: systemd 252, 5.14", "252", "40", false),
+            ("Ubuntu 20.04 HWE: systemd 245, 5.15", "245", "40", true),
+            ("systemd 252 on 5.4", "252", "37", true),
+            ("an unreadable systemd version", "unknown", "40", true),
+        ];
+        for (name, version, last_cap, wanted) in cases {
+            let dir = std::env::temp_dir().join(format!(
+                "sipnotify-unit-caps-{}-{version}-{last_cap}",
+                std::process::id()
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            let out = Command::new("sh")
+                .arg(&script)
+                .args([&dir, &dir, &dir])
+                .env_clear()
+                .env("PATH", "/usr/bin:/bin")
+                .env("SIPNOTIFY_SYSTEMD_VERSION", version)
+                .env("SIPNOTIFY_CAP_LAST_CAP", last_cap)
+                .output()?;
+            let dropin = fs::read_to_string(dir.join(UNIT_CAPS_DROPIN)).ok();
+            let _ = fs::remove_dir_all(&dir);
+            ensure!(out.status.success(), "{name}: {out:?}");
+            match dropin {
+                Some(text) => {
+                    ensure!(wanted, "{name}: unexpected drop-in:\n{text}");
+                    for line in [
+                        "[Service]",
+                        "AmbientCapabilities=CAP_SYS_ADMIN",
+                        "CapabilityBoundingSet=CAP_SYS_ADMIN",
+                    ] {
+                        ensure!(
+                            text.lines().any(|l| l == line),
+                            "{name}: no `{line}` in:\n{text}"
+                        );
+                    }
+                }
+                None => ensure!(!wanted, "{name}: no drop-in written"),
+            }
+        }
+        Ok(())
+    }
 
     #[test]
     fn the_unit_names_its_program_config_and_docs() {
