@@ -17,6 +17,7 @@ use sipnotify_agent::{
         fragment::{self, DatagramKey, Fragment, FragmentReassembler, FragmentSettings, IpPacket},
         tcp::{self, FlowKey, Segment, TcpReassembler, TcpSettings},
     },
+    source_filter::SourceFilter,
 };
 use sipnotify_common::{Counter, CounterSet, SipConfig};
 
@@ -96,6 +97,7 @@ fuzz_target!(|data: &[u8]| {
             tcp: TCP,
         },
         &[5061],
+        SourceFilter::default(),
     );
     let mut fragments = FragmentReassembler::new(FRAGMENTS);
     let mut streams = TcpReassembler::new(TCP);
@@ -184,7 +186,15 @@ fuzz_target!(|data: &[u8]| {
                 let spliced = SplicedFrame::whole(frame);
                 let at = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
                 let inspected =
-                    capture::inspect(&spliced, &ports, &mut follower, &mut counts, at, 0);
+                    capture::inspect(
+                    &spliced,
+                    &ports,
+                    &SourceFilter::default(),
+                    &mut follower,
+                    &mut counts,
+                    at,
+                    0,
+                );
                 if let Ok(record) = inspected {
                     assert!(record.payload.len() <= frame.len());
                     // As the pipeline routes: IP packets through reassembly, NOTIFYs on.

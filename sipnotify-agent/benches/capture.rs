@@ -29,6 +29,7 @@ use std::{
 use sipnotify_agent::{
     bpf::{self, AttachMode, ProgramSettings},
     capture::af_packet::{AfPacketSettings, PacketSocket},
+    source_filter::SourceFilter,
 };
 use sipnotify_common::Counter;
 use sipnotify_testkit::{self as support, VethPair, proc::thread_cpu};
@@ -189,6 +190,7 @@ impl Running {
                 let settings = ProgramSettings {
                     ports: vec![5061],
                     ring_bytes,
+                    senders: SourceFilter::default(),
                 };
                 let program = net
                     .receiver

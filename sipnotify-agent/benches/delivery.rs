@@ -92,7 +92,7 @@ fn run(
     if let Ok(Ok(max_in_flight)) = std::env::var("SIPNOTIFY_BENCH_IN_FLIGHT").map(|v| v.parse()) {
         args.max_in_flight = max_in_flight;
     }
-    let settings = sink_settings(&args, None)?;
+    let settings = sink_settings(&args, &Default::default())?;
     let queue = NotificationQueue::new(settings.queue_capacity);
     for i in 0..case.count {
         queue.push(notification(i));

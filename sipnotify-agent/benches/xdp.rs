@@ -14,7 +14,10 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use etherparse::PacketBuilder;
-use sipnotify_agent::bpf::{self, CopyPath, LoadedProgram, ProgramSettings};
+use sipnotify_agent::{
+    bpf::{self, CopyPath, LoadedProgram, ProgramSettings},
+    source_filter::SourceFilter,
+};
 use sipnotify_common::{Counter, EVENTS_MAP, STATS_MAP};
 
 const RUNS: usize = 11;
@@ -103,6 +106,7 @@ fn main() {
             &ProgramSettings {
                 ports: vec![5061],
                 ring_bytes: 32 << 20,
+                senders: SourceFilter::default(),
             },
             Some(copy),
         )

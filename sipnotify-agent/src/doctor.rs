@@ -33,6 +33,7 @@ use sipnotify_common::{Counter, CounterSet};
 
 use crate::{
     bpf::{self, AttachMode, CopyPath, LoadError, ProgramSettings},
+    caps,
     capture::{
         af_packet::{AfPacketSettings, PacketSocket},
         source::{self, CaptureMode, Prediction},
@@ -43,6 +44,7 @@ use crate::{
         http::{self, error_chain},
         tls,
     },
+    source_filter::SourceFilter,
 };
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
@@ -78,6 +80,8 @@ pub struct DoctorSettings {
     pub insecure: bool,
     /// How long to wait for the bridge's answer.
     pub request_timeout: Duration,
+    /// The networks `run` will accept NOTIFYs from (`--sip-source`).
+    pub senders: SourceFilter,
     /// Logging.
     pub log: LogSettings,
 }
@@ -190,10 +194,26 @@ pub async fn run_checks(settings: &DoctorSettings) -> Result<Vec<Check>, DoctorE
     let mut checks = tokio::task::spawn_blocking(move || system_checks(&ifaces, capture))
         .await
         .map_err(|e| DoctorError::Internal(e.to_string()))?;
+    checks.push(senders_check(&settings.senders));
     if let Some(bridge) = &settings.bridge {
         checks.extend(bridge_checks(bridge, settings).await);
     }
     Ok(checks)
+}
+
+/// Whether NOTIFYs are accepted from the SIP Servers only.
+fn senders_check(senders: &SourceFilter) -> Check {
+    if senders.allows_everyone() {
+        return Check::warn(
+            "sip senders",
+            "no sip_source: any host that can reach the watched ports can make the bridge act",
+            "set sip_source to the SIP Server addresses (--sip-source CIDR, or sip_source = [\"…\"] in the config file)",
+        );
+    }
+    Check::ok(
+        "sip senders",
+        format!("NOTIFYs accepted only from {senders}"),
+    )
 }
 
 fn system_checks(ifaces: &[String], capture: CaptureMode) -> Vec<Check> {
@@ -211,6 +231,7 @@ fn system_checks(ifaces: &[String], capture: CaptureMode) -> Vec<Check> {
                 .as_deref()
                 .and_then(parse_cap_eff),
         ),
+        capabilities_check(caps::Capabilities::current()),
         // Before the program load below, which raises the limit for this process.
         memlock_check(version, memlock_limit()),
         probe_check(
@@ -232,6 +253,7 @@ fn system_checks(ifaces: &[String], capture: CaptureMode) -> Vec<Check> {
         ports: vec![5061],
         // The smallest ring: the load proves the map type, not the size.
         ring_bytes: 4096,
+        senders: SourceFilter::default(),
     };
     // The real program, loaded the way `run` loads it: its verdict is `run`'s.
     let loaded = bpf::load(&settings).map(|l| l.copy);
@@ -364,6 +386,27 @@ pub fn parse_cap_eff(status: &str) -> Option<u64> {
         let hex = line.strip_prefix("CapEff:")?.trim();
         u64::from_str_radix(hex, 16).ok()
     })
+}
+
+/// The line `run` logs at start: which capture paths the capabilities allow.
+pub fn capabilities_check(held: Option<caps::Capabilities>) -> Check {
+    const NAME: &str = "capabilities";
+    let Some(held) = held else {
+        return Check::warn(NAME, "cannot read /proc/self/status", FIX_PERMISSIONS);
+    };
+    let line = held.summary();
+    match (
+        held.can_load_xdp() && held.can_attach_xdp(),
+        held.can_open_af_packet(),
+    ) {
+        (true, _) => Check::ok(NAME, line),
+        (false, true) => Check::warn(
+            NAME,
+            line,
+            "for XDP, grant CAP_BPF and CAP_NET_ADMIN (CAP_SYS_ADMIN where the kernel or systemd predates CAP_BPF: the packages' drop-in does that)",
+        ),
+        (false, false) => Check::fail(NAME, line, FIX_PERMISSIONS),
+    }
 }
 
 /// The process may load and attach BPF programs.
@@ -694,13 +737,42 @@ async fn bridge_checks(
             )];
         }
     };
-    let probe = probe_bridge(&bridge.url, &bridge.tls, settings.request_timeout).await;
-    classify_bridge(
+    let probe = probe_bridge(bridge, settings.request_timeout).await;
+    let mut checks = classify_bridge(
         bridge.url.as_str(),
         settings.insecure,
         settings.request_timeout,
         &probe,
-    )
+    );
+    if probe.reply.is_ok() && bridge.url.scheme() == "https" {
+        checks.push(client_certificate_check(
+            probe.asked_for_client_certificate,
+            bridge.client_identity.is_some(),
+        ));
+    }
+    checks
+}
+
+/// Whether the bridge asked for a client certificate (mutual TLS), and whether one is set.
+pub fn client_certificate_check(asked: bool, configured: bool) -> Check {
+    const NAME: &str = "bridge client certificate";
+    match (asked, configured) {
+        (true, true) => Check::ok(
+            NAME,
+            "the bridge asked for a client certificate; --client-cert answers it",
+        ),
+        (true, false) => Check::warn(
+            NAME,
+            "the bridge asked for a client certificate and none is configured",
+            "if the bridge requires one, pass --client-cert PEM --client-key PEM (client_cert, client_key in the config file)",
+        ),
+        (false, true) => Check::warn(
+            NAME,
+            "the bridge did not ask for a client certificate: --client-cert is not used",
+            "drop --client-cert/--client-key, or make the bridge require client certificates",
+        ),
+        (false, false) => Check::ok(NAME, "the bridge does not ask for a client certificate"),
+    }
 }
 
 /// What one HEAD request to the bridge found.
@@ -712,6 +784,8 @@ pub struct BridgeProbe {
     pub verification: Option<tls::Verdict>,
     /// How long the request took.
     pub elapsed: Duration,
+    /// The bridge sent a TLS certificate request (it wants mutual TLS).
+    pub asked_for_client_certificate: bool,
 }
 
 /// Why the bridge did not answer.
@@ -729,13 +803,12 @@ pub enum ProbeFailure {
     Other(String),
 }
 
-async fn probe_bridge(
-    url: &reqwest::Url,
-    settings: &TlsSettings,
-    timeout: Duration,
-) -> BridgeProbe {
+async fn probe_bridge(bridge: &BridgeSettings, timeout: Duration) -> BridgeProbe {
+    let (url, settings) = (&bridge.url, &bridge.tls);
     let started = Instant::now();
     let provider = tls::provider();
+    let certificate =
+        tls::ClientCertificate::new(bridge.client_identity.as_ref(), &provider).map(Arc::new);
     // With --insecure the verdict is still worth knowing: verify against the system roots.
     let (extra_roots, pins) = match settings {
         TlsSettings::Verify { extra_roots, pins } => (extra_roots.as_slice(), pins.as_slice()),
@@ -749,8 +822,10 @@ async fn probe_bridge(
         .as_ref()
         .map_err(ToString::to_string)
         .and_then(|verifier| {
+            let certificate = certificate.as_ref().map_err(ToString::to_string)?;
             let mut config =
-                tls::config_with_verifier(provider, verifier.clone()).map_err(|e| e.to_string())?;
+                tls::config_with_verifier(provider, verifier.clone(), certificate.clone())
+                    .map_err(|e| e.to_string())?;
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
             let user_agent = format!("{} doctor", http::USER_AGENT);
             http::client_builder(config, timeout, &user_agent)
@@ -768,6 +843,7 @@ async fn probe_bridge(
         reply,
         verification: verifier.ok().and_then(|verifier| verifier.take_verdict()),
         elapsed: started.elapsed(),
+        asked_for_client_certificate: certificate.is_ok_and(|c| c.asked()),
     }
 }
 
@@ -1184,6 +1260,7 @@ mod tests {
                 fingerprint: FINGERPRINT.parse().unwrap(),
             }),
             elapsed: Duration::from_millis(3),
+            asked_for_client_certificate: false,
         }
     }
 

@@ -8,6 +8,7 @@
 //! without root.
 
 pub mod bpf;
+pub mod caps;
 pub mod capture;
 pub mod cli;
 pub mod dedup;
@@ -25,6 +26,7 @@ pub mod replay;
 pub mod run;
 pub mod sink;
 pub mod sip;
+pub mod source_filter;
 pub mod spool;
 pub mod stage;
 pub mod telemetry;

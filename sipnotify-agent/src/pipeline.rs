@@ -37,6 +37,7 @@ use crate::{
     reassembly::{LOSS_CHECK, LossReport, Reassembly, ReassemblySettings, ReassemblyStats},
     record::{MonotonicClock, Record, RecordError, monotonic_now},
     sip::{self, ParseError, ParseOptions},
+    source_filter::SourceFilter,
 };
 
 #[cfg(doc)]
@@ -110,6 +111,8 @@ pub struct PipelineSettings {
     pub dedup: DedupSettings,
     /// Bounds and timeouts of IP fragment and TCP reassembly.
     pub reassembly: ReassemblySettings,
+    /// Who may send what reassembly puts together (`--sip-source`; empty: anyone).
+    pub senders: SourceFilter,
 }
 
 /// What happened to one record.
@@ -202,7 +205,7 @@ impl Pipeline {
                 settings.allow_missing_call_uuid,
             )),
             reassembly: Arc::new(Mutex::new(Held {
-                stage: Reassembly::new(settings.reassembly, ports),
+                stage: Reassembly::new(settings.reassembly, ports, settings.senders.clone()),
                 latest: Duration::ZERO,
                 finished: false,
                 ticking: false,
@@ -461,6 +464,7 @@ Content-Length: 0\r\n\r\n";
                 max_entries: 65_536,
             },
             reassembly: ReassemblySettings::default(),
+            senders: SourceFilter::default(),
         }
     }
 

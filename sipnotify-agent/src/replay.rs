@@ -210,6 +210,13 @@ impl fmt::Display for ReplaySummary {
                 "\n  {bad_headers} frames with unreadable headers skipped"
             )?;
         }
+        let refused = c.get(Counter::SourceNotAllowed) + r.source_not_allowed;
+        if refused > 0 {
+            write!(
+                f,
+                "\n  refused: {refused} NOTIFYs, TCP segments and IP fragments from sources outside --sip-source"
+            )?;
+        }
         let tls = c.get(Counter::TlsRecord) + c.get(Counter::DtlsRecord);
         if tls > 0 {
             write!(
@@ -287,8 +294,14 @@ pub async fn replay_to<W: AsyncWrite + Unpin + Send + 'static>(
         stage.input().clone(),
     )
     .log_sip(settings.log.log_sip);
-    let source = FileSource::new(reader, &settings.ports, settings.speed, progress_bar(size))
-        .with_hep_port(settings.hep_port);
+    let source = FileSource::new(
+        reader,
+        &settings.ports,
+        settings.pipeline.senders.clone(),
+        settings.speed,
+        progress_bar(size),
+    )
+    .with_hep_port(settings.hep_port);
     // Everything read is delivered: with the bridge down, delivery keeps retrying until it
     // answers or a signal arrives, which leaves --shutdown-timeout to finish.
     let finished = wiring::wire(source, pipeline, delivery, stage)

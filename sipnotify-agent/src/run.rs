@@ -9,11 +9,11 @@ use std::{
 
 use sipnotify_common::Counter;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
-    bpf,
-    capture::{CaptureSettings, live::LiveSource},
+    bpf, caps,
+    capture::{CaptureCounters, CaptureSettings, live::LiveSource},
     error::AgentError,
     hep::{Both, HepSettings, HepSource},
     logging::LogSettings,
@@ -51,6 +51,41 @@ pub fn check_interfaces(capture: &CaptureSettings) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Every interface is attached and every socket open: nothing later needs a capability, so
+/// all are dropped, except `CAP_BPF` (or `CAP_SYS_ADMIN` where the kernel has no `CAP_BPF`)
+/// on kernels that refuse reading the program's counters without it. A failure is logged:
+/// capture works the same, with the capabilities still held.
+fn drop_capabilities(
+    kernel: &Arc<[(Arc<str>, CaptureCounters)]>,
+    held: Option<caps::Capabilities>,
+) {
+    let Some(held) = held else { return };
+    if held.effective == 0 {
+        return;
+    }
+    let counters = kernel.clone();
+    let readable =
+        caps::survives_drop(move || counters.iter().all(|(_, stats)| stats.read().is_ok()));
+    let keep = match (readable, held.kernel_has_cap_bpf) {
+        (true, _) => 0,
+        (false, true) => 1u64 << caps::CAP_BPF,
+        (false, false) => 1u64 << caps::CAP_SYS_ADMIN,
+    };
+    match caps::drop_all(keep) {
+        Ok(dropped) if dropped.kept == 0 => info!(
+            before = format_args!("{:016x}", dropped.before),
+            bounding_set_emptied = dropped.bounding,
+            "every interface is attached: all capabilities dropped (CapEff 0)"
+        ),
+        Ok(dropped) => warn!(
+            before = format_args!("{:016x}", dropped.before),
+            kept = format_args!("{:016x}", dropped.kept),
+            "every interface is attached: capabilities dropped but one, which this kernel needs to read the XDP program's counters (kernel.unprivileged_bpf_disabled is set and the kernel predates unprivileged map reads)"
+        ),
+        Err(err) => warn!(error = %err, "capture runs with the capabilities it started with"),
+    }
+}
+
 /// Runs until SIGINT or SIGTERM (or a fatal delivery error).
 pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
     let RunSettings {
@@ -62,7 +97,19 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
         log,
         hep,
     } = settings;
+    if capture.senders.allows_everyone() {
+        warn!(
+            "no sip_source is set: any host that can reach the watched ports can make the bridge act; set sip_source to the SIP Server addresses"
+        );
+    } else {
+        info!(sip_source = %capture.senders, "NOTIFYs are accepted only from these networks");
+    }
     check_interfaces(&capture)?;
+    let held = caps::Capabilities::current();
+    match &held {
+        Some(held) => info!(capabilities = %held.summary(), "capabilities at start"),
+        None => warn!("cannot read the capabilities from /proc/self/status"),
+    }
     // Before the queue and the pipeline, which register their counters with it.
     let recorder = telemetry::install_recorder()?;
     let metrics_listener = match metrics_listen {
@@ -103,6 +150,7 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
         .map(LiveSource::take_kernel_stats)
         .unwrap_or_default()
         .into();
+    drop_capabilities(&kernel, held);
     tokio::spawn(tls_alarm::watch(
         kernel.clone(),
         capture.ports.clone(),
@@ -145,6 +193,18 @@ pub async fn run(settings: RunSettings) -> Result<(), AgentError> {
         .filter_map(|(_, stats)| stats.read().ok())
         .map(|counters| counters.get(Counter::RingbufFull))
         .sum();
+    let refused: u64 = kernel
+        .iter()
+        .filter_map(|(_, stats)| stats.read().ok())
+        .map(|counters| counters.get(Counter::SourceNotAllowed))
+        .sum();
+    if refused > 0 {
+        warn!(
+            refused,
+            check = "a host outside sip_source sending NOTIFYs to the watched ports: a SIP Server missing from sip_source, or someone trying to make the bridge act",
+            "NOTIFYs and TCP segments from sources outside sip_source were refused"
+        );
+    }
     finished.log_summary(ring_full);
     match finished.delivery {
         Ok(_) => Ok(()),

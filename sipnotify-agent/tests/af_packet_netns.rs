@@ -83,6 +83,7 @@ fn the_ring_sees_each_notify_once_and_the_host_every_datagram() {
                     let inspected = capture::inspect(
                         &spliced,
                         &config,
+                        &sipnotify_agent::source_filter::SourceFilter::default(),
                         &mut fragments,
                         &mut counts,
                         0,

@@ -502,6 +502,16 @@ fn an_interrupt_while_the_bridge_is_down_ends_within_the_shutdown_timeout() {
     );
 }
 
+/// Writes Ethernet `frames` into a pcap at `path`, one millisecond apart.
+fn write_ethernet_ms_apart(path: &Path, frames: Vec<Vec<u8>>) {
+    let frames: Vec<(Duration, Vec<u8>)> = frames
+        .into_iter()
+        .enumerate()
+        .map(|(i, frame)| (Duration::from_millis(1_700_000_000_000 + i as u64), frame))
+        .collect();
+    write_pcap(path, DataLink::ETHERNET, &frames);
+}
+
 /// `notify` grown past any Ethernet MTU by a padding header.
 fn big_notify(call: u32, dn: &str) -> Vec<u8> {
     let small = String::from_utf8(notify(call, dn, &format!("z9hG4bK-{call}"))).unwrap();
@@ -516,7 +526,6 @@ fn big_notify(call: u32, dn: &str) -> Vec<u8> {
 #[test]
 fn fragmented_and_tcp_notifies_are_reassembled_and_delivered_once() {
     use sipnotify_testkit::frames::{ethernet, ipv4, ipv4_fragments, ipv6_fragments, tcp, udp};
-    let t = |ms: u64| Duration::from_millis(1_700_000_000_000 + ms);
     let mut frames = Vec::new();
     let v4 = ipv4_fragments(
         77,
@@ -568,15 +577,9 @@ fn fragmented_and_tcp_notifies_are_reassembled_and_delivered_once() {
     ] {
         frames.push(seg(from, to));
     }
-    let frames: Vec<(Duration, Vec<u8>)> = frames
-        .into_iter()
-        .enumerate()
-        .map(|(i, frame)| (t(i as u64), frame))
-        .collect();
-
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pieces.pcap");
-    write_pcap(&path, DataLink::ETHERNET, &frames);
+    write_ethernet_ms_apart(&path, frames);
     let output = replay(&path, &[]);
     let log = stderr(&output);
     assert!(output.status.success(), "{log}");
@@ -591,6 +594,64 @@ fn fragmented_and_tcp_notifies_are_reassembled_and_delivered_once() {
         "{log}"
     );
     assert!(log.contains("fragment_incomplete 1"), "{log}");
+}
+
+/// Hostile senders: the same NOTIFYs (UDP, IP fragments over IPv4 and IPv6, TCP) from
+/// 192.0.2.1 and 2001:db8::1 deliver nothing when `--sip-source` names other networks, and
+/// are counted as refused; naming their networks delivers them all.
+#[test]
+fn notifies_from_outside_sip_source_are_refused_in_every_form() {
+    use sipnotify_testkit::frames::{ethernet, ipv4, ipv4_fragments, ipv6_fragments, tcp, udp};
+    let mut frames = vec![ethernet(&ipv4(
+        17,
+        &udp(5060, 5061, &notify(1, "1001", "b1")),
+    ))];
+    let v4 = ipv4_fragments(77, 17, &udp(5060, 5061, &big_notify(2, "1002")), &[1480]);
+    let v6 = ipv6_fragments(78, 17, &udp(5060, 5061, &big_notify(3, "1003")), &[1232]);
+    frames.extend(v4.iter().chain(&v6).map(|p| ethernet(p)));
+    let message = notify(4, "1004", "b4");
+    frames.push(ethernet(&ipv4(6, &tcp(40_000, 5061, 9, true, false, &[]))));
+    frames.push(ethernet(&ipv4(
+        6,
+        &tcp(40_000, 5061, 10, false, false, &message),
+    )));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("senders.pcap");
+    write_ethernet_ms_apart(&path, frames);
+
+    let refused = replay(
+        &path,
+        &[
+            "--sip-source",
+            "192.0.2.128/25",
+            "--sip-source",
+            "2001:db8:1::/48",
+        ],
+    );
+    let log = stderr(&refused);
+    assert!(refused.status.success(), "{log}");
+    assert!(objects(&refused).is_empty(), "{log}");
+    // The UDP NOTIFY, both first fragments and both TCP segments by the decision; the later
+    // fragments by reassembly, which replay hands what the decision did not follow.
+    assert!(log.contains("refused: 7 NOTIFYs"), "{log}");
+
+    let allowed = replay(
+        &path,
+        &[
+            "--sip-source",
+            "192.0.2.0/25",
+            "--sip-source",
+            "2001:db8::/48",
+        ],
+    );
+    let log = stderr(&allowed);
+    let mut delivered: Vec<String> = objects(&allowed)
+        .iter()
+        .map(|o| o["dn"].as_str().unwrap().to_owned())
+        .collect();
+    delivered.sort();
+    assert_eq!(delivered, ["1001", "1002", "1003", "1004"], "{log}");
+    assert!(!log.contains("refused"), "{log}");
 }
 
 /// `replay F --stdout` means print, not post: run in a network namespace of its own where
@@ -718,4 +779,11 @@ fn hep_datagrams_to_the_hep_port_are_decapsulated_and_replayed() {
     // Another --hep-port: the datagrams are no HEP to it, and no NOTIFY either.
     let other = replay(&path, &["--hep-port", "9061"]);
     assert!(objects(&other).is_empty(), "{}", stderr(&other));
+    // SIP a PBX heard from outside --sip-source (its inner source, 192.0.2.1) is refused.
+    let outside = replay(&path, &["--sip-source", "192.0.2.128/25"]);
+    let summary = stderr(&outside);
+    assert!(objects(&outside).is_empty(), "{summary}");
+    assert!(summary.contains("inner_source_not_allowed 3"), "{summary}");
+    let inside = replay(&path, &["--sip-source", "192.0.2.0/25"]);
+    assert_eq!(objects(&inside).len(), 2, "{}", stderr(&inside));
 }

@@ -76,7 +76,7 @@ impl Fixture {
 }
 
 fn settings(args: &DeliveryArgs) -> SinkSettings {
-    sink_settings(args, None).unwrap()
+    sink_settings(args, &Default::default()).unwrap()
 }
 
 /// Delivers from `queue` with `settings` until it is drained, or `shutdown` and its deadline.

@@ -14,22 +14,13 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream, UdpSocket},
-    os::fd::AsRawFd as _,
     thread,
     time::{Duration, Instant},
 };
 
-use support::{VethPair, call_id, genesys_notify, start_agent};
-
-/// The capture paths, by the flags that select them.
-const PATHS: [(&str, &[&str]); 3] = [
-    ("native XDP", &["--capture", "xdp", "--xdp-mode", "native"]),
-    (
-        "generic XDP",
-        &["--capture", "xdp", "--xdp-mode", "generic"],
-    ),
-    ("AF_PACKET", &["--capture", "af-packet"]),
-];
+use support::{
+    PATHS, VethPair, big_notify, call_id, fragmenting_socket, genesys_notify, start_agent,
+};
 
 /// NOTIFYs per connection or address family.
 const PER_FAMILY: u32 = 150;
@@ -187,42 +178,6 @@ fn notifies_over_tcp_written_in_pieces_are_printed_once_on_every_path() {
             "{path}: {log:#?}"
         );
     }
-}
-
-/// A NOTIFY for `i` with a 3 000-byte body: larger than the 1 500-byte MTU of the veth pair.
-fn big_notify(i: u32) -> Vec<u8> {
-    let message = String::from_utf8(genesys_notify(i, "1002", "talk")).unwrap();
-    let body = "x".repeat(3000);
-    let mut big = message.replace(
-        "Content-Length: 0",
-        &format!("Content-Length: {}", body.len()),
-    );
-    big.push_str(&body);
-    big.into_bytes()
-}
-
-/// A UDP socket that lets the stack fragment, whatever the host's path-MTU default.
-fn fragmenting_socket(bind: &str, v6: bool) -> UdpSocket {
-    let socket = UdpSocket::bind(bind).unwrap();
-    let (level, name) = if v6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER)
-    } else {
-        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER)
-    };
-    // IP_PMTUDISC_DONT and IPV6_PMTUDISC_DONT are both 0.
-    let dont: libc::c_int = 0;
-    // SAFETY: a valid socket and a c_int option value of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&raw const dont).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-    socket
 }
 
 /// Waits until the sender has resolved the receiver's IPv4 and IPv6 addresses. Until then

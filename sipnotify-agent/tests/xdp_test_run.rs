@@ -18,7 +18,10 @@ use etherparse::{
     IpFragOffset, IpHeaders, IpNumber, Ipv4Header, Ipv6Extensions, Ipv6FragmentHeader, Ipv6Header,
     Ipv6RawExtHeader, PacketBuilder, VlanId,
 };
-use sipnotify_agent::bpf::{self, CopyPath, LoadedProgram, ProgramSettings};
+use sipnotify_agent::{
+    bpf::{self, CopyPath, LoadedProgram, ProgramSettings},
+    source_filter::SourceFilter,
+};
 use sipnotify_common::{
     Counter, CounterSet, EVENT_HEADER_LEN, EVENTS_MAP, EventHeader, FLAG_FIRST_FRAGMENT,
     FLAG_IP_PACKET, FLAG_QINQ, FLAG_TRUNCATED, FLAG_VLAN, MAX_PAYLOAD, STATS_MAP,
@@ -48,18 +51,32 @@ impl Harness {
     /// A harness per copy path in `paths`, or none (with the reason printed) when
     /// privileged tests cannot run here.
     fn each(test: &str, ports: &[u16], paths: &[CopyPath]) -> Vec<Self> {
+        Self::each_from(test, ports, &SourceFilter::default(), paths)
+    }
+
+    /// [`Self::each`] with the program's sender trie holding `senders`.
+    fn each_from(
+        test: &str,
+        ports: &[u16],
+        senders: &SourceFilter,
+        paths: &[CopyPath],
+    ) -> Vec<Self> {
         if !support::privileged(test) {
             return Vec::new();
         }
-        paths.iter().map(|&copy| Self::new(ports, copy)).collect()
+        paths
+            .iter()
+            .map(|&copy| Self::new(ports, senders, copy))
+            .collect()
     }
 
-    fn new(ports: &[u16], copy: CopyPath) -> Self {
+    fn new(ports: &[u16], senders: &SourceFilter, copy: CopyPath) -> Self {
         // Printed first so a failing assertion's output says which path it was.
         eprintln!("copy path: {copy}");
         let settings = ProgramSettings {
             ports: ports.to_vec(),
             ring_bytes: 1 << 20,
+            senders: senders.clone(),
         };
         let mut loaded = bpf::load_with(&settings, Some(copy)).expect("load the XDP program");
         assert_eq!(loaded.copy, copy);
@@ -713,6 +730,7 @@ fn a_verifier_rejection_names_the_kernel_and_quotes_the_verifier() {
     let settings = ProgramSettings {
         ports: vec![5061],
         ring_bytes: 1 << 20,
+        senders: SourceFilter::default(),
     };
     for copy in BOTH.iter().copied() {
         let err = match bpf::load_object(REJECTED, &settings, Some(copy)) {
@@ -872,5 +890,63 @@ fn every_exit_is_counted_and_the_outcomes_add_up() {
         ] {
             assert!(counters.contains(&expected), "{expected:?} in {counters:?}");
         }
+    }
+}
+
+fn networks(list: &[&str]) -> SourceFilter {
+    SourceFilter::new(list.iter().map(|n| n.parse().unwrap()).collect())
+}
+
+/// A NOTIFY over UDP (IPv4 and IPv6), a TCP segment, and the two fragments of a NOTIFY.
+fn notify_forms() -> [Vec<u8>; 5] {
+    [
+        udp4(5061, NOTIFY),
+        udp_over(ipv6_with(Ipv6Extensions::default()), 5061, NOTIFY),
+        tcp4(5061, NOTIFY),
+        ipv6_fragment(0, true),
+        ipv6_fragment(8, false),
+    ]
+}
+
+#[test]
+fn notifies_from_outside_the_allowed_senders_are_counted_and_never_copied() {
+    // SRC4 is 192.168.210.81 and SRC6 fd00::1; the SIP Servers here are elsewhere.
+    let strangers = networks(&["192.168.210.0/28", "fd00::100/120"]);
+    for mut h in Harness::each_from("senders_refused", &[5061], &strangers, BOTH) {
+        // A NOTIFY over UDP (IPv4 and IPv6), a TCP segment, and a fragmented NOTIFY whose
+        // later fragment must not be followed either.
+        for frame in notify_forms() {
+            h.run(&frame);
+        }
+        // Not NOTIFYs: never looked up, counted as before.
+        h.run(&udp4(5061, b"OPTIONS sip:x SIP/2.0\r\n\r\n"));
+        h.run(&udp4(5060, NOTIFY));
+        assert!(h.records().is_empty(), "nothing from a stranger is copied");
+        let counters = h.counters();
+        assert_eq!(
+            counters,
+            [
+                (PacketsSeen, 7),
+                (LaterFragments, 1),
+                (PortNotWatched, 1),
+                (NotNotify, 1),
+                (SourceNotAllowed, 4),
+                (UdpWatched, 4),
+                (NotifyMatched, 3),
+                (FirstFragments, 1),
+            ],
+            "{counters:?}"
+        );
+    }
+    // The same frames from the allowed networks are copied as without the list.
+    let friends = networks(&["192.168.210.80/28", "fd00::/64"]);
+    for mut h in Harness::each_from("senders_allowed", &[5061], &friends, BOTH) {
+        for frame in notify_forms() {
+            h.run(&frame);
+        }
+        assert_eq!(h.records().len(), 5);
+        let counters = h.counters();
+        assert!(counters.contains(&(Copied, 5)), "{counters:?}");
+        assert!(!counters.iter().any(|(c, _)| *c == SourceNotAllowed));
     }
 }

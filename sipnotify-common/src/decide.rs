@@ -3,7 +3,8 @@
 //!
 //! After the header walk ([`crate::net`]) it checks, in this order: the destination port, an
 //! empty payload, a TLS or DTLS record start, then, for UDP, `NOTIFY ` after at most
-//! [`MAX_LEADING_CRLF`] keep-alive CRLFs. What cannot be judged from one packet is copied
+//! [`MAX_LEADING_CRLF`] keep-alive CRLFs, and last whether the source may send NOTIFYs
+//! ([`Senders`], `--sip-source`), so only what would be copied pays for that lookup. What cannot be judged from one packet is copied
 //! whole from its IP header (flagged [`FLAG_IP_PACKET`]) for user space to reassemble: every
 //! TCP segment to a watched port that carries data or opens or closes the flow, the first
 //! fragment of a NOTIFY, and the later fragments of the datagrams [`Fragments`] follows. A
@@ -81,6 +82,24 @@ pub trait TlsFlows {
     fn forget_tls(&mut self, key: &FlowKey);
 }
 
+/// The networks NOTIFYs may come from (`--sip-source`): an LPM trie in the kernel, the same
+/// prefixes in a table in user space. Asked only about what would otherwise be copied.
+pub trait Senders {
+    /// Whether `addr` (IPv4 in the first four bytes when `ip_version` is 4) may send.
+    fn allowed(&self, ip_version: u8, addr: &[u8; 16]) -> bool;
+}
+
+/// Every source may send: no `--sip-source` (and the tests that are not about senders).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AnySender;
+
+impl Senders for AnySender {
+    #[inline(always)]
+    fn allowed(&self, _ip_version: u8, _addr: &[u8; 16]) -> bool {
+        true
+    }
+}
+
 /// Why a packet is passed without a record; each maps to one outcome counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Skip {
@@ -102,6 +121,8 @@ pub enum Skip {
     DtlsRecord,
     /// UDP to a watched port, not a NOTIFY.
     NotNotify,
+    /// A NOTIFY or a TCP segment to a watched port from a source [`Senders`] refuses.
+    SourceNotAllowed,
 }
 
 impl Skip {
@@ -120,6 +141,7 @@ impl Skip {
             Skip::TlsFlow => Counter::TlsFlow,
             Skip::DtlsRecord => Counter::DtlsRecord,
             Skip::NotNotify => Counter::NotNotify,
+            Skip::SourceNotAllowed => Counter::SourceNotAllowed,
         }
     }
 }
@@ -214,11 +236,19 @@ impl From<Skip> for Decision {
 /// Decides about one Ethernet frame. Tallies ([`Counter::UdpWatched`],
 /// [`Counter::FirstFragments`], [`Counter::NotifyMatched`], …) are reported through `tally`
 /// as they are passed; `packets_seen` and the outcome are the caller's to count.
-/// `fragments` remembers the datagrams whose first fragment is captured.
+/// `fragments` remembers the datagrams whose first fragment is captured; `senders` says whose
+/// NOTIFYs and TCP segments may be copied (a later fragment follows its first fragment's
+/// verdict: the followed datagram's key holds its source).
 #[inline(always)]
-pub fn decide<F: Frame + ?Sized, P: Ports + ?Sized, D: Fragments + TlsFlows + ?Sized>(
+pub fn decide<
+    F: Frame + ?Sized,
+    P: Ports + ?Sized,
+    S: Senders + ?Sized,
+    D: Fragments + TlsFlows + ?Sized,
+>(
     frame: &F,
     ports: &P,
+    senders: &S,
     fragments: &mut D,
     tally: &mut impl FnMut(Counter),
 ) -> Decision {
@@ -237,8 +267,8 @@ pub fn decide<F: Frame + ?Sized, P: Ports + ?Sized, D: Fragments + TlsFlows + ?S
         return Skip::PortNotWatched.into();
     }
     let decision = match location.transport {
-        Transport::Udp => decide_udp(frame, location, tally),
-        Transport::Tcp => decide_tcp(frame, location, fragments, tally),
+        Transport::Udp => decide_udp(frame, location, senders, tally),
+        Transport::Tcp => decide_tcp(frame, location, senders, fragments, tally),
     };
     if let Decision::Capture(capture) = &decision {
         if location.flags & FLAG_FIRST_FRAGMENT != 0 {
@@ -304,9 +334,10 @@ fn ip_packet(
 }
 
 #[inline(always)]
-fn decide_udp<F: Frame + ?Sized>(
+fn decide_udp<F: Frame + ?Sized, S: Senders + ?Sized>(
     frame: &F,
     location: Location,
+    senders: &S,
     tally: &mut impl FnMut(Counter),
 ) -> Decision {
     let Some(udp) = net::udp_header(frame, &location) else {
@@ -328,6 +359,9 @@ fn decide_udp<F: Frame + ?Sized>(
     let Some((src_addr, dst_addr)) = net::addresses(frame, &location) else {
         return Skip::Bail(Bail::ShortHeader).into();
     };
+    if !senders.allowed(location.ip_version, &src_addr) {
+        return Skip::SourceNotAllowed.into();
+    }
     // The rest of a fragmented NOTIFY arrives without a UDP header: copy the IP packets and
     // let user space put the datagram together.
     if location.flags & FLAG_FIRST_FRAGMENT != 0 {
@@ -395,9 +429,10 @@ fn leading_crlf<F: Frame + ?Sized>(frame: &F, payload: usize) -> Option<usize> {
 /// A TCP segment to a watched port is copied whole when it carries data or opens or closes
 /// the flow: a NOTIFY may start anywhere in a stream, so only user space can frame it.
 #[inline(always)]
-fn decide_tcp<F: Frame + ?Sized, T: TlsFlows + ?Sized>(
+fn decide_tcp<F: Frame + ?Sized, S: Senders + ?Sized, T: TlsFlows + ?Sized>(
     frame: &F,
     location: Location,
+    senders: &S,
     flows: &mut T,
     tally: &mut impl FnMut(Counter),
 ) -> Decision {
@@ -458,6 +493,9 @@ fn decide_tcp<F: Frame + ?Sized, T: TlsFlows + ?Sized>(
                 return Skip::TlsRecord.into();
             }
         }
+    }
+    if !senders.allowed(location.ip_version, &src_addr) {
+        return Skip::SourceNotAllowed.into();
     }
     tally(Counter::TcpSegments);
     ip_packet(location, flow.src_port, flow.dst_port, src_addr, dst_addr)
@@ -550,9 +588,13 @@ mod tests {
             .iter()
             .map(|frame| {
                 counts.add(Counter::PacketsSeen);
-                let decision = decide(frame.as_slice(), &config, &mut followed, &mut |c| {
-                    counts.add(c)
-                });
+                let decision = decide(
+                    frame.as_slice(),
+                    &config,
+                    &AnySender,
+                    &mut followed,
+                    &mut |c| counts.add(c),
+                );
                 match decision {
                     Decision::Skip(skip) => counts.add(skip.counter()),
                     Decision::Capture(capture) => {
@@ -576,7 +618,13 @@ mod tests {
     }
 
     fn captured(frame: &[u8]) -> Capture {
-        match decide(frame, &ports(), &mut Followed::default(), &mut |_| {}) {
+        match decide(
+            frame,
+            &ports(),
+            &AnySender,
+            &mut Followed::default(),
+            &mut |_| {},
+        ) {
             Decision::Capture(capture) => capture,
             other => panic!("expected a capture, got {other:?}"),
         }
@@ -847,8 +895,11 @@ mod tests {
         let mut followed = Followed::default();
         let mut tallies = Vec::new();
         let config = ports();
-        let mut decide =
-            |frame: &[u8]| decide(frame, &config, &mut followed, &mut |c| tallies.push(c));
+        let mut decide = |frame: &[u8]| {
+            decide(frame, &config, &AnySender, &mut followed, &mut |c| {
+                tallies.push(c)
+            })
+        };
         let Decision::Capture(head) = decide(&first) else {
             panic!("the first fragment is a NOTIFY")
         };
@@ -882,6 +933,75 @@ mod tests {
     }
 
     fn decide_with(frame: &[u8], followed: &mut Followed) -> Decision {
-        decide(frame, &ports(), followed, &mut |_| {})
+        decide(frame, &ports(), &AnySender, followed, &mut |_| {})
+    }
+
+    /// Allows one IPv4 address and counts how often it is asked.
+    struct OnlyFrom([u8; 4], core::cell::Cell<u32>);
+
+    impl Senders for OnlyFrom {
+        fn allowed(&self, ip_version: u8, addr: &[u8; 16]) -> bool {
+            self.1.set(self.1.get() + 1);
+            ip_version == 4 && addr[..4] == self.0
+        }
+    }
+
+    #[test]
+    fn only_what_would_be_copied_asks_who_sent_it() {
+        // The frames above all come from 10.0.0.1.
+        let stranger = OnlyFrom([10, 0, 0, 9], core::cell::Cell::new(0));
+        let friend = OnlyFrom([10, 0, 0, 1], core::cell::Cell::new(0));
+        let config = ports();
+        let decide_from = |senders: &OnlyFrom, frame: &[u8], followed: &mut Followed| {
+            decide(frame, &config, senders, followed, &mut |_| {})
+        };
+        let followed = &mut Followed::default();
+        // Traffic that is not copied anyway pays nothing.
+        for frame in [
+            udp(5060, NOTIFY),
+            udp(5061, b"INVITE sip:a@b SIP/2.0\r\n"),
+            udp(5061, CLIENT_HELLO),
+            tcp(5061, b""),
+            tcp(443, b"GET / HTTP/1.1"),
+        ] {
+            assert!(matches!(
+                decide_from(&stranger, &frame, followed),
+                Decision::Skip(_)
+            ));
+        }
+        assert_eq!(stranger.1.get(), 0, "no lookup before the NOTIFY match");
+        // A NOTIFY and a TCP segment from a stranger are refused, after one lookup each.
+        assert_eq!(
+            decide_from(&stranger, &udp(5061, NOTIFY), followed),
+            Decision::Skip(Skip::SourceNotAllowed)
+        );
+        assert_eq!(
+            decide_from(&stranger, &tcp(5061, NOTIFY), followed),
+            Decision::Skip(Skip::SourceNotAllowed)
+        );
+        assert_eq!(stranger.1.get(), 2);
+        assert!(matches!(
+            decide_from(&friend, &udp(5061, NOTIFY), followed),
+            Decision::Capture(_)
+        ));
+        assert!(matches!(
+            decide_from(&friend, &tcp(5061, NOTIFY), followed),
+            Decision::Capture(_)
+        ));
+        // A fragmented NOTIFY from a stranger: its first fragment is refused, so the later
+        // one is not followed either.
+        let mut long = NOTIFY.to_vec();
+        long.resize(100, b'x');
+        let [first, last] = fragments(&long, 32);
+        let followed = &mut Followed::default();
+        assert_eq!(
+            decide_from(&stranger, &first, followed),
+            Decision::Skip(Skip::SourceNotAllowed)
+        );
+        assert_eq!(
+            decide_from(&stranger, &last, followed),
+            Decision::Skip(Skip::LaterFragment)
+        );
+        assert_eq!(Skip::SourceNotAllowed.counter(), Counter::SourceNotAllowed);
     }
 }

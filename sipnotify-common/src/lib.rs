@@ -41,6 +41,40 @@ pub const TLS_FLOWS_MAP: &str = "SIP_TLS_FLOWS";
 /// a handful); the least recently used makes room for a new one, which is then copied again
 /// only until its next record starts a segment.
 pub const TLS_FLOW_MAP_ENTRIES: u32 = 4096;
+/// Name of the `BPF_MAP_TYPE_LPM_TRIE` map of the networks NOTIFYs may come from
+/// (`--sip-source`), keyed by prefix length and [`sender_key`] (`8 + n` bits for a network
+/// `/n`), valued by a `u8` that is always 1. The program looks it up only when
+/// [`SipConfig::senders_limited`] is set.
+pub const SENDERS_MAP: &str = "SIP_SENDERS";
+/// Most networks in [`SENDERS_MAP`]: a site's SIP Servers fit in a handful.
+pub const MAX_SENDER_PREFIXES: u32 = 256;
+
+/// Bytes of a [`sender_key`]: the IP version, then the address.
+pub const SENDER_KEY_LEN: usize = 17;
+
+/// The key an address is looked up by in [`SENDERS_MAP`] and in the agent's own table: the
+/// IP version in the first byte, then the address (IPv4 in the next four bytes, the rest
+/// zero). One trie with one key size holds both families, and neither family's networks
+/// can match the other's addresses: a network `/n` is the prefix `/8+n`.
+#[inline(always)]
+pub fn sender_key(ip_version: u8, addr: &[u8; 16]) -> [u8; SENDER_KEY_LEN] {
+    let mut key = [0u8; SENDER_KEY_LEN];
+    key[0] = ip_version;
+    if ip_version == 6 {
+        let mut i = 0;
+        while i < 16 {
+            key[1 + i] = addr[i];
+            i += 1;
+        }
+    } else {
+        key[1] = addr[0];
+        key[2] = addr[1];
+        key[3] = addr[2];
+        key[4] = addr[3];
+    }
+    key
+}
+
 /// Name of the XDP program in the object file: multi-buffer frames, payload copied with
 /// `bpf_xdp_load_bytes` (Linux 5.18 and later, or kernels with that helper backported).
 pub const PROGRAM_NAME: &str = "sipnotify_xdp";
@@ -187,14 +221,18 @@ pub struct SipConfig {
     /// Bit `p` set means UDP destination port `p` is watched: one array lookup and a bit test,
     /// instead of a hash lookup per packet.
     pub port_bitmap: [u64; 1024],
+    /// Non-zero when `--sip-source` is set: a NOTIFY (or a TCP segment to a watched port) is
+    /// copied only if its source is in [`SENDERS_MAP`]. Zero skips the lookup altogether.
+    pub senders_limited: u64,
 }
-const _: () = assert!(size_of::<SipConfig>() == 8192);
+const _: () = assert!(size_of::<SipConfig>() == 8192 + 8);
 
 impl SipConfig {
     /// A configuration watching no port.
     pub const fn empty() -> Self {
         Self {
             port_bitmap: [0; 1024],
+            senders_limited: 0,
         }
     }
 
@@ -292,6 +330,9 @@ counters! {
     /// Outcome: UDP to a watched port whose payload is not a NOTIFY (after at most
     /// [`decide::MAX_LEADING_CRLF`] keep-alive CRLFs).
     NotNotify, "not_notify", Outcome;
+    /// Outcome: a NOTIFY, or a TCP segment to a watched port, from a source outside
+    /// `--sip-source`: refused, never copied.
+    SourceNotAllowed, "source_not_allowed", Outcome;
     /// Outcome: the per-CPU scratch buffer could not be looked up.
     ScratchFailed, "scratch_failed", Outcome;
     /// Outcome: the payload could not be copied from the frame (`bpf_xdp_load_bytes` failed,

@@ -39,14 +39,15 @@ use aya_ebpf::{
         generated::{bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
     },
     macros::{map, xdp},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
 use sipnotify_common::{
     Counter, DEFAULT_RING_BYTES, EVENT_HEADER_LEN, EventBuffer, FRAGMENT_FOLLOW_NS,
-    FRAGMENT_MAP_ENTRIES, FlowKey, FragmentKey, SCRATCH_PAYLOAD, SipConfig, TLS_FLOW_MAP_ENTRIES,
-    decide::{self, Capture, Decision, Fragments, Ports, TlsFlows},
+    FRAGMENT_MAP_ENTRIES, FlowKey, FragmentKey, MAX_SENDER_PREFIXES, SCRATCH_PAYLOAD,
+    SENDER_KEY_LEN, SipConfig, TLS_FLOW_MAP_ENTRIES,
+    decide::{self, Capture, Decision, Fragments, Ports, Senders, TlsFlows},
     net::{self, Frame},
 };
 
@@ -75,6 +76,30 @@ impl Ports for WatchedPorts {
     #[inline(always)]
     fn is_watched(&self, port: u16) -> bool {
         config_port_watched(port)
+    }
+}
+
+/// The networks NOTIFYs may come from (`--sip-source`), filled by the agent before attaching.
+#[map]
+static SIP_SENDERS: LpmTrie<[u8; SENDER_KEY_LEN], u8> =
+    LpmTrie::with_max_entries(MAX_SENDER_PREFIXES, 0);
+
+/// The allowed senders as the shared decision asks for them: without `--sip-source` the
+/// trie is never looked up; with it, once per NOTIFY (or TCP segment to a watched port).
+struct AllowedSenders;
+
+impl Senders for AllowedSenders {
+    #[inline(always)]
+    fn allowed(&self, ip_version: u8, addr: &[u8; 16]) -> bool {
+        // SAFETY: a plain read of a static.
+        if unsafe { core::ptr::read_volatile(&raw const SIP_CONFIG.senders_limited) } == 0 {
+            return true;
+        }
+        let key = Key::new(
+            (SENDER_KEY_LEN * 8) as u32,
+            sipnotify_common::sender_key(ip_version, addr),
+        );
+        SIP_SENDERS.get(&key).is_some()
     }
 }
 
@@ -207,7 +232,13 @@ fn inspect<P: PayloadCopy>(ctx: &XdpContext) {
         start: ctx.data(),
         end: ctx.data_end(),
     };
-    match decide::decide(&packet, &WatchedPorts, &mut FollowedFragments, &mut count) {
+    match decide::decide(
+        &packet,
+        &WatchedPorts,
+        &AllowedSenders,
+        &mut FollowedFragments,
+        &mut count,
+    ) {
         Decision::Skip(skip) => count(skip.counter()),
         Decision::Capture(capture) => {
             count(copy::<P>(ctx, &packet, &capture));

@@ -15,16 +15,21 @@ use std::{error::Error as StdError, ffi::CString, fmt, io, sync::Arc};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{MapData, MapType, PerCpuArray, RingBuf},
+    maps::{
+        MapData, MapType, PerCpuArray, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{ProgramError, ProgramType, Xdp, XdpMode},
     sys::{BpfHelper, is_helper_supported, is_map_supported},
     util::KernelVersion,
 };
 use sipnotify_common::{
-    CONFIG_GLOBAL, Counter, CounterSet, EVENTS_MAP, LINEAR_PROGRAM_NAME, MAX_PORTS, PROGRAM_NAME,
-    STATS_MAP, SipConfig,
+    CONFIG_GLOBAL, Counter, CounterSet, EVENTS_MAP, LINEAR_PROGRAM_NAME, MAX_PORTS,
+    MAX_SENDER_PREFIXES, PROGRAM_NAME, SENDER_KEY_LEN, SENDERS_MAP, STATS_MAP, SipConfig,
 };
 use tracing::{debug, info, warn};
+
+use crate::source_filter::SourceFilter;
 
 /// How many of the verifier's last lines a rejection shows (the reason is at the end).
 const VERIFIER_LINES: usize = 12;
@@ -61,6 +66,8 @@ pub struct ProgramSettings {
     pub ports: Vec<u16>,
     /// Ring buffer size in bytes: a power of two, at least one page.
     pub ring_bytes: u32,
+    /// Who may send NOTIFYs: written into `SIP_SENDERS` (none: the trie is not looked up).
+    pub senders: SourceFilter,
 }
 
 /// How the program copies a NOTIFY's payload into its record: one program per path.
@@ -447,6 +454,7 @@ pub fn load_object(
     for &port in &settings.ports {
         config.watch(port);
     }
+    config.senders_limited = u64::from(!settings.senders.allows_everyone());
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(EVENTS_MAP, settings.ring_bytes)
         .override_global(CONFIG_GLOBAL, &config, true)
@@ -457,6 +465,8 @@ pub fn load_object(
             }
             err => LoadError::from_os(err, LoadError::Load),
         })?;
+
+    fill_senders(&mut ebpf, &settings.senders)?;
 
     let chosen = copy.unwrap_or_else(CopyPath::probe);
     let result = program_mut(&mut ebpf, chosen)?
@@ -479,6 +489,29 @@ pub fn load_object(
     };
     debug!(copy = %loaded, program = loaded.program_name(), "XDP program loaded");
     Ok(LoadedProgram { ebpf, copy: loaded })
+}
+
+/// Writes the allowed networks into the program's `SIP_SENDERS` trie, before it runs.
+fn fill_senders(ebpf: &mut Ebpf, senders: &SourceFilter) -> Result<(), LoadError> {
+    if senders.networks().len() > MAX_SENDER_PREFIXES as usize {
+        return Err(LoadError::Settings(
+            "too many --sip-source networks for the program's trie",
+        ));
+    }
+    if senders.allows_everyone() {
+        return Ok(());
+    }
+    let map = ebpf
+        .map_mut(SENDERS_MAP)
+        .ok_or(LoadError::Settings("the object has no sender trie"))?;
+    let mut trie: LpmTrie<_, [u8; SENDER_KEY_LEN], u8> =
+        LpmTrie::try_from(map).map_err(|err| LoadError::Load(Box::new(err)))?;
+    for network in senders.networks() {
+        let (bits, key) = network.trie_prefix();
+        trie.insert(&Key::new(bits, key), 1, 0)
+            .map_err(|err| LoadError::Load(Box::new(err)))?;
+    }
+    Ok(())
 }
 
 /// Loads the program and attaches it to `iface`.

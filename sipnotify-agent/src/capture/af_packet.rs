@@ -32,7 +32,7 @@ use super::{
     cbpf,
     frame::{FragmentFollower, SplicedFrame, inspect},
 };
-use crate::record::Record;
+use crate::{record::Record, source_filter::SourceFilter};
 
 /// Size of one ring block: it holds a 9 KiB jumbo NOTIFY and keeps the number of blocks (the
 /// slack a sparse, timer-retired block costs) high in a ring of a few MiB.
@@ -456,6 +456,7 @@ const fn sll_offset() -> usize {
 pub async fn read_ring(
     socket: PacketSocket,
     ports: &[u16],
+    senders: &SourceFilter,
     stats: Arc<AfPacketStats>,
     cancel: CancellationToken,
     mut on_record: impl FnMut(&Record<'_>, SystemTime),
@@ -478,6 +479,7 @@ pub async fn read_ring(
             let inspected = inspect(
                 &spliced,
                 &config,
+                senders,
                 &mut fragments,
                 &mut counts,
                 timestamp_ns,

@@ -35,6 +35,7 @@ use crate::{
     pipeline::{Outcome, Pipeline, Source},
     reassembly::ReassemblyStats,
     record::Record,
+    source_filter::SourceFilter,
 };
 
 /// The longest single sleep in real-time mode, so a stop request is seen promptly.
@@ -104,23 +105,27 @@ pub struct FileSource {
     speed: Speed,
     progress: Option<indicatif::ProgressBar>,
     hep_port: Option<u16>,
+    /// Whose SIP a HEP datagram may carry (its inner source, `--sip-source`).
+    sip_senders: SourceFilter,
 }
 
 impl FileSource {
-    /// Reads `reader`, watching `ports` as the XDP program would, at `speed`; `progress`
-    /// follows the file position.
+    /// Reads `reader`, watching `ports` for NOTIFYs from `senders` as the XDP program would,
+    /// at `speed`; `progress` follows the file position.
     pub fn new(
         reader: CaptureReader<File>,
         ports: &[u16],
+        senders: SourceFilter,
         speed: Speed,
         progress: Option<indicatif::ProgressBar>,
     ) -> Self {
         Self {
             reader,
-            filter: Filter::new(ports),
+            filter: Filter::from_senders(ports, senders.clone()),
             speed,
             progress,
             hep_port: None,
+            sip_senders: senders,
         }
     }
 
@@ -147,6 +152,7 @@ impl Source for FileSource {
             stop,
             progress: self.progress,
             hep_port: self.hep_port,
+            sip_senders: self.sip_senders,
         };
         let reader = self.reader;
         async move {
@@ -169,6 +175,7 @@ struct ReadJob {
     stop: CancellationToken,
     progress: Option<indicatif::ProgressBar>,
     hep_port: Option<u16>,
+    sip_senders: SourceFilter,
 }
 
 impl ReadJob {
@@ -210,7 +217,8 @@ impl ReadJob {
                 .inspect(packet.link, packet.data, packet.timestamp)
             {
                 Inspection::Notify(record) => Some(record),
-                Inspection::Skip(Skip::Bail(_)) => None,
+                // Refused by the decision: counted there, nothing to put together.
+                Inspection::Skip(Skip::Bail(_) | Skip::SourceNotAllowed) => None,
                 // See the module header: a file holds what no live source could follow.
                 Inspection::Skip(_) => pcap::layer3(packet.link, packet.data)
                     .map(|l3| Record::ip_packet(l3, timestamp_ns)),
@@ -254,6 +262,9 @@ impl ReadJob {
     /// (the frame's when it has none); every datagram is counted by outcome.
     fn replay_hep(&self, stats: &mut FileStats, datagram: &[u8], frame_time: SystemTime) {
         match hep::decode(datagram, None) {
+            Ok(sip) if !hep::inner_source_allowed(&self.sip_senders, &sip) => {
+                *stats.hep.entry("inner_source_not_allowed").or_default() += 1;
+            }
             Ok(sip) => {
                 *stats.hep.entry("sip").or_default() += 1;
                 let iface: Arc<str> = Arc::from(hep::IFACE);

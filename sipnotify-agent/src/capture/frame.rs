@@ -13,6 +13,7 @@ use sipnotify_common::{
 };
 
 use crate::record::Record;
+use crate::source_filter::SourceFilter;
 
 /// The most bytes [`SplicedFrame`] puts in front of the captured ones: an Ethernet header with
 /// one VLAN tag.
@@ -160,10 +161,11 @@ impl TlsFlows for FragmentFollower {
 /// Runs the capture decision on one frame and counts it in `counts` as the XDP program counts
 /// in its map (`packets_seen`, which the agent sums from the program's outcomes), the tallies,
 /// and one outcome (`copied` for a record). `fragments` follows fragmented NOTIFYs from their
-/// first fragment on, as the program's map does.
+/// first fragment on, as the program's map does; `senders` is the program's `SIP_SENDERS`.
 pub fn inspect<'a>(
     frame: &SplicedFrame<'a>,
     ports: &SipConfig,
+    senders: &SourceFilter,
     fragments: &mut FragmentFollower,
     counts: &mut CounterSet,
     timestamp_ns: u64,
@@ -171,7 +173,7 @@ pub fn inspect<'a>(
 ) -> Result<Record<'a>, Skip> {
     counts.add(Counter::PacketsSeen);
     fragments.now_ns = timestamp_ns;
-    match decide::decide(frame, ports, fragments, &mut |c| counts.add(c)) {
+    match decide::decide(frame, ports, senders, fragments, &mut |c| counts.add(c)) {
         Decision::Skip(skip) => {
             counts.add(skip.counter());
             Err(skip)
@@ -251,6 +253,7 @@ mod tests {
         let record = inspect(
             &spliced,
             &ports,
+            &SourceFilter::default(),
             &mut FragmentFollower::default(),
             &mut counts,
             0,

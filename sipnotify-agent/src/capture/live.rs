@@ -39,6 +39,7 @@ use crate::{
     pipeline::{Pipeline, Source},
     reassembly::ReassemblyStats,
     record::monotonic_now,
+    source_filter::SourceFilter,
 };
 
 /// Every interface of the settings captured, ready to be drained.
@@ -46,6 +47,7 @@ pub struct LiveSource {
     rings: Vec<Ring>,
     sockets: Vec<Socket>,
     ports: Vec<u16>,
+    senders: SourceFilter,
     /// Capture counters per interface, until the metrics endpoint takes them.
     stats: Vec<(Arc<str>, CaptureCounters)>,
     poll: Duration,
@@ -62,6 +64,7 @@ impl LiveSource {
             ports: capture.ports.clone(),
             ring_bytes: capture.ring_bytes,
             poll: capture.poll_interval,
+            senders: capture.senders.clone(),
         };
         let mut rings = Vec::new();
         let mut sockets = Vec::new();
@@ -101,6 +104,7 @@ impl LiveSource {
             rings,
             sockets,
             ports: capture.ports.clone(),
+            senders: capture.senders.clone(),
             stats,
             poll: capture.poll_interval,
             attached: Arc::new(AtomicBool::new(true)),
@@ -179,9 +183,9 @@ impl Source for LiveSource {
         {
             let pipeline = pipeline.clone();
             let cancel = stop_readers.clone();
-            let ports = self.ports.clone();
+            let (ports, senders) = (self.ports.clone(), self.senders.clone());
             readers.spawn(async move {
-                let result = read_ring(socket, &ports, stats, cancel, |record, at| {
+                let result = read_ring(socket, &ports, &senders, stats, cancel, |record, at| {
                     // The ring dates frames by the wall clock (`at`, kept for the record);
                     // the pipeline's clock, which reassembly runs on, is the monotonic one.
                     let mut record = *record;

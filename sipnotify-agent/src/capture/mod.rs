@@ -22,7 +22,10 @@ use sipnotify_common::CounterSet;
 
 pub use frame::{FragmentFollower, SplicedFrame, inspect};
 
-use crate::bpf::{AttachMode, KernelStats};
+use crate::{
+    bpf::{AttachMode, KernelStats},
+    source_filter::SourceFilter,
+};
 
 /// Where and how `run` captures.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +43,8 @@ pub struct CaptureSettings {
     /// While records keep coming, the pause between passes over an XDP ring, and AF_PACKET's
     /// block retire timeout: the most latency capture adds.
     pub poll_interval: Duration,
+    /// Who may send NOTIFYs (`--sip-source`; empty: anyone).
+    pub senders: SourceFilter,
 }
 
 /// Where an interface's capture counters are read: the XDP program's per-CPU map, or the

@@ -30,7 +30,7 @@ use sipnotify_common::{
 };
 
 use super::frame::{FragmentFollower, SplicedFrame, inspect};
-use crate::record::Record;
+use crate::{record::Record, source_filter::SourceFilter};
 
 /// The longest record (pcap packet or pcapng block) accepted; a longer one means a corrupt
 /// length field. libpcap caps packets at 256 KiB and Wireshark pcapng blocks at 16 MiB.
@@ -651,11 +651,18 @@ pub struct Filter {
     counts: CounterSet,
     /// The program's map of fragmented NOTIFYs.
     fragments: FragmentFollower,
+    /// The program's `SIP_SENDERS`.
+    senders: SourceFilter,
 }
 
 impl Filter {
-    /// Watches `ports`.
+    /// Watches `ports` for NOTIFYs from every source.
     pub fn new(ports: &[u16]) -> Self {
+        Self::from_senders(ports, SourceFilter::default())
+    }
+
+    /// Watches `ports` for NOTIFYs from `senders` (`--sip-source`).
+    pub fn from_senders(ports: &[u16], senders: SourceFilter) -> Self {
         let mut config = Box::new(SipConfig::empty());
         for &port in ports {
             config.watch(port);
@@ -664,6 +671,7 @@ impl Filter {
             config,
             counts: CounterSet::default(),
             fragments: FragmentFollower::default(),
+            senders,
         }
     }
 
@@ -695,6 +703,7 @@ impl Filter {
         let inspected = inspect(
             &frame,
             &self.config,
+            &self.senders,
             &mut self.fragments,
             &mut self.counts,
             timestamp_ns,

@@ -20,7 +20,10 @@ use std::{
 use tracing::{info, warn};
 
 use super::af_packet::{AfPacketError, AfPacketSettings, PacketSocket};
-use crate::bpf::{self, AttachMode, AttachedProgram, LoadError, ProgramSettings};
+use crate::{
+    bpf::{self, AttachMode, AttachedProgram, LoadError, ProgramSettings},
+    source_filter::SourceFilter,
+};
 
 /// Which capture path `run` uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -305,6 +308,8 @@ pub struct SourceSettings {
     pub ring_bytes: u32,
     /// AF_PACKET block timeout (the poll interval).
     pub poll: Duration,
+    /// Who may send NOTIFYs, for the XDP program's trie.
+    pub senders: SourceFilter,
 }
 
 /// Opens the capture on `iface` as `settings.mode` asks.
@@ -312,6 +317,7 @@ pub fn open(iface: &str, settings: &SourceSettings) -> Result<Capture, SourceErr
     let program = ProgramSettings {
         ports: settings.ports.clone(),
         ring_bytes: settings.ring_bytes,
+        senders: settings.senders.clone(),
     };
     let mut generic_last = false;
     let fallback = match settings.mode {

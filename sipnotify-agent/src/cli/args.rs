@@ -9,12 +9,15 @@ use crate::{
     bpf::AttachMode,
     capture::{file::Speed, source::CaptureMode},
     logging::LogFormat,
+    source_filter::Network,
 };
 
 /// The bridge endpoint of the reference site: the WebRTC bridge runs on the Asterisk host.
 pub const DEFAULT_BRIDGE_URL: &str = "https://127.0.0.1:8000/genesys-call-notify";
 /// Environment variable that may hold the bridge's bearer token (never a flag: argv is public).
 pub const TOKEN_ENV: &str = "SIPNOTIFY_BRIDGE_TOKEN";
+/// Environment variable that may hold the request signing key (never a flag: argv is public).
+pub const SIGNING_KEY_ENV: &str = "SIPNOTIFY_BRIDGE_SIGNING_KEY";
 
 /// Captures Genesys SIP NOTIFYs with XDP and delivers their CallUUID to the WebRTC bridge.
 #[derive(Debug, Parser)]
@@ -70,6 +73,15 @@ pub struct RunArgs {
     /// UDP destination port to watch (repeat for several, at most 16).
     #[arg(long = "port", value_name = "PORT", default_values_t = [5061])]
     pub ports: Vec<u16>,
+
+    /// Deliver only NOTIFYs whose IP source is in this network (`192.0.2.10`,
+    /// `192.0.2.0/28`, `2001:db8::/64`; repeat for several): the Genesys SIP Servers.
+    ///
+    /// Without it any host that can reach the port can make the bridge act (`run` warns).
+    /// Checked in the XDP program (an LPM trie), on AF_PACKET and after reassembly; refused
+    /// NOTIFYs are counted as `source_not_allowed`.
+    #[arg(long = "sip-source", value_name = "CIDR")]
+    pub sip_sources: Vec<Network>,
 
     /// Which capture path to use.
     ///
@@ -155,6 +167,11 @@ pub struct HepArgs {
     /// busy).
     #[arg(long, value_name = "BYTES", default_value_t = crate::hep::DEFAULT_RECV_BUFFER)]
     pub hep_recv_buffer: usize,
+
+    /// Accept HEP packets only from this network (repeat for several), whatever the HEP
+    /// auth key says; the SIP they carry must still come from --sip-source.
+    #[arg(long = "hep-source", value_name = "CIDR")]
+    pub hep_sources: Vec<Network>,
 }
 
 /// `replay` flags.
@@ -173,6 +190,11 @@ pub struct ReplayArgs {
     /// their SIP replayed.
     #[arg(long, value_name = "PORT", default_value_t = 9060)]
     pub hep_port: u16,
+
+    /// Deliver only NOTIFYs whose IP source is in this network (repeat for several), as
+    /// `run --sip-source` does.
+    #[arg(long = "sip-source", value_name = "CIDR")]
+    pub sip_sources: Vec<Network>,
 
     /// `max` replays as fast as delivery keeps up; `realtime` sleeps to reproduce the
     /// capture's inter-packet gaps.
@@ -264,6 +286,15 @@ pub struct DoctorArgs {
     #[arg(long)]
     pub insecure: bool,
 
+    /// The client certificate `run --client-cert` presents; the probe presents it too and
+    /// reports whether the bridge asked for one.
+    #[arg(long, value_name = "PEM", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+
+    /// The private key of --client-cert.
+    #[arg(long, value_name = "PEM", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+
     /// Skip the bridge (for agents that run with --no-bridge --stdout).
     #[arg(long)]
     pub no_bridge: bool,
@@ -271,6 +302,10 @@ pub struct DoctorArgs {
     /// How long to wait for the bridge's answer.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+
+    /// The networks `run --sip-source` will allow; none is a warning row.
+    #[arg(long = "sip-source", value_name = "CIDR")]
+    pub sip_sources: Vec<Network>,
 
     /// Logging.
     #[command(flatten)]
@@ -336,6 +371,22 @@ pub struct DeliveryArgs {
     /// also come from the SIPNOTIFY_BRIDGE_TOKEN environment variable.
     #[arg(long, value_name = "PATH")]
     pub bridge_token_file: Option<PathBuf>,
+
+    /// Sign every request with the key read from this file (or from the
+    /// SIPNOTIFY_BRIDGE_SIGNING_KEY environment variable): `X-Sipnotify-Signature:
+    /// t=<unix seconds>,v1=<hex HMAC-SHA256(key, "<t>.<body>")>`, Stripe's webhook scheme,
+    /// so the bridge can refuse forged and replayed requests (README, "Security").
+    #[arg(long, value_name = "PATH")]
+    pub bridge_signing_key_file: Option<PathBuf>,
+
+    /// Present this client certificate (PEM, leaf first) to bridges that require mutual TLS;
+    /// needs --client-key.
+    #[arg(long, value_name = "PEM", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --client-cert.
+    #[arg(long, value_name = "PEM", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 
     /// Print each notification as one JSON line on stdout (the object the bridge gets). Alone
     /// it posts nothing; with a --bridge-url (flag, environment or config file) it does both.

@@ -16,7 +16,7 @@ mod settings;
 
 pub use args::{
     Cli, Command, DEFAULT_BRIDGE_URL, DeliveryArgs, DoctorArgs, HEP_KEY_ENV, HepArgs, LogArgs,
-    PipelineArgs, ReplayArgs, RunArgs, TOKEN_ENV, parse_duration,
+    PipelineArgs, ReplayArgs, RunArgs, SIGNING_KEY_ENV, TOKEN_ENV, parse_duration,
 };
 pub use config::{DEFAULT_CONFIG, Environment, Parsed, command, first_line, parse};
-pub use settings::{CommandSettings, SettingsError, sink_settings};
+pub use settings::{CommandSettings, Secrets, SettingsError, sink_settings};

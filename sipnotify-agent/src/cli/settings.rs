@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, pem::PemObject as _};
 use super::{
     args::{
         Command, DeliveryArgs, DoctorArgs, HEP_KEY_ENV, HepArgs, LogArgs, PipelineArgs, ReplayArgs,
-        RunArgs, SpoolArgs, TOKEN_ENV, Toggle,
+        RunArgs, SIGNING_KEY_ENV, SpoolArgs, TOKEN_ENV, Toggle,
     },
     config::{Environment, Parsed},
 };
@@ -28,10 +28,11 @@ use crate::{
     replay::ReplaySettings,
     run::RunSettings,
     sink::{
-        BatchSettings, BearerToken, BodyMode, BridgeSettings, Fingerprint, RetrySettings,
-        SinkSettings, TlsSettings,
+        BatchSettings, BearerToken, BodyMode, BridgeSettings, ClientIdentity, Fingerprint,
+        RetrySettings, SigningKey, SinkSettings, TlsSettings,
     },
     sip,
+    source_filter::SourceFilter,
     spool::{SpoolError, SpoolSettings},
 };
 
@@ -118,6 +119,26 @@ pub enum SettingsError {
     /// `--hep-forward` names one of the agent's own `--hep-listen` addresses.
     #[error("--hep-forward {0} is a --hep-listen address: every datagram would loop")]
     HepForwardLoop(SocketAddr),
+    /// The signing key file cannot be read or holds no usable key.
+    #[error("cannot use --bridge-signing-key-file `{}`: {reason}", path.display())]
+    SigningKeyFile {
+        /// The key file given.
+        path: PathBuf,
+        /// Why it cannot be used (never the key itself).
+        reason: String,
+    },
+    /// The signing key variable is not a usable key.
+    #[error("cannot use ${SIGNING_KEY_ENV}: {reason}")]
+    SigningKeyEnv {
+        /// Why it cannot be used (never the key itself).
+        reason: String,
+    },
+    /// The client certificate or key cannot be used.
+    #[error("cannot use the client certificate: {reason}")]
+    ClientIdentity {
+        /// Why, naming the files.
+        reason: String,
+    },
     /// `--no-bridge` without `--stdout` would deliver nowhere.
     #[error("--no-bridge without --stdout would deliver nowhere")]
     NowhereToDeliver,
@@ -191,14 +212,17 @@ impl Parsed {
     /// Validates the parsed command line into the chosen command's settings; `env` supplies
     /// the bridge token variable.
     pub fn settings(&self, env: &Environment) -> Result<CommandSettings, SettingsError> {
-        let token = env.get_str(TOKEN_ENV);
-        let hep_key = env.get_str(HEP_KEY_ENV);
+        let secrets = Secrets {
+            token: env.get_str(TOKEN_ENV),
+            signing_key: env.get_str(SIGNING_KEY_ENV),
+            hep_key: env.get_str(HEP_KEY_ENV),
+        };
         Ok(match &self.cli.command {
             Command::Run(args) if args.check_config => {
-                CommandSettings::CheckConfig(run_settings(args, token, hep_key)?)
+                CommandSettings::CheckConfig(run_settings(args, &secrets)?)
             }
-            Command::Run(args) => CommandSettings::Run(run_settings(args, token, hep_key)?),
-            Command::Replay(args) => CommandSettings::Replay(replay_settings(args, token)?),
+            Command::Run(args) => CommandSettings::Run(run_settings(args, &secrets)?),
+            Command::Replay(args) => CommandSettings::Replay(replay_settings(args, &secrets)?),
             Command::Doctor(args) => CommandSettings::Doctor(doctor_settings(args)),
         })
     }
@@ -211,11 +235,29 @@ fn log_settings(args: &LogArgs) -> LogSettings {
     }
 }
 
-fn run_settings(
-    args: &RunArgs,
-    token: Option<String>,
-    hep_key: Option<String>,
-) -> Result<RunSettings, SettingsError> {
+/// Secrets from the environment (never from argv): the bridge token, the signing key and the
+/// HEP key.
+#[derive(Clone, Debug, Default)]
+pub struct Secrets {
+    /// `$SIPNOTIFY_BRIDGE_TOKEN`.
+    pub token: Option<String>,
+    /// `$SIPNOTIFY_BRIDGE_SIGNING_KEY`.
+    pub signing_key: Option<String>,
+    /// `$SIPNOTIFY_HEP_AUTH_KEY`.
+    pub hep_key: Option<String>,
+}
+
+impl Secrets {
+    /// Only a bearer token.
+    pub fn token(token: &str) -> Self {
+        Self {
+            token: Some(token.to_owned()),
+            ..Self::default()
+        }
+    }
+}
+
+fn run_settings(args: &RunArgs, secrets: &Secrets) -> Result<RunSettings, SettingsError> {
     check_ports(&args.ports)?;
     if args.ifaces.is_empty() && args.hep.hep_listen.is_empty() {
         return Err(SettingsError::NothingToRead);
@@ -223,8 +265,11 @@ fn run_settings(
     if args.ring_bytes < 4096 || !args.ring_bytes.is_power_of_two() {
         return Err(SettingsError::RingBytes(args.ring_bytes));
     }
-    let pipeline = pipeline_settings(&args.pipeline)?;
-    let delivery = sink_settings(&args.delivery, token)?;
+    let mut pipeline = pipeline_settings(&args.pipeline)?;
+    pipeline.senders = SourceFilter::new(args.sip_sources.clone());
+    let mut hep = hep_settings(&args.hep, secrets.hep_key.clone())?;
+    hep.sip_senders = pipeline.senders.clone();
+    let delivery = sink_settings(&args.delivery, secrets)?;
     // Only what is posted needs keeping: `--stdout` alone (a read-only root, a rescue system)
     // runs without a spool unless asked for one.
     let spool = spool_settings(&args.spool, delivery.bridge.is_some())?;
@@ -243,13 +288,14 @@ fn run_settings(
             xdp_mode: args.xdp_mode,
             ring_bytes: args.ring_bytes,
             poll_interval: args.poll_interval,
+            senders: pipeline.senders.clone(),
         },
         pipeline,
         delivery,
         metrics_listen,
         spool,
         log: log_settings(&args.log),
-        hep: hep_settings(&args.hep, hep_key)?,
+        hep,
     })
 }
 
@@ -288,6 +334,9 @@ fn hep_settings(args: &HepArgs, key_env: Option<String>) -> Result<HepSettings, 
         auth_key,
         forward: args.hep_forward,
         recv_buffer: args.hep_recv_buffer,
+        senders: SourceFilter::new(args.hep_sources.clone()),
+        // `run` sets it from its `--sip-source`.
+        sip_senders: SourceFilter::default(),
     })
 }
 
@@ -310,13 +359,11 @@ fn spool_settings(
     Ok(Some(settings))
 }
 
-fn replay_settings(
-    args: &ReplayArgs,
-    token: Option<String>,
-) -> Result<ReplaySettings, SettingsError> {
+fn replay_settings(args: &ReplayArgs, secrets: &Secrets) -> Result<ReplaySettings, SettingsError> {
     check_ports(&args.ports)?;
-    let pipeline = pipeline_settings(&args.pipeline)?;
-    let mut delivery = sink_settings(&args.delivery, token)?;
+    let mut pipeline = pipeline_settings(&args.pipeline)?;
+    pipeline.senders = SourceFilter::new(args.sip_sources.clone());
+    let mut delivery = sink_settings(&args.delivery, secrets)?;
     // Captured long ago by definition: the live agent's freshness limit does not apply.
     delivery.max_age = None;
     Ok(ReplaySettings {
@@ -341,10 +388,13 @@ fn doctor_settings(args: &DoctorArgs) -> DoctorSettings {
             pin_sha256: args.pin_sha256.clone(),
             insecure: args.insecure,
             request_timeout: args.request_timeout,
+            client_cert: args.client_cert.clone(),
+            client_key: args.client_key.clone(),
             ..DeliveryArgs::default()
         };
         // The sink's own validation: the URL and CA file are judged as `run` would judge them.
-        bridge_settings(&args.bridge_url, &flags, None).map_err(|err| err.to_string())
+        bridge_settings(&args.bridge_url, &flags, &Secrets::default())
+            .map_err(|err| err.to_string())
     });
     DoctorSettings {
         ifaces: args.ifaces.clone(),
@@ -352,6 +402,7 @@ fn doctor_settings(args: &DoctorArgs) -> DoctorSettings {
         bridge,
         insecure: args.insecure,
         request_timeout: args.request_timeout,
+        senders: SourceFilter::new(args.sip_sources.clone()),
         log: log_settings(&args.log),
     }
 }
@@ -393,15 +444,17 @@ fn pipeline_settings(args: &PipelineArgs) -> Result<PipelineSettings, SettingsEr
         // No flags: the defaults are sized for any NOTIFY (see `reassembly::fragment` and
         // `reassembly::tcp`), and bounded in memory.
         reassembly: ReassemblySettings::default(),
+        // `run` and `replay` set it from their `--sip-source`.
+        senders: SourceFilter::default(),
     })
 }
 
-/// Validates the delivery flags, reading the CA and token files; `token_env` is the value of
-/// `$SIPNOTIFY_BRIDGE_TOKEN`, if set. Public for the tests and benches that deliver without
-/// a command line.
+/// Validates the delivery flags, reading the CA, token, key and certificate files; `secrets`
+/// holds what the environment gave. Public for the tests and benches that deliver without a
+/// command line.
 pub fn sink_settings(
     args: &DeliveryArgs,
-    token_env: Option<String>,
+    secrets: &Secrets,
 ) -> Result<SinkSettings, SettingsError> {
     if args.no_bridge && !args.stdout {
         return Err(SettingsError::NowhereToDeliver);
@@ -416,7 +469,7 @@ pub fn sink_settings(
     };
     let bridge = match url {
         None => None,
-        Some(url) => Some(bridge_settings(url, args, token_env)?),
+        Some(url) => Some(bridge_settings(url, args, secrets)?),
     };
     let at_least = |flag, min, value| {
         if value < min {
@@ -470,11 +523,16 @@ pub fn sink_settings(
 fn bridge_settings(
     url: &str,
     args: &DeliveryArgs,
-    token_env: Option<String>,
+    secrets: &Secrets,
 ) -> Result<BridgeSettings, SettingsError> {
     let url = parse_bridge_url(url)?;
     let tls = tls_settings(args)?;
-    let token = bearer_token(args.bridge_token_file.as_deref(), token_env)?;
+    let token = bearer_token(args.bridge_token_file.as_deref(), secrets.token.clone())?;
+    let signing_key = signing_key(
+        args.bridge_signing_key_file.as_deref(),
+        secrets.signing_key.as_deref(),
+    )?;
+    let client_identity = client_identity(args)?;
     if args.request_timeout.is_zero() {
         return Err(SettingsError::ZeroDuration {
             flag: "request-timeout",
@@ -485,6 +543,8 @@ fn bridge_settings(
         url,
         tls,
         token,
+        signing_key,
+        client_identity,
         request_timeout: args.request_timeout,
     })
 }
@@ -554,6 +614,52 @@ fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, SettingsErr
     Ok(certs)
 }
 
+fn signing_key(
+    file: Option<&Path>,
+    env: Option<&str>,
+) -> Result<Option<SigningKey>, SettingsError> {
+    if let Some(path) = file {
+        let fail = |reason: String| SettingsError::SigningKeyFile {
+            path: path.to_owned(),
+            reason,
+        };
+        let raw = std::fs::read_to_string(path).map_err(|e| fail(e.to_string().to_lowercase()))?;
+        return SigningKey::new(&raw).map(Some).map_err(fail);
+    }
+    match env {
+        Some(raw) if !raw.trim().is_empty() => SigningKey::new(raw)
+            .map(Some)
+            .map_err(|reason| SettingsError::SigningKeyEnv { reason }),
+        _ => Ok(None),
+    }
+}
+
+fn client_identity(args: &DeliveryArgs) -> Result<Option<ClientIdentity>, SettingsError> {
+    let (cert, key) = match (&args.client_cert, &args.client_key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(SettingsError::ClientIdentity {
+                reason: "--client-cert and --client-key go together: give both".to_owned(),
+            });
+        }
+    };
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| SettingsError::ClientIdentity {
+            reason: format!(
+                "cannot read {}: {}",
+                path.display(),
+                e.to_string().to_lowercase()
+            ),
+        })
+    };
+    ClientIdentity::from_pem(&read(cert)?, &read(key)?)
+        .map(Some)
+        .map_err(|reason| SettingsError::ClientIdentity {
+            reason: format!("{} and {}: {reason}", cert.display(), key.display()),
+        })
+}
+
 fn bearer_token(
     file: Option<&Path>,
     env: Option<String>,
@@ -596,7 +702,7 @@ mod tests {
 
     fn settings(args: &[&str]) -> Result<SinkSettings, String> {
         let args = parse(args).map_err(|e| e.to_string())?;
-        sink_settings(&args, None).map_err(|e| e.to_string())
+        sink_settings(&args, &Secrets::default()).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -634,7 +740,7 @@ mod tests {
         let args = args.unwrap();
         assert_eq!(args.batch_linger, Duration::from_millis(2));
         assert_eq!(args.retry_max, Duration::from_secs(60));
-        let settings = sink_settings(&args, None).unwrap();
+        let settings = sink_settings(&args, &Secrets::default()).unwrap();
         assert_eq!(settings.max_age, None);
         assert!(parse(&["--request-timeout", "5 parsecs"]).is_err());
     }
@@ -699,7 +805,7 @@ mod tests {
             ca_file: Some("x.pem".into()),
             ..DeliveryArgs::default()
         };
-        let err = sink_settings(&args, None).err();
+        let err = sink_settings(&args, &Secrets::default()).err();
         assert!(matches!(
             err,
             Some(SettingsError::InsecureWithCaFile { .. })
@@ -728,18 +834,18 @@ mod tests {
             bridge_token_file: Some(file.path().to_owned()),
             ..DeliveryArgs::default()
         };
-        let from_file = sink_settings(&args, Some("env-token".into()));
+        let from_file = sink_settings(&args, &Secrets::token("env-token"));
         let token = from_file.unwrap().bridge.unwrap().token.unwrap();
         assert_eq!(token.expose(), "s3cret-token");
         assert!(!format!("{token:?}").contains("s3cret"));
 
-        let from_env = sink_settings(&DeliveryArgs::default(), Some("env".into()));
+        let from_env = sink_settings(&DeliveryArgs::default(), &Secrets::token("env"));
         assert_eq!(
             from_env.unwrap().bridge.unwrap().token.unwrap().expose(),
             "env"
         );
 
-        let bad = sink_settings(&DeliveryArgs::default(), Some("two words".into()));
+        let bad = sink_settings(&DeliveryArgs::default(), &Secrets::token("two words"));
         let message = bad.err().unwrap().to_string();
         assert!(message.contains("$SIPNOTIFY_BRIDGE_TOKEN"), "{message}");
         assert!(!message.contains("two words"), "{message}");
@@ -753,7 +859,7 @@ mod tests {
             ..DeliveryArgs::default()
         };
         assert!(matches!(
-            sink_settings(&args, None),
+            sink_settings(&args, &Secrets::default()),
             Err(SettingsError::NowhereToDeliver)
         ));
         let stdout_only = settings(&["--stdout", "--no-bridge"]).unwrap();

@@ -37,6 +37,7 @@ use crate::{
     pipeline::{Pipeline, Source},
     reassembly::fragment::{self, IpPacket},
     record::Record,
+    source_filter::SourceFilter,
 };
 
 /// The default receive buffer per HEP socket: 32 MiB, about 2 s of 100 000 NOTIFYs/s.
@@ -65,6 +66,10 @@ pub struct HepSettings {
     pub forward: Option<SocketAddr>,
     /// Receive buffer per socket in bytes.
     pub recv_buffer: usize,
+    /// Who may send HEP (`--hep-source`; empty: anyone), whatever the key says.
+    pub senders: SourceFilter,
+    /// Whose SIP a HEP packet may carry (`--sip-source`, checked on the inner source).
+    pub sip_senders: SourceFilter,
 }
 
 /// Why the HEP source cannot start.
@@ -95,6 +100,8 @@ struct Counters {
     forwarded: Counter,
     forward_failed: Counter,
     truncated: Counter,
+    source_not_allowed: Counter,
+    inner_source_not_allowed: Counter,
 }
 
 impl Counters {
@@ -109,6 +116,8 @@ impl Counters {
             forwarded: outcome("forwarded"),
             forward_failed: outcome("forward_failed"),
             truncated: outcome("truncated"),
+            source_not_allowed: outcome("source_not_allowed"),
+            inner_source_not_allowed: outcome("inner_source_not_allowed"),
         }
     }
 
@@ -136,6 +145,11 @@ pub struct HepReport {
     pub forward_failed: u64,
     /// Dropped by the kernel on the receive sockets before they were read.
     pub kernel_drops: u64,
+    /// Refused: sent from outside `--hep-source` (counted in `skipped` too, never forwarded).
+    pub source_not_allowed: u64,
+    /// Refused: SIP whose inner source is outside `--sip-source`, or unknown while it is set
+    /// (counted in `skipped` too).
+    pub inner_source_not_allowed: u64,
 }
 
 impl HepReport {
@@ -147,6 +161,8 @@ impl HepReport {
         self.forwarded += other.forwarded;
         self.forward_failed += other.forward_failed;
         self.kernel_drops += other.kernel_drops;
+        self.source_not_allowed += other.source_not_allowed;
+        self.inner_source_not_allowed += other.inner_source_not_allowed;
     }
 
     /// One line for what HEP brought, if it brought anything.
@@ -158,6 +174,16 @@ impl HepReport {
                 skipped = self.skipped,
                 forwarded = self.forwarded,
                 "hep finished"
+            );
+        }
+        if self.source_not_allowed + self.inner_source_not_allowed > 0 {
+            warn!(
+                from_outside_hep_source = self.source_not_allowed,
+                sip_from_outside_sip_source = self.inner_source_not_allowed,
+                check = "a host outside hep_source sending HEP, or a PBX mirroring SIP from \
+                         hosts outside sip_source: add the PBX or the SIP Server, or find who \
+                         sends it",
+                "hep packets were refused"
             );
         }
         if self.kernel_drops + self.forward_failed + self.truncated > 0 {
@@ -179,6 +205,8 @@ pub struct HepSource {
     sockets: Vec<UdpSocket>,
     forward: Option<Arc<UdpSocket>>,
     auth_key: Option<AuthKey>,
+    senders: SourceFilter,
+    sip_senders: SourceFilter,
     losses: Option<Arc<Losses>>,
 }
 
@@ -218,6 +246,8 @@ impl HepSource {
             sockets,
             forward,
             auth_key: settings.auth_key.clone(),
+            senders: settings.senders.clone(),
+            sip_senders: settings.sip_senders.clone(),
             losses: None,
         })
     }
@@ -252,6 +282,8 @@ impl Source for HepSource {
                 counters: Arc::clone(&counters),
                 forward: self.forward.clone(),
                 auth_key: self.auth_key.clone(),
+                senders: self.senders.clone(),
+                sip_senders: self.sip_senders.clone(),
                 iface: Arc::clone(&iface),
                 losses: self.losses.clone(),
             };
@@ -275,6 +307,8 @@ struct Reader {
     counters: Arc<Counters>,
     forward: Option<Arc<UdpSocket>>,
     auth_key: Option<AuthKey>,
+    senders: SourceFilter,
+    sip_senders: SourceFilter,
     iface: Arc<str>,
     losses: Option<Arc<Losses>>,
 }
@@ -300,8 +334,8 @@ impl Reader {
                 Err(_would_block) => continue,
             };
             for i in 0..n {
-                if let Some((datagram, truncated, _from)) = batch.get(i) {
-                    self.handle(datagram, truncated, &mut report);
+                if let Some((datagram, truncated, from)) = batch.get(i) {
+                    self.handle(datagram, truncated, from, &mut report);
                 }
             }
             // The counter is the socket's total; only its growth is new.
@@ -318,10 +352,24 @@ impl Reader {
         Ok(report)
     }
 
-    /// One datagram: relayed, decoded, counted, and its SIP handed on.
-    fn handle(&self, datagram: &[u8], truncated: bool, report: &mut HepReport) {
+    /// One datagram: its sender checked, relayed, decoded, its inner source checked,
+    /// counted, and its SIP handed on.
+    fn handle(
+        &self,
+        datagram: &[u8],
+        truncated: bool,
+        from: Option<SocketAddr>,
+        report: &mut HepReport,
+    ) {
         report.read += 1;
         self.counters.read.increment(1);
+        // Refused before anything else: not relayed, not decoded.
+        if !self.senders.allows_everyone() && !from.is_some_and(|f| self.senders.allows(f.ip())) {
+            report.source_not_allowed += 1;
+            report.skipped += 1;
+            self.counters.source_not_allowed.increment(1);
+            return;
+        }
         if let Some(forward) = &self.forward {
             if forward.send(datagram).is_ok() {
                 report.forwarded += 1;
@@ -339,6 +387,11 @@ impl Reader {
         }
         let key = self.auth_key.as_ref().map(|k| &k.0[..]);
         match decode(datagram, key) {
+            Ok(sip) if !inner_source_allowed(&self.sip_senders, &sip) => {
+                report.inner_source_not_allowed += 1;
+                report.skipped += 1;
+                self.counters.inner_source_not_allowed.increment(1);
+            }
             Ok(sip) => {
                 report.sip += 1;
                 self.counters.outcome("sip");
@@ -350,6 +403,13 @@ impl Reader {
             }
         }
     }
+}
+
+/// Whether `sip`'s inner source (the SIP Server the PBX heard it from) may send NOTIFYs:
+/// always without `--sip-source`; with it, only a source inside it (a packet that names none
+/// cannot be vouched for).
+pub fn inner_source_allowed(senders: &SourceFilter, sip: &HepSip<'_>) -> bool {
+    senders.allows_everyone() || sip.src.is_some_and(|src| senders.allows(src.ip()))
 }
 
 /// Hands one HEP-carried SIP message to the pipeline as a record, dated by its HEP time

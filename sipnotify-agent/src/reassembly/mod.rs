@@ -20,7 +20,7 @@ use sipnotify_common::{
 };
 use tracing::{info, warn};
 
-use crate::record::Record;
+use crate::{record::Record, source_filter::SourceFilter};
 use fragment::{FragmentReassembler, FragmentSettings, FragmentStats, IpPacket, PacketError};
 pub use tcp::Count;
 use tcp::{FlowKey, TcpReassembler, TcpSettings, TcpStats};
@@ -45,6 +45,9 @@ pub struct ReassemblyStats {
     pub fragmented_notifies: u64,
     /// IP packets or TCP headers that could not be read, by reason.
     pub unreadable: BTreeMap<&'static str, u64>,
+    /// IP packets (fragments, TCP segments) from a source outside `--sip-source`, refused
+    /// before any reassembly work or memory.
+    pub source_not_allowed: u64,
 }
 
 impl ReassemblyStats {
@@ -57,6 +60,12 @@ impl ReassemblyStats {
                 over_tcp = self.tcp.notifies,
                 tcp_segments = self.tcp.segments,
                 "reassembly finished"
+            );
+        }
+        if self.source_not_allowed > 0 {
+            warn!(
+                refused = self.source_not_allowed,
+                "reassembly refused IP fragments and TCP segments from sources outside --sip-source"
             );
         }
         if let Some(given_up) = LossReport::default().since_last(self) {
@@ -116,6 +125,8 @@ pub const LOSS_CHECK: &str = "pieces the capture missed (ringbuf_full in the ker
 /// Turns IP fragments and TCP segments into NOTIFY records.
 pub struct Reassembly {
     ports: Box<SipConfig>,
+    senders: SourceFilter,
+    source_not_allowed: u64,
     fragments: FragmentReassembler,
     tcp: TcpReassembler,
     fragmented_notifies: u64,
@@ -128,14 +139,18 @@ impl Reassembly {
         self.fragments.is_empty() && self.tcp.is_empty()
     }
 
-    /// Reassembles for the watched `ports` (TCP and UDP destination ports).
-    pub fn new(settings: ReassemblySettings, ports: &[u16]) -> Self {
+    /// Reassembles for the watched `ports` (TCP and UDP destination ports) what `senders`
+    /// may send: the capture decision refuses strangers already, and this stage checks again
+    /// what reaches it otherwise (`replay` hands it every packet the decision skipped).
+    pub fn new(settings: ReassemblySettings, ports: &[u16], senders: SourceFilter) -> Self {
         let mut config = Box::new(SipConfig::empty());
         for &port in ports {
             config.watch(port);
         }
         Self {
             ports: config,
+            senders,
+            source_not_allowed: 0,
             fragments: FragmentReassembler::new(settings.fragments),
             tcp: TcpReassembler::new(settings.tcp),
             fragmented_notifies: 0,
@@ -148,7 +163,17 @@ impl Reassembly {
     /// datagrams are the capture decision's, not this stage's). Every NOTIFY this completes
     /// goes to `emit`.
     pub fn push_ip(&mut self, now: Duration, l3: &[u8], emit: &mut impl FnMut(&Record<'_>)) {
-        match fragment::parse_ip(l3) {
+        let packet = fragment::parse_ip(l3);
+        let src = match &packet {
+            Ok(IpPacket::Fragment(piece)) => Some(piece.key.src),
+            Ok(IpPacket::Whole { src, .. }) => Some(*src),
+            Err(_) => None,
+        };
+        if src.is_some_and(|src| !self.senders.allows(src)) {
+            self.source_not_allowed += 1;
+            return;
+        }
+        match packet {
             Ok(IpPacket::Fragment(piece)) => {
                 if let Some(datagram) = self.fragments.push(now, piece) {
                     let key = datagram.key;
@@ -206,6 +231,7 @@ impl Reassembly {
             tcp: self.tcp.stats().clone(),
             fragmented_notifies: self.fragmented_notifies,
             unreadable: self.unreadable.clone(),
+            source_not_allowed: self.source_not_allowed,
         }
     }
 
@@ -228,6 +254,8 @@ impl Reassembly {
         metrics::counter!("sipnotify_reassembled_total", "kind" => "tcp_notify")
             .absolute(stats.tcp.notifies);
         metrics::gauge!("sipnotify_reassembly_memory_bytes").set(self.memory() as f64);
+        metrics::counter!("sipnotify_reassembly_refused_total", "reason" => "source_not_allowed")
+            .absolute(stats.source_not_allowed);
     }
 
     fn upper_layer(
@@ -331,9 +359,17 @@ mod tests {
         payload
     }
 
-    /// Feeds the packets; returns (source, destination, ip version, payload) of each record.
-    fn run(packets: &[Vec<u8>]) -> Vec<(String, String, u8, Vec<u8>)> {
-        let mut stage = Reassembly::new(ReassemblySettings::default(), &[5061]);
+    /// Source, destination, ip version and payload of a record.
+    type Delivered = (String, String, u8, Vec<u8>);
+
+    /// Feeds the packets; returns what each record delivered.
+    fn run(packets: &[Vec<u8>]) -> Vec<Delivered> {
+        run_from(packets, SourceFilter::default()).0
+    }
+
+    /// [`run`] with only `senders` allowed; also returns what the stage counted.
+    fn run_from(packets: &[Vec<u8>], senders: SourceFilter) -> (Vec<Delivered>, ReassemblyStats) {
+        let mut stage = Reassembly::new(ReassemblySettings::default(), &[5061], senders);
         let mut out = Vec::new();
         for packet in packets {
             stage.push_ip(Duration::from_secs(1), packet, &mut |r| {
@@ -346,7 +382,25 @@ mod tests {
                 ));
             });
         }
-        out
+        (out, stage.stats())
+    }
+
+    #[test]
+    fn pieces_from_outside_the_allowed_senders_are_refused_before_any_work() {
+        let message = b"NOTIFY sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n";
+        let mut packets = ipv6_fragments(1, 17, &udp(5060, 5061, &big(b"")), &[1232]);
+        packets.push(ipv6(6, &tcp(40_000, 5061, 9, true, false, &[])));
+        packets.push(ipv6(6, &tcp(40_000, 5061, 10, false, false, message)));
+        let pieces = packets.len() as u64;
+        // The frames' sender is 2001:db8::1.
+        let stranger = SourceFilter::new(vec!["2001:db8::99".parse().unwrap()]);
+        let (out, stats) = run_from(&packets, stranger);
+        assert!(out.is_empty());
+        assert_eq!(stats.source_not_allowed, pieces);
+        assert_eq!(stats.fragments.reassembled, 0, "no memory spent on them");
+        let friend = SourceFilter::new(vec!["2001:db8::/64".parse().unwrap()]);
+        let (out, stats) = run_from(&packets, friend);
+        assert_eq!((out.len(), stats.source_not_allowed), (2, 0));
     }
 
     #[test]

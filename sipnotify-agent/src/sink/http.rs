@@ -18,6 +18,7 @@ use rustls::ClientConfig;
 use super::{
     retry::{self, StatusClass},
     settings::{BridgeSettings, ClientError},
+    sign::{SIGNATURE_HEADER, SigningKey},
     tls,
 };
 
@@ -150,6 +151,7 @@ pub(crate) struct BridgeClient {
     client: Client,
     url: Url,
     authorization: Option<HeaderValue>,
+    signing: Option<SigningKey>,
     timeout: Duration,
 }
 
@@ -170,7 +172,7 @@ impl BridgeClient {
             })
             .transpose()?;
         let client = client_builder(
-            tls::client_config(&settings.tls)?,
+            tls::client_config(&settings.tls, settings.client_identity.as_ref())?,
             settings.request_timeout,
             USER_AGENT,
         )
@@ -183,6 +185,7 @@ impl BridgeClient {
             client,
             url: settings.url.clone(),
             authorization,
+            signing: settings.signing_key.clone(),
             timeout: settings.request_timeout,
         })
     }
@@ -193,6 +196,8 @@ impl BridgeClient {
 
     /// POSTs `body` once and classifies the result.
     pub(crate) async fn send(&self, body: Bytes, key: &str) -> BatchOutcome {
+        // Signed per attempt: a retry carries its own timestamp.
+        let signature = self.signing.as_ref().and_then(|k| k.header(&body));
         let mut request = self
             .client
             .post(self.url.clone())
@@ -203,6 +208,9 @@ impl BridgeClient {
         }
         if let Some(authorization) = &self.authorization {
             request = request.header(AUTHORIZATION, authorization.clone());
+        }
+        if let Some(signature) = signature {
+            request = request.header(SIGNATURE_HEADER, signature);
         }
         let response = match request.send().await {
             Ok(response) => response,

@@ -21,6 +21,7 @@ pub(crate) mod http;
 mod ledger;
 mod retry;
 mod settings;
+pub mod sign;
 mod stdout;
 pub(crate) mod tls;
 
@@ -33,8 +34,9 @@ pub use settings::{
     BatchSettings, BearerToken, BodyMode, BridgeSettings, ClientError, Fingerprint, RetrySettings,
     SinkSettings, TlsSettings,
 };
+pub use sign::SigningKey;
 pub use stdout::JsonLines;
-pub use tls::{TrustedBy, Verdict};
+pub use tls::{ClientIdentity, TrustedBy, Verdict};
 
 use self::batch::Batch;
 

@@ -6,6 +6,7 @@ use std::{fmt, str::FromStr, time::Duration};
 use reqwest::Url;
 use rustls::pki_types::CertificateDer;
 
+use super::{sign::SigningKey, tls::ClientIdentity};
 use crate::event::JsonOptions;
 
 /// The bridge client could not be built (a runtime failure: the settings were valid).
@@ -127,6 +128,10 @@ pub struct BridgeSettings {
     pub tls: TlsSettings,
     /// Optional bearer token.
     pub token: Option<BearerToken>,
+    /// Signs every request (`X-Sipnotify-Signature`) when set.
+    pub signing_key: Option<SigningKey>,
+    /// The client certificate and key for bridges that require mutual TLS.
+    pub client_identity: Option<ClientIdentity>,
     /// Per-request timeout (connect included).
     pub request_timeout: Duration,
 }

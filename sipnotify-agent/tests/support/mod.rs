@@ -112,3 +112,49 @@ pub fn send_raw(frame: &[u8]) {
         std::io::Error::last_os_error()
     );
 }
+
+/// A UDP socket that lets the stack fragment, whatever the host's path-MTU default.
+pub fn fragmenting_socket(bind: &str, v6: bool) -> std::net::UdpSocket {
+    let socket = std::net::UdpSocket::bind(bind).unwrap();
+    let (level, name) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER)
+    };
+    // IP_PMTUDISC_DONT and IPV6_PMTUDISC_DONT are both 0.
+    let dont: libc::c_int = 0;
+    // SAFETY: a valid socket and a c_int option value of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            level,
+            name,
+            (&raw const dont).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    socket
+}
+
+/// The capture paths, by the flags that select them.
+pub const PATHS: [(&str, &[&str]); 3] = [
+    ("native XDP", &["--capture", "xdp", "--xdp-mode", "native"]),
+    (
+        "generic XDP",
+        &["--capture", "xdp", "--xdp-mode", "generic"],
+    ),
+    ("AF_PACKET", &["--capture", "af-packet"]),
+];
+
+/// A NOTIFY for `i` with a 3 000-byte body: larger than the 1 500-byte MTU of the veth pair.
+pub fn big_notify(i: u32) -> Vec<u8> {
+    let message = String::from_utf8(sipnotify_testkit::genesys_notify(i, "1002", "talk")).unwrap();
+    let body = "x".repeat(3000);
+    let mut big = message.replace(
+        "Content-Length: 0",
+        &format!("Content-Length: {}", body.len()),
+    );
+    big.push_str(&body);
+    big.into_bytes()
+}
