@@ -1386,4 +1386,23 @@ mod tests {
         assert_eq!(lines[3], format!("{}fix: pick another", " ".repeat(21)));
         assert_eq!(lines[5], "2 checks: 1 ok, 0 warnings, 1 failed");
     }
+
+    #[test]
+    fn the_client_certificate_row_says_whether_the_bridge_asked() {
+        assert_eq!(client_certificate_check(true, true).status, Status::Ok);
+        let missing = client_certificate_check(true, false);
+        assert_eq!(missing.status, Status::Warn);
+        assert!(missing.fix.unwrap_or_default().contains("--client-cert"));
+        assert_eq!(client_certificate_check(false, true).status, Status::Warn);
+        assert_eq!(client_certificate_check(false, false).status, Status::Ok);
+    }
+
+    #[test]
+    fn the_senders_row_warns_without_sip_source() {
+        assert_eq!(senders_check(&SourceFilter::default()).status, Status::Warn);
+        let listed = SourceFilter::new(vec!["192.0.2.10".parse().unwrap()]);
+        let row = senders_check(&listed);
+        assert_eq!(row.status, Status::Ok);
+        assert!(row.detail.contains("192.0.2.10/32"), "{}", row.detail);
+    }
 }
