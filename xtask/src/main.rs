@@ -229,6 +229,7 @@ fn bench(root: &Path, filter: Option<&str>) -> Result<()> {
         "end_to_end",
         "tcp",
         "idle",
+        "hep",
     ];
     let mut ran = 0;
     for name in benches {

@@ -307,6 +307,15 @@ pub struct DoctorArgs {
     #[arg(long = "sip-source", value_name = "CIDR")]
     pub sip_sources: Vec<Network>,
 
+    /// A HEP address `run --hep-listen` will use (repeat for several): checks it can be
+    /// bound, or reports what the running agent that holds it has read.
+    #[arg(long = "hep-listen", value_name = "ADDR:PORT")]
+    pub hep_listen: Vec<std::net::SocketAddr>,
+
+    /// The running agent's metrics endpoint, asked what it read from HEP.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_listen: std::net::SocketAddr,
+
     /// Logging.
     #[command(flatten)]
     pub log: LogArgs,

@@ -403,6 +403,8 @@ fn doctor_settings(args: &DoctorArgs) -> DoctorSettings {
         insecure: args.insecure,
         request_timeout: args.request_timeout,
         senders: SourceFilter::new(args.sip_sources.clone()),
+        hep_listen: args.hep_listen.clone(),
+        metrics: args.metrics_listen,
         log: log_settings(&args.log),
     }
 }
