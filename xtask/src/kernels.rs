@@ -36,13 +36,13 @@ use anyhow::{Context as _, Result, bail, ensure};
 
 /// One kernel of the matrix: the Debian suite that ships it and the copy path its probe
 /// must choose.
-struct Kernel {
-    version: &'static str,
+pub(crate) struct Kernel {
+    pub(crate) version: &'static str,
     suite: &'static str,
     copy: &'static str,
 }
 
-const MATRIX: &[Kernel] = &[
+pub(crate) const MATRIX: &[Kernel] = &[
     Kernel {
         version: "5.10",
         suite: "bullseye",
@@ -77,8 +77,8 @@ const CAPTURE_MODES: &[(&str, &[&str])] = &[
 ];
 
 const HOST_ADDR: &str = "10.201.0.1";
-const GUEST_ADDR: &str = "10.201.0.2";
-const SIP_PORT: u16 = 5061;
+pub(crate) const GUEST_ADDR: &str = "10.201.0.2";
+pub(crate) const SIP_PORT: u16 = 5061;
 const OTHER_PORT: u16 = 40000;
 const NOTIFYS: usize = 100;
 const OTHERS: usize = 100;
@@ -233,7 +233,7 @@ fn select(names: &[String]) -> Result<Vec<&'static Kernel>> {
 }
 
 /// The host's busybox, which must be the static one: it runs alone in the initramfs.
-fn static_busybox() -> Result<PathBuf> {
+pub(crate) fn static_busybox() -> Result<PathBuf> {
     let path = ["/bin/busybox", "/usr/bin/busybox"]
         .iter()
         .map(PathBuf::from)
@@ -251,13 +251,13 @@ fn static_busybox() -> Result<PathBuf> {
 }
 
 /// An unpacked kernel package: the image and its modules directory.
-struct Tree {
-    vmlinuz: PathBuf,
-    modules: PathBuf,
+pub(crate) struct Tree {
+    pub(crate) vmlinuz: PathBuf,
+    pub(crate) modules: PathBuf,
 }
 
 /// Downloads (once) and unpacks (once) the suite's `linux-image-amd64` kernel.
-fn fetch_kernel(cache: &Path, kernel: &Kernel) -> Result<Tree> {
+pub(crate) fn fetch_kernel(cache: &Path, kernel: &Kernel) -> Result<Tree> {
     let dir = cache.join(kernel.suite);
     let unpacked = dir.join("root");
     if !unpacked.join(".complete").exists() {
@@ -452,15 +452,19 @@ fn command_quiet(program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The VM's /init: modules, the host's root over 9p, the NIC, then the guest side of this
-/// binary in a chroot of the host's root (its libc, its agent), then power off.
-const INIT: &str = r#"#!/bin/busybox sh
+/// How every VM's /init starts: busybox, the kernel's file systems, the NIC and 9p modules
+/// ([`initramfs_with`] puts this before the `/init` it is given).
+const INIT_START: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in /modules/*.ko; do insmod "$m" || echo "sipnotify-guest: insmod $m failed"; done
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host
+for m in /modules/*.ko; do insmod "$m" || echo "initramfs: insmod $m failed"; done
+"#;
+
+/// The VM's /init, after [`INIT_START`]: the host's root over 9p, the NIC, then the guest
+/// side of this binary in a chroot of the host's root (its libc, its agent), then power off.
+const INIT: &str = r#"mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host
 for fs in proc sys dev; do mount -o bind /$fs /host/$fs; done
 mount -t tmpfs tmp /host/tmp
 mount -t tmpfs run /host/run
@@ -485,13 +489,25 @@ poweroff -f
 /// Builds the initramfs: static busybox, /init, and the kernel's modules for the NIC and 9p
 /// (decompressed: busybox's insmod reads plain ELF), in dependency order.
 fn initramfs(dir: &Path, tree: &Tree, busybox: &Path) -> Result<PathBuf> {
+    initramfs_with(dir, tree, busybox, INIT, &["host", "tmp"])
+}
+
+/// An initramfs whose `/init` is [`INIT_START`] then `init`, with these extra empty
+/// directories (mount points).
+pub(crate) fn initramfs_with(
+    dir: &Path,
+    tree: &Tree,
+    busybox: &Path,
+    init: &str,
+    dirs: &[&str],
+) -> Result<PathBuf> {
     let stage = dir.join("initramfs");
     let _ = fs::remove_dir_all(&stage);
-    for sub in ["bin", "modules", "proc", "sys", "dev", "host", "tmp"] {
+    for sub in ["bin", "modules", "proc", "sys", "dev"].iter().chain(dirs) {
         fs::create_dir_all(stage.join(sub))?;
     }
     fs::copy(busybox, stage.join("bin/busybox"))?;
-    fs::write(stage.join("init"), INIT)?;
+    fs::write(stage.join("init"), format!("{INIT_START}{init}"))?;
     fs::set_permissions(stage.join("init"), fs::Permissions::from_mode(0o755))?;
     for (i, (name, bytes)) in module_order(&tree.modules)?.iter().enumerate() {
         fs::write(stage.join(format!("modules/{i:02}-{name}.ko")), bytes)?;
@@ -624,7 +640,7 @@ fn modinfo_depends(module: &[u8]) -> Vec<String> {
 }
 
 /// Namespaces of earlier runs whose xtask is gone (killed before its guards ran).
-fn remove_stale_namespaces() {
+pub(crate) fn remove_stale_namespaces() {
     let Ok(entries) = fs::read_dir("/run/netns") else {
         return;
     };
@@ -643,13 +659,13 @@ fn remove_stale_namespaces() {
 }
 
 /// A namespace with the VM's tap, and the VM; both go when this is dropped.
-struct Vm {
+pub(crate) struct Vm {
     netns: String,
     qemu: Option<Child>,
 }
 
 impl Vm {
-    fn new(slot: usize) -> Result<Self> {
+    pub(crate) fn new(slot: usize) -> Result<Self> {
         let netns = format!("{NETNS_PREFIX}{}-{slot}", std::process::id());
         let vm = Self { netns, qemu: None };
         vm.ip(&["netns", "add", &vm.netns], false)?;
@@ -664,6 +680,44 @@ impl Vm {
         )?;
         vm.ip(&["link", "set", "tap0", "up"], true)?;
         Ok(vm)
+    }
+
+    /// QEMU (TCG, 2 vCPUs, 1 GiB) in the namespace: this kernel and initramfs, the serial
+    /// console on stdout and stderr, the multi-queue tap as virtio-net, one 9p share.
+    pub(crate) fn qemu_command(
+        &self,
+        kernel: &Tree,
+        initrd: &Path,
+        append: &str,
+        virtfs: &str,
+    ) -> Command {
+        let mut qemu = Command::new("ip");
+        qemu.args(["netns", "exec", &self.netns, "qemu-system-x86_64"])
+            .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2"])
+            .args(["-m", "1024", "-nodefaults", "-no-reboot"])
+            .args(["-display", "none", "-serial", "stdio"])
+            .arg("-kernel")
+            .arg(&kernel.vmlinuz)
+            .arg("-initrd")
+            .arg(initrd)
+            .args(["-append", append])
+            .args([
+                "-netdev",
+                "tap,id=n0,ifname=tap0,script=no,downscript=no,queues=4",
+                "-device",
+                "virtio-net-pci,netdev=n0,mq=on,vectors=10",
+                "-virtfs",
+                virtfs,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        qemu
+    }
+
+    /// The VM's qemu, killed when this is dropped.
+    pub(crate) fn set_qemu(&mut self, qemu: Child) {
+        self.qemu = Some(qemu);
     }
 
     fn ip(&self, args: &[&str], inside: bool) -> Result<()> {
@@ -703,7 +757,7 @@ impl Vm {
 
     /// A UDP socket in the namespace, bound to the tap's address, that lets the stack
     /// fragment the large NOTIFYs whatever the path-MTU default.
-    fn socket(&self) -> Result<UdpSocket> {
+    pub(crate) fn socket(&self) -> Result<UdpSocket> {
         let socket = self
             .inside(|| UdpSocket::bind((HOST_ADDR, 0)).context("cannot bind in the namespace"))?;
         let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
@@ -764,7 +818,6 @@ fn boot(
     let initrd = initramfs(&dir, tree, busybox)?;
     fs::create_dir_all(cache.join("logs"))?;
     let log_path = cache.join(format!("logs/{}.log", kernel.version));
-    let mut log = fs::File::create(&log_path)?;
     let mut vm = Vm::new(slot)?;
     let socket = vm.socket()?;
     let append = format!(
@@ -772,91 +825,24 @@ fn boot(
         xtask.display(),
         agent.display()
     );
-    let mut qemu = Command::new("ip")
-        .args(["netns", "exec", &vm.netns, "qemu-system-x86_64"])
-        .args([
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-            "-smp",
-            "2",
-            "-m",
-            "1024",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-reboot",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-        ])
-        .arg("-kernel")
-        .arg(&tree.vmlinuz)
-        .arg("-initrd")
-        .arg(&initrd)
-        .args(["-append", &append])
-        .args([
-            "-netdev",
-            "tap,id=n0,ifname=tap0,script=no,downscript=no,queues=4",
-            "-device",
-            "virtio-net-pci,netdev=n0,mq=on,vectors=10",
-            "-virtfs",
+    let mut qemu = vm
+        .qemu_command(
+            tree,
+            &initrd,
+            &append,
             "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        )
         .spawn()
         .context("cannot start qemu-system-x86_64")?;
-    let (tx, rx) = mpsc::channel::<String>();
-    for stream in [
-        qemu.stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        qemu.stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let tx = tx.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    drop(tx);
+    let mut console = Console::new(&mut qemu, log_path.clone(), started + VM_TIMEOUT, MARK)?;
     vm.qemu = Some(qemu);
 
     let mut release = String::new();
     let mut doctor = None;
     let mut modes = Vec::new();
     let mut copies = Vec::new();
-    let deadline = started + VM_TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = match rx.recv_timeout(left) {
-            Ok(line) => line,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                bail!(
-                    "no result within {} s; see {}",
-                    VM_TIMEOUT.as_secs(),
-                    log_path.display()
-                )
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        writeln!(log, "{line}")?;
-        let Some(event) = line.split_once(MARK).map(|(_, e)| e.trim_end()) else {
-            continue;
-        };
+    while let Some(event) = console.next_event()? {
+        let event = event.as_str();
         if let Some(r) = event.strip_prefix("kernel ") {
             release = r.to_owned();
         } else if let Some(verdict) = event.strip_prefix("doctor ") {
@@ -916,6 +902,73 @@ fn boot(
     })
 }
 
+/// A VM's serial console (qemu's stdout and stderr): every line goes to a log file, and the
+/// lines carrying `mark` are the guest's events for the host.
+pub(crate) struct Console {
+    rx: mpsc::Receiver<String>,
+    log: fs::File,
+    log_path: PathBuf,
+    deadline: Instant,
+    mark: &'static str,
+}
+
+impl Console {
+    pub(crate) fn new(
+        qemu: &mut Child,
+        log_path: PathBuf,
+        deadline: Instant,
+        mark: &'static str,
+    ) -> Result<Self> {
+        let log = fs::File::create(&log_path)?;
+        let (tx, rx) = mpsc::channel::<String>();
+        let streams = [
+            qemu.stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            qemu.stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ];
+        for stream in streams.into_iter().flatten() {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(Self {
+            rx,
+            log,
+            log_path,
+            deadline,
+            mark,
+        })
+    }
+
+    /// The next event (the text after the mark), `None` once the VM has exited; an error at
+    /// the deadline.
+    pub(crate) fn next_event(&mut self) -> Result<Option<String>> {
+        loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            let line = match self.rx.recv_timeout(left) {
+                Ok(line) => line,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    bail!("no result in time; see {}", self.log_path.display())
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
+            };
+            writeln!(self.log, "{line}")?;
+            if let Some((_, event)) = line.split_once(self.mark) {
+                return Ok(Some(event.trim_end().to_owned()));
+            }
+        }
+    }
+}
+
 /// One datagram of the test traffic: destination port and payload.
 type Datagram = (u16, Vec<u8>);
 
@@ -946,7 +999,7 @@ fn call_id(batch: usize, i: usize) -> String {
 
 /// NOTIFY `i` of `batch`; one in ten carries a 3 000-byte body, more than the tap's MTU, so
 /// it crosses as IP fragments.
-fn notify(batch: usize, i: usize) -> String {
+pub(crate) fn notify(batch: usize, i: usize) -> String {
     let event = if i.is_multiple_of(2) { "talk" } else { "hold" };
     let body = if i % 10 == 9 {
         "x".repeat(3000)

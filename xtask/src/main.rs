@@ -8,6 +8,7 @@
 
 mod dist;
 mod kernels;
+mod packages;
 mod setup;
 mod userland;
 
@@ -42,11 +43,18 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Run every check and test: fmt, clippy, unit, integration and privileged tests, and
-    /// the kernel matrix.
+    /// Run every check and test: fmt, clippy, unit, integration and privileged tests, the
+    /// kernel matrix and the packaged service under systemd.
     Test,
     /// Boot stock Debian kernels in QEMU and run the agent in each (the support matrix).
     TestKernels(kernels::Args),
+    /// Package the agent, then boot Debian 11 and 12 under their own kernels with the .deb
+    /// installed and `sipnotify.service` enabled: capture, delivery, stop.
+    TestPackages {
+        /// Install this .deb instead of building one (`cargo xtask dist`).
+        #[arg(long)]
+        deb: Option<PathBuf>,
+    },
     /// Run the main job end to end in private network namespaces (see README).
     Demo,
     /// Run the benchmarks and print their figures.
@@ -118,6 +126,10 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Task::Bench { filter } => bench(&root, filter.as_deref()),
+        Task::TestPackages { deb } => match deb {
+            Some(deb) => packages::run(&root, &deb),
+            None => packages::run(&root, &dist::dist(&root)?.deb),
+        },
         Task::Dist { check } => {
             let dist = dist::dist(&root)?;
             if check {
@@ -179,7 +191,8 @@ fn test(root: &Path) -> Result<()> {
         bail!("{failed} tests failed");
     }
     // The kernel matrix runs the same portable binary that the packages ship.
-    kernels::run(root, &dist.binary, &kernels::Args::default())
+    kernels::run(root, &dist.binary, &kernels::Args::default())?;
+    packages::run(root, &dist.deb)
 }
 
 /// Runs `cargo test`, echoing its output, and sums its `test result:` lines.
