@@ -284,8 +284,14 @@ pub fn drop_all(keep: u64) -> Result<Dropped, CapsError> {
             source: io::Error::last_os_error(),
         });
     }
-    // SAFETY: getpid and gettid have no preconditions.
-    let (pid, me) = unsafe { (libc::getpid(), libc::gettid()) };
+    // SAFETY: getpid and the gettid system call have no preconditions. gettid goes through
+    // syscall(2) because glibc only wraps it from 2.30, and the shipped binary targets 2.17.
+    let (pid, me) = unsafe {
+        (
+            libc::getpid(),
+            libc::syscall(libc::SYS_gettid) as libc::pid_t,
+        )
+    };
     let deadline = Instant::now() + DROP_WAIT;
     let mut signalled: Vec<u32> = Vec::new();
     loop {
