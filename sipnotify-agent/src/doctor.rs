@@ -852,19 +852,30 @@ async fn bridge_checks(
         settings.request_timeout,
         &probe,
     );
-    if probe.reply.is_ok() && bridge.url.scheme() == "https" {
+    // A bridge that requires a certificate this agent lacks fails the handshake: the row
+    // must show then above all, so it is not limited to answered probes.
+    if bridge.url.scheme() == "https" && (probe.reply.is_ok() || probe.asked_for_client_certificate)
+    {
         checks.push(client_certificate_check(
             probe.asked_for_client_certificate,
             bridge.client_identity.is_some(),
+            probe.reply.is_ok(),
         ));
     }
     checks
 }
 
-/// Whether the bridge asked for a client certificate (mutual TLS), and whether one is set.
-pub fn client_certificate_check(asked: bool, configured: bool) -> Check {
+/// Whether the bridge asked for a client certificate (mutual TLS), whether one is set, and
+/// whether the bridge answered the probe (a bridge that asked and did not answer an agent
+/// without a certificate requires one).
+pub fn client_certificate_check(asked: bool, configured: bool, answered: bool) -> Check {
     const NAME: &str = "bridge client certificate";
     match (asked, configured) {
+        (true, false) if !answered => Check::fail(
+            NAME,
+            "the bridge requires a client certificate and none is configured",
+            "pass --client-cert PEM --client-key PEM (client_cert, client_key in the config file)",
+        ),
         (true, true) => Check::ok(
             NAME,
             "the bridge asked for a client certificate; --client-cert answers it",
@@ -1497,12 +1508,24 @@ mod tests {
 
     #[test]
     fn the_client_certificate_row_says_whether_the_bridge_asked() {
-        assert_eq!(client_certificate_check(true, true).status, Status::Ok);
-        let missing = client_certificate_check(true, false);
+        assert_eq!(
+            client_certificate_check(true, true, true).status,
+            Status::Ok
+        );
+        let missing = client_certificate_check(true, false, true);
         assert_eq!(missing.status, Status::Warn);
         assert!(missing.fix.unwrap_or_default().contains("--client-cert"));
-        assert_eq!(client_certificate_check(false, true).status, Status::Warn);
-        assert_eq!(client_certificate_check(false, false).status, Status::Ok);
+        let required = client_certificate_check(true, false, false);
+        assert_eq!(required.status, Status::Fail);
+        assert!(required.fix.unwrap_or_default().contains("--client-cert"));
+        assert_eq!(
+            client_certificate_check(false, true, true).status,
+            Status::Warn
+        );
+        assert_eq!(
+            client_certificate_check(false, false, true).status,
+            Status::Ok
+        );
     }
 
     #[test]

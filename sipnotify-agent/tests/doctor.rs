@@ -1,7 +1,8 @@
 //! `sipnotify-agent doctor` on this machine, through the built binary: as root the kernel,
 //! BTF, permission, object and load rows pass; a missing interface fails with a fix; and the
 //! bridge rows tell a trusted, an untrusted and an absent bridge apart (against the local
-//! HTTPS bridge stand-in, whose CA is generated per test).
+//! HTTPS bridge stand-in, whose CA is generated per test), and say when the bridge requires a
+//! client certificate.
 
 mod support;
 
@@ -9,7 +10,7 @@ use std::{path::Path, process::Output};
 
 use sipnotify_testkit::{
     BridgeOptions, TestBridge,
-    certs::{openssl_one_liner, openssl_or_skip},
+    certs::{client_certificate, openssl_one_liner, openssl_or_skip},
 };
 
 /// Runs `doctor ARGS…` with an empty config file and no SIPNOTIFY_* variables.
@@ -237,4 +238,51 @@ async fn doctor_says_which_kind_of_trust_applies() {
 
 fn path(p: &Path) -> String {
     p.to_string_lossy().into_owned()
+}
+
+/// A bridge requiring a client certificate: without --client-cert the row fails naming the
+/// flags; with one the bridge answers and the row says it asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_reports_a_bridge_asking_for_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_certificate(dir.path(), "sipnotify");
+    let bridge = TestBridge::start(BridgeOptions {
+        client_ca_pem: Some(client.ca_pem.clone()),
+        ..BridgeOptions::default()
+    })
+    .await
+    .unwrap();
+    let ca_file = dir.path().join("bridge-ca.pem");
+    bridge.write_ca_file(&ca_file).unwrap();
+    let base = vec![
+        "--bridge-url".to_owned(),
+        bridge.url().to_owned(),
+        "--ca-file".to_owned(),
+        path(&ca_file),
+    ];
+
+    let output = doctor_async(base.clone()).await;
+    let answer = row(&output, "bridge client certificate");
+    assert_eq!(answer.status, "FAIL", "{answer:?}");
+    assert!(
+        answer.detail.contains("requires a client certificate"),
+        "{answer:?}"
+    );
+    assert!(answer.fix.unwrap_or_default().contains("--client-cert PEM"));
+
+    let mut with_cert = base;
+    with_cert.extend([
+        "--client-cert".to_owned(),
+        path(&client.cert_file),
+        "--client-key".to_owned(),
+        path(&client.key_file),
+    ]);
+    let output = doctor_async(with_cert).await;
+    assert_eq!(row(&output, "bridge").status, "OK");
+    let answer = row(&output, "bridge client certificate");
+    assert_eq!(answer.status, "OK", "{answer:?}");
+    assert!(
+        answer.detail.contains("asked for a client certificate"),
+        "{answer:?}"
+    );
 }

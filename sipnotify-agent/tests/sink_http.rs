@@ -1,6 +1,7 @@
 //! Delivery against the local HTTPS bridge stand-in: what the bridge actually received, how
 //! often, with which headers, through failures, outages and certificate trouble (with
-//! certificates made the way operators make them), and the check before capture.
+//! certificates made the way operators make them, and a bridge requiring a client
+//! certificate), and the check before capture.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -18,8 +19,8 @@ use sipnotify_agent::{
 use sipnotify_testkit::{
     BridgeOptions, Reply, TestBridge,
     certs::{
-        MadeCertificate, ServerIdentity, mkcert_style, openssl_one_liner, openssl_or_skip,
-        private_ca,
+        ClientCertificate, MadeCertificate, ServerIdentity, client_certificate, mkcert_style,
+        openssl_one_liner, openssl_or_skip, private_ca,
     },
 };
 use tokio_util::sync::CancellationToken;
@@ -749,4 +750,71 @@ async fn a_certificate_for_another_name_fails_naming_the_host() {
         "{message}"
     );
     assert!(bridge.received().is_empty());
+}
+
+// A bridge that requires a client certificate (mutual TLS): with --client-cert/--client-key
+// the agent delivers; without them the check before capture is a configuration error that
+// names both flags, and nothing reaches the bridge.
+
+/// A bridge requiring a client certificate from the CA of `client`.
+async fn bridge_requiring(client: &ClientCertificate) -> Fixture {
+    fixture(BridgeOptions {
+        client_ca_pem: Some(client.ca_pem.clone()),
+        ..BridgeOptions::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_bridge_requiring_a_client_certificate_gets_one_from_client_cert() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_certificate(dir.path(), "sipnotify");
+    let f = bridge_requiring(&client).await;
+    let args = DeliveryArgs {
+        client_cert: Some(client.cert_file.clone()),
+        client_key: Some(client.key_file.clone()),
+        ..f.args()
+    };
+    let check = Delivery::new(settings(&args))
+        .unwrap()
+        .check_bridge()
+        .await
+        .unwrap();
+    assert!(
+        matches!(check, Some(BridgeCheck::Answered { .. })),
+        "{check:?}"
+    );
+    assert_delivers(&f.bridge, &args).await;
+}
+
+#[tokio::test]
+async fn without_client_cert_the_refusal_says_what_to_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_certificate(dir.path(), "sipnotify");
+    let f = bridge_requiring(&client).await;
+    let message = check_error(&f.args()).await;
+    assert!(message.contains(f.bridge.url()), "{message}");
+    assert!(
+        message.contains("requires a client certificate"),
+        "{message}"
+    );
+    assert!(
+        message.contains("--client-cert PEM --client-key PEM"),
+        "{message}"
+    );
+
+    // A certificate from a CA the bridge does not trust is refused too, saying so.
+    let stranger = client_certificate(&dir.path().join("stranger"), "stranger");
+    let args = DeliveryArgs {
+        client_cert: Some(stranger.cert_file.clone()),
+        client_key: Some(stranger.key_file.clone()),
+        ..f.args()
+    };
+    let message = check_error(&args).await;
+    assert!(
+        message.contains("refused the client certificate"),
+        "{message}"
+    );
+    assert!(f.bridge.requests().is_empty());
+    assert!(f.bridge.received().is_empty());
 }

@@ -32,6 +32,7 @@ use rcgen::{CertificateParams, DnType, KeyPair};
 use rustls::{
     ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject as _},
+    server::WebPkiClientVerifier,
 };
 use serde::de::IgnoredAny;
 use tokio::{
@@ -92,6 +93,9 @@ pub struct BridgeOptions {
     /// Serve this certificate chain and key (see [`super::certs`]) instead of one from the
     /// bridge's own throw-away CA; `subject_alt_names` is then unused.
     pub identity: Option<super::certs::ServerIdentity>,
+    /// Require a client certificate signed by this CA (PEM): mutual TLS, as a bridge that
+    /// only lets the agent in does. A handshake without one is refused.
+    pub client_ca_pem: Option<String>,
 }
 
 impl Default for BridgeOptions {
@@ -103,6 +107,7 @@ impl Default for BridgeOptions {
             record_objects: true,
             subject_alt_names: vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
             identity: None,
+            client_ca_pem: None,
         }
     }
 }
@@ -406,11 +411,25 @@ fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<ServerConfig, rustls::Error> {
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_single_cert(chain, key)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match &options.client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(ca_pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+                let cert =
+                    cert.map_err(|e| rustls::Error::General(format!("the client ca: {e}")))?;
+                roots.add(cert)?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| rustls::Error::General(format!("the client verifier: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
     config.alpn_protocols = if options.http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {

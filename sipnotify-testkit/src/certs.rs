@@ -1,7 +1,8 @@
 //! Bridge certificates made the way people make them, for the TLS tests: the openssl
 //! one-liner (run for real), an mkcert-style local CA and leaf, and a small private CA with an
 //! intermediate. Each is a [`ServerIdentity`] the bridge stand-in can serve, plus the PEM an
-//! operator would hand to `--ca-file`.
+//! operator would hand to `--ca-file`; and a client CA with a client certificate for bridges
+//! that require mutual TLS.
 #![allow(
     clippy::missing_panics_doc,
     reason = "test support: a panic with context is the report"
@@ -195,5 +196,41 @@ pub fn openssl_or_skip(
             None
         }
         Err(err) => panic!("{test}: {err}"),
+    }
+}
+
+/// A client certificate for mutual TLS: a CA the bridge trusts for clients (`ca_pem`, what a
+/// bridge is configured with) and a leaf with the clientAuth usage, written into `dir` as
+/// `client.pem` and `client.key` (what `--client-cert` and `--client-key` take).
+#[derive(Clone, Debug)]
+pub struct ClientCertificate {
+    /// The CA the bridge checks client certificates against.
+    pub ca_pem: String,
+    /// The client's certificate file.
+    pub cert_file: PathBuf,
+    /// The client's private key file.
+    pub key_file: PathBuf,
+}
+
+/// Makes a client CA and a client certificate signed by it (see [`ClientCertificate`]).
+pub fn client_certificate(dir: &Path, cn: &str) -> ClientCertificate {
+    std::fs::create_dir_all(dir).expect("the client certificate's directory");
+    let ca_key = KeyPair::generate().expect("client ca key");
+    let ca = ca_params(&format!("{cn} client CA"), Some(0))
+        .expect("client ca params")
+        .self_signed(&ca_key)
+        .expect("client ca certificate");
+    let key = KeyPair::generate().expect("client key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let leaf = params
+        .signed_by(&key, &ca, &ca_key)
+        .expect("client certificate");
+    ClientCertificate {
+        ca_pem: ca.pem(),
+        cert_file: write(dir, "client.pem", &leaf.pem()),
+        key_file: write(dir, "client.key", &key.serialize_pem()),
     }
 }

@@ -180,6 +180,7 @@ fn what_to_check(error: &SendError, url: &reqwest::Url) -> String {
                 .to_owned()
         }
         SendError::UntrustedCertificate { remedy, .. } => (*remedy).to_owned(),
+        SendError::ClientCertificate { remedy } => remedy.clone(),
         SendError::Connect { .. } => format!(
             "check that the bridge is running and listening at {url}, and that no firewall is \
              in the way"

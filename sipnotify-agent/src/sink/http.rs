@@ -53,6 +53,13 @@ pub enum SendError {
         /// What the operator can do about it.
         remedy: &'static str,
     },
+    /// The bridge refused the TLS handshake over the client certificate (none, or not one
+    /// it trusts).
+    #[error("{remedy}")]
+    ClientCertificate {
+        /// What the bridge's alert means and what to do.
+        remedy: String,
+    },
     /// The connection could not be made (refused, reset, TLS handshake, DNS).
     #[error("cannot connect to the bridge: {reason}")]
     Connect {
@@ -120,6 +127,15 @@ pub enum BridgeConfigError {
         reason: String,
         /// What the operator can do about it.
         remedy: &'static str,
+    },
+    /// The bridge requires a client certificate this agent does not present (or refuses the
+    /// one it presents).
+    #[error("the bridge at {url} refused the tls handshake: {remedy}")]
+    ClientCertificate {
+        /// The bridge URL.
+        url: String,
+        /// What the bridge's alert means and what to do.
+        remedy: String,
     },
     /// Nothing lives at the URL's path.
     #[error(
@@ -266,6 +282,13 @@ impl BridgeClient {
                         reason,
                         remedy,
                     }),
+                    BatchOutcome::Errored {
+                        error: SendError::ClientCertificate { remedy },
+                        ..
+                    } => Err(BridgeConfigError::ClientCertificate {
+                        url: self.url.to_string(),
+                        remedy,
+                    }),
                     BatchOutcome::Errored { error, .. } => Ok(BridgeCheck::Unreachable { error }),
                     // `failed` only makes errors.
                     _ => Ok(BridgeCheck::Unreachable {
@@ -293,6 +316,8 @@ impl BridgeClient {
                 reason: tls::describe(&cert),
                 remedy: tls::remedy(&cert),
             }
+        } else if let Some(remedy) = tls::client_certificate_refusal(error) {
+            SendError::ClientCertificate { remedy }
         } else if error.is_timeout() {
             SendError::Timeout {
                 timeout: self.timeout,

@@ -483,10 +483,48 @@ impl ServerCertVerifier for Verifier {
 
 /// The certificate problem somewhere in `error`'s chain, if that is why it failed.
 pub(crate) fn certificate_error(error: &(dyn StdError + 'static)) -> Option<CertificateError> {
+    match rustls_error(error)? {
+        rustls::Error::InvalidCertificate(cert) => Some(cert.clone()),
+        _ => None,
+    }
+}
+
+/// Why the bridge refused this client's certificate (or its lack of one), if the bridge's
+/// TLS alert somewhere in `error`'s chain says so: what the operator should do.
+pub(crate) fn client_certificate_refusal(error: &(dyn StdError + 'static)) -> Option<String> {
+    use rustls::AlertDescription as Alert;
+    let rustls::Error::AlertReceived(alert) = rustls_error(error)? else {
+        return None;
+    };
+    // A server sends these alerts about the client's certificate only (decrypt_error: its
+    // signature does not verify, e.g. a CA of the same name but another key).
+    match alert {
+        Alert::CertificateRequired => Some(
+            "the bridge requires a client certificate (mutual tls): pass --client-cert PEM \
+             --client-key PEM (client_cert, client_key in the config file)"
+                .to_owned(),
+        ),
+        Alert::BadCertificate
+        | Alert::UnknownCA
+        | Alert::CertificateUnknown
+        | Alert::CertificateExpired
+        | Alert::CertificateRevoked
+        | Alert::UnsupportedCertificate
+        | Alert::DecryptError
+        | Alert::AccessDenied => Some(format!(
+            "the bridge refused the client certificate (tls alert {alert:?}): pass a \
+             --client-cert PEM --client-key PEM the bridge trusts"
+        )),
+        _ => None,
+    }
+}
+
+/// The rustls error somewhere in `error`'s chain.
+fn rustls_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
     let mut current = Some(error);
     while let Some(e) = current {
-        if let Some(rustls::Error::InvalidCertificate(cert)) = e.downcast_ref::<rustls::Error>() {
-            return Some(cert.clone());
+        if let Some(found) = e.downcast_ref::<rustls::Error>() {
+            return Some(found);
         }
         // `io::Error::source` skips the error it wraps (tokio-rustls wraps the rustls error in
         // an io error, which hyper-util wraps in another), so step into it explicitly.
