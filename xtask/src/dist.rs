@@ -293,8 +293,10 @@ pub(crate) fn program_version(deb: &Path) -> Result<String> {
         .to_owned())
 }
 
-/// A .tar.gz of exactly the files the .deb installs, relative to `/`: `tar -xzf FILE -C /`
-/// installs them as the package would (without its maintainer scripts).
+/// A .tar.gz of exactly the files the .deb installs, relative to `/`: `tar
+/// --keep-directory-symlink -xzf FILE -C /` installs them as the package would (without its
+/// maintainer scripts). The flag keeps a merged-/usr host's `/lib -> usr/lib` a link; without
+/// it tar replaces the link with a directory holding only the generator.
 fn tarball_from_deb(root: &Path, deb: &Path, tarball: &Path) -> Result<()> {
     let tree = root.join("target/dist/tree");
     if tree.exists() {

@@ -108,7 +108,15 @@ fn bullseye(root: &Path, dist: &Dist, version: &str, checks: &mut Checks) -> Res
     run_in(
         root,
         "tar",
-        &["-xzf", path_str(&dist.tarball)?, "-C", path_str(&tree)?],
+        // As the README says to: the tree is merged-/usr, and the tarball's `lib/` must not
+        // replace its `/lib -> usr/lib` link.
+        &[
+            "--keep-directory-symlink",
+            "-xzf",
+            path_str(&dist.tarball)?,
+            "-C",
+            path_str(&tree)?,
+        ],
     )?;
     let glibc = in_tree_ok(&tree, &["ldd", "--version"])?;
     println!(
