@@ -76,7 +76,16 @@ fn an_interface_with_an_xdp_program_is_refused() {
     let net = VethPair::new("busy");
     let first = start_agent(
         &net.receiver,
-        &["run", "--iface", "veth1", "--stdout", "--no-bridge"],
+        // `auto` takes AF_PACKET on veth (its native XDP copies): the first agent must hold XDP.
+        &[
+            "run",
+            "--iface",
+            "veth1",
+            "--capture",
+            "xdp",
+            "--stdout",
+            "--no-bridge",
+        ],
     );
     let second = run_in(&net.receiver, &[], RUN_ON_VETH1);
     assert_eq!(second.status.code(), Some(1), "{second:?}");

@@ -338,10 +338,21 @@ pub fn open(iface: &str, settings: &SourceSettings) -> Result<Capture, SourceErr
                         );
                         return Ok(socket);
                     }
-                    Err(err) => {
-                        warn!(iface, error = %err, "AF_PACKET capture is not possible here; trying XDP");
-                        let attached = bpf::attach(iface, AttachMode::Auto, &program)?;
-                        return Ok(Capture::Xdp(Box::new(attached)));
+                    Err(af_err) => {
+                        warn!(iface, error = %af_err, "AF_PACKET capture is not possible here; trying XDP");
+                        return match bpf::attach(iface, AttachMode::Auto, &program) {
+                            Ok(attached) => Ok(Capture::Xdp(Box::new(attached))),
+                            // Neither path: say why each failed, in the words XDP-first uses.
+                            Err(xdp_err) => Err(match (fallback_reason(&xdp_err), af_err) {
+                                (Some(why), SourceError::AfPacket { source, .. }) => {
+                                    SourceError::AfPacket {
+                                        fallback: Some(why),
+                                        source,
+                                    }
+                                }
+                                _ => xdp_err.into(),
+                            }),
+                        };
                     }
                 }
             }
