@@ -74,19 +74,8 @@ fn an_interface_with_an_xdp_program_is_refused() {
         return;
     }
     let net = VethPair::new("busy");
-    let first = start_agent(
-        &net.receiver,
-        // `auto` takes AF_PACKET on veth (its native XDP copies): the first agent must hold XDP.
-        &[
-            "run",
-            "--iface",
-            "veth1",
-            "--capture",
-            "xdp",
-            "--stdout",
-            "--no-bridge",
-        ],
-    );
+    // `auto` takes AF_PACKET on veth (its native XDP copies): the first agent must hold XDP.
+    let first = start_agent(&net.receiver, RUN_ON_VETH1);
     let second = run_in(&net.receiver, &[], RUN_ON_VETH1);
     assert_eq!(second.status.code(), Some(1), "{second:?}");
     assert_eq!(
