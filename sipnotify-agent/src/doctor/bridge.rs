@@ -16,9 +16,9 @@ use reqwest::StatusCode;
 
 use super::{Check, DoctorSettings};
 use crate::sink::{
-    BridgeSettings, TlsSettings,
+    self, BridgeSettings, ClientError, TlsSettings,
     http::{self, error_chain},
-    tls,
+    identity, tls,
 };
 
 /// The bridge answers, and how its certificate verifies.
@@ -116,9 +116,10 @@ pub enum ProbeFailure {
 async fn probe_bridge(bridge: &BridgeSettings, timeout: Duration) -> BridgeProbe {
     let (url, settings) = (&bridge.url, &bridge.tls);
     let started = Instant::now();
-    let provider = tls::provider();
-    let certificate =
-        tls::ClientCertificate::new(bridge.client_identity.as_ref(), &provider).map(Arc::new);
+    let provider = sink::provider();
+    let certificate = identity::ClientCertificate::new(bridge.client_identity.as_ref(), &provider)
+        .map_err(|reason| ClientError { reason })
+        .map(Arc::new);
     // With --insecure the verdict is still worth knowing: verify against the system roots.
     let (extra_roots, pins) = match settings {
         TlsSettings::Verify { extra_roots, pins } => (extra_roots.as_slice(), pins.as_slice()),

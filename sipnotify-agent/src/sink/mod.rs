@@ -10,7 +10,8 @@
 //! the report), `ledger` what became of each notification (counts, acknowledgements to the
 //! stage), `batch` builds batches and their bodies; one file per sink: `bridge` (encode, POST,
 //! retry, the bridge's state in the log) over `http` (the client and reply classification),
-//! `retry` (the backoff) and `tls` (the rustls set-up), and `stdout`. `settings` holds what it
+//! `retry` (the backoff), `tls` (the rustls set-up, certificate verification), `identity`
+//! (the client certificate) and `sign` (request signatures), and `stdout`. `settings` holds what it
 //! runs with. A new transport is one file implementing [`Sink`] and one line in
 //! `Delivery::sinks`.
 
@@ -18,6 +19,7 @@ mod batch;
 mod bridge;
 mod delivery;
 pub(crate) mod http;
+pub(crate) mod identity;
 mod ledger;
 mod retry;
 mod settings;
@@ -25,20 +27,29 @@ pub mod sign;
 mod stdout;
 pub(crate) mod tls;
 
-use std::{future::Future, pin::Pin};
+use std::{future::Future, pin::Pin, sync::Arc};
+
+use rustls::crypto::CryptoProvider;
 
 pub use bridge::BridgeHealth;
 pub use delivery::{Delivery, DeliveryReport};
 pub use http::{BatchOutcome, BridgeCheck, BridgeConfigError, SendError};
+pub use identity::ClientIdentity;
 pub use settings::{
     BatchSettings, BearerToken, BodyMode, BridgeSettings, ClientError, Fingerprint, RetrySettings,
     SinkSettings, TlsSettings,
 };
 pub use sign::SigningKey;
 pub use stdout::JsonLines;
-pub use tls::{ClientIdentity, TrustedBy, Verdict};
+pub use tls::{TrustedBy, Verdict};
 
 use self::batch::Batch;
+
+/// The crypto provider of every TLS connection here (ring: pure Rust plus a little assembly,
+/// no cmake or Go toolchain needed).
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
 
 /// Work a sink does on a batch after taking it: a request and its retries.
 pub(crate) type Sending = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;

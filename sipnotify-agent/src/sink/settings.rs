@@ -6,7 +6,7 @@ use std::{fmt, str::FromStr, time::Duration};
 use reqwest::Url;
 use rustls::pki_types::CertificateDer;
 
-use super::{sign::SigningKey, tls::ClientIdentity};
+use super::{identity::ClientIdentity, sign::SigningKey};
 use crate::event::JsonOptions;
 
 /// The bridge client could not be built (a runtime failure: the settings were valid).

@@ -14,147 +14,25 @@
 
 use std::{
     error::Error as StdError,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
     client::{
-        ResolvesClientCert, WebPkiServerVerifier,
+        WebPkiServerVerifier,
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
     },
     crypto::{CryptoProvider, WebPkiSupportedAlgorithms},
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime, pem::PemObject as _},
+    pki_types::{CertificateDer, ServerName, UnixTime},
     server::ParsedCertificate,
-    sign::CertifiedKey,
 };
 
-use super::settings::{ClientError, Fingerprint, TlsSettings};
-
-/// The crypto provider of every TLS connection here (ring: pure Rust plus a little assembly,
-/// no cmake or Go toolchain needed).
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A client certificate chain and its private key (`--client-cert`, `--client-key`), for
-/// bridges that require mutual TLS. Its `Debug` form never shows the key.
-pub struct ClientIdentity {
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-}
-
-impl ClientIdentity {
-    /// The certificates of `cert_pem` (leaf first) and the one private key of `key_pem`
-    /// (PKCS#8, PKCS#1 or SEC1), checked to belong together.
-    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, String> {
-        let certs = CertificateDer::pem_slice_iter(cert_pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| format!("the certificate file does not parse: {err}"))?;
-        if certs.is_empty() {
-            return Err("the certificate file holds no certificate".to_owned());
-        }
-        let key = PrivateKeyDer::from_pem_slice(key_pem)
-            .map_err(|err| format!("the key file holds no private key: {err}"))?;
-        let identity = Self { certs, key };
-        identity.certified_key(&provider())?;
-        Ok(identity)
-    }
-
-    /// The identity as rustls presents it; an error when the key does not fit the
-    /// certificate or is of a kind the provider cannot sign with.
-    fn certified_key(&self, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, String> {
-        let signer = provider
-            .key_provider
-            .load_private_key(self.key.clone_key())
-            .map_err(|err| format!("the private key cannot be used: {err}"))?;
-        let certified = CertifiedKey::new(self.certs.clone(), signer);
-        match certified.keys_match() {
-            // A key rustls cannot compare is let through: the handshake will tell.
-            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
-                Ok(Arc::new(certified))
-            }
-            Err(err) => Err(format!(
-                "the private key does not belong to the certificate: {err}"
-            )),
-        }
-    }
-}
-
-impl Clone for ClientIdentity {
-    fn clone(&self) -> Self {
-        Self {
-            certs: self.certs.clone(),
-            key: self.key.clone_key(),
-        }
-    }
-}
-
-impl PartialEq for ClientIdentity {
-    fn eq(&self, other: &Self) -> bool {
-        self.certs == other.certs && self.key.secret_der() == other.key.secret_der()
-    }
-}
-
-impl Eq for ClientIdentity {}
-
-impl std::fmt::Debug for ClientIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "ClientIdentity({} certificates, <key>)",
-            self.certs.len()
-        )
-    }
-}
-
-/// Presents the client certificate when the server asks for one, and remembers whether it
-/// asked: `doctor` reports that.
-#[derive(Debug, Default)]
-pub(crate) struct ClientCertificate {
-    identity: Option<Arc<CertifiedKey>>,
-    asked: AtomicBool,
-}
-
-impl ClientCertificate {
-    /// Presents `identity` (none: answers a request with no certificate).
-    pub(crate) fn new(
-        identity: Option<&ClientIdentity>,
-        provider: &CryptoProvider,
-    ) -> Result<Self, ClientError> {
-        let identity = identity
-            .map(|identity| identity.certified_key(provider))
-            .transpose()
-            .map_err(|reason| ClientError { reason })?;
-        Ok(Self {
-            identity,
-            asked: AtomicBool::new(false),
-        })
-    }
-
-    /// Whether a server asked for a client certificate so far.
-    pub(crate) fn asked(&self) -> bool {
-        self.asked.load(Ordering::Relaxed)
-    }
-}
-
-impl ResolvesClientCert for ClientCertificate {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        self.asked.store(true, Ordering::Relaxed);
-        self.identity.clone()
-    }
-
-    fn has_certs(&self) -> bool {
-        self.identity.is_some()
-    }
-}
+use super::{
+    identity::{ClientCertificate, ClientIdentity},
+    provider,
+    settings::{ClientError, Fingerprint, TlsSettings},
+};
 
 /// A client configuration for `settings`, offering HTTP/2 and HTTP/1.1 through ALPN, that
 /// presents `identity` when the bridge asks for a client certificate.
@@ -182,7 +60,9 @@ pub(crate) fn client_config(
             verifier
         }
     };
-    let certificate = Arc::new(ClientCertificate::new(identity, &provider)?);
+    let certificate = Arc::new(
+        ClientCertificate::new(identity, &provider).map_err(|reason| ClientError { reason })?,
+    );
     let mut config =
         config_with_verifier(provider, Arc::new(verifier), certificate).map_err(client_error)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
