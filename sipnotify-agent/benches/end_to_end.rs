@@ -41,11 +41,10 @@ use std::{
 };
 
 use sipnotify_testkit::{
-    Agent, BridgeOptions, NamespacedBridge, NetNs, TestBridge, VethPair, call_id, call_uuid,
-    genesys_notify, metric,
-    proc::{
-        Memory, machine_ticks, process_usage, stat_cpu_seconds, thread_cpu, threads_cpu_seconds,
-    },
+    Agent, BridgeOptions, NamespacedBridge, NetNs, TestBridge, VethPair,
+    bench::{self, PrivateBinary},
+    call_id, call_uuid, genesys_notify, metric,
+    proc::{self, Memory, machine_ticks, process_usage, thread_cpu, threads_cpu_seconds},
     prometheus::{samples, sum},
 };
 
@@ -66,45 +65,13 @@ const BRIDGE_THREADS: &str = "e2e-bridge";
 const MIB: f64 = 1024.0 * 1024.0;
 
 fn main() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("end_to_end: needs root (network namespaces, XDP); skipped");
+    if !bench::root("end_to_end") {
         return;
     }
-    let built = format!(
-        "{}/../target/release/sipnotify-agent",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    if !std::path::Path::new(&built).is_file() {
-        eprintln!(
-            "end_to_end: {built} is missing; build it first with\n  \
-             cargo build --release -p sipnotify-agent --bin sipnotify-agent"
-        );
-        std::process::exit(1);
-    }
-    // A private copy: the shared target directory may be rebuilt (even without the eBPF
-    // program) while the bench runs.
-    let private = tempfile::tempdir().expect("a temporary directory");
-    let agent = private.path().join("sipnotify-agent");
-    std::fs::copy(&built, &agent).expect("copy the agent");
-    let agent = agent.to_str().expect("a UTF-8 path").to_owned();
+    let agent = PrivateBinary::release_agent("end_to_end");
     let quick = std::env::var_os("SIPNOTIFY_BENCH_QUICK").is_some();
-    let seconds = std::env::var("SIPNOTIFY_BENCH_SECONDS")
-        .ok()
-        .map_or(if quick { 2 } else { 10 }, |s| {
-            s.parse().expect("SIPNOTIFY_BENCH_SECONDS: whole seconds")
-        });
-    let case = std::env::var("SIPNOTIFY_BENCH_CASE").unwrap_or_default();
-    let wants = |name: &str| name.contains(case.as_str());
-    let rates_override: Option<Vec<u32>> = std::env::var("SIPNOTIFY_BENCH_RATES").ok().map(|v| {
-        v.split(',')
-            .map(|r| {
-                r.trim()
-                    .parse()
-                    .expect("SIPNOTIFY_BENCH_RATES: rates per second")
-            })
-            .collect()
-    });
+    let seconds = bench::env_seconds("SIPNOTIFY_BENCH_SECONDS", if quick { 2 } else { 10 });
+    let rates_override = bench::env_rates();
     let agent_args = std::env::var("SIPNOTIFY_BENCH_AGENT_ARGS").unwrap_or_default();
     let started = Instant::now();
 
@@ -112,7 +79,7 @@ fn main() {
     pin_neighbours(&net);
     let bench = Bench {
         net: &net,
-        agent: &agent,
+        agent: agent.path(),
         duration: Duration::from_secs(seconds),
         notifies: Notifies::new(),
         extra_args: agent_args.split_whitespace().collect(),
@@ -139,7 +106,7 @@ fn main() {
         (Mode::ArrayNoSpool, ARRAY_RATES),
     ];
     for (mode, rates) in searches {
-        if !wants(&format!("search-{}", mode.name())) {
+        if !bench::wants(&format!("search-{}", mode.name())) {
             continue;
         }
         let rates = match &rates_override {
@@ -187,17 +154,20 @@ fn main() {
         (Mode::ArrayLinger5ms, 1_000),
         (Mode::Object, 100),
     ];
-    for (mode, rate) in paced.into_iter().filter(|_| wants("latency")) {
+    for (mode, rate) in paced.into_iter().filter(|_| bench::wants("latency")) {
         let run = bench.agent_run(mode, rate);
         println!("{run}");
         summary.note_memory(&run);
         summary.paced.push(run);
     }
 
-    if wants("baseline") {
+    if bench::wants("baseline") {
         println!("\nthe field report's script (tcpdump -A -l | python3 sip-notify-parser.py):");
     }
-    for rate in [100, 1_000].into_iter().filter(|_| wants("baseline")) {
+    for rate in [100, 1_000]
+        .into_iter()
+        .filter(|_| bench::wants("baseline"))
+    {
         match bench.baseline_run(rate) {
             Ok(run) => {
                 println!("{run}");
@@ -898,8 +868,7 @@ impl Bench<'_> {
                 read_tail(errors)
             ));
         }
-        let python_cpu = std::fs::read_to_string(format!("/proc/{}/stat", python.0.id()))
-            .map_or(f64::NAN, |stat| stat_cpu_seconds(&stat));
+        let python_cpu = proc::cpu_seconds(python.0.id()).unwrap_or(f64::NAN);
         drop(python);
         // SAFETY: signalling our own child process.
         unsafe { libc::kill(tcpdump.0.id() as libc::pid_t, libc::SIGINT) };

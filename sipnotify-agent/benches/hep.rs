@@ -17,13 +17,17 @@
 
 use std::{
     net::{SocketAddr, UdpSocket},
-    process::{Child, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use sipnotify_agent::hep::decode::build;
-use sipnotify_testkit::{VethPair, genesys_notify, metric, proc::process_usage};
+use sipnotify_testkit::{
+    VethPair,
+    bench::{self, PrivateBinary, QuietAgent},
+    genesys_notify, metric,
+    proc::process_usage,
+};
 
 /// NOTIFYs per second.
 const RATES: &[u32] = &[25_000, 50_000, 100_000, 150_000];
@@ -67,37 +71,12 @@ impl Run {
 }
 
 fn main() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("hep: needs root (network namespaces, XDP); skipped");
+    if !bench::root("hep") {
         return;
     }
-    let built = format!(
-        "{}/../target/release/sipnotify-agent",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    assert!(
-        std::path::Path::new(&built).is_file(),
-        "{built} is missing: cargo build --release -p sipnotify-agent --bin sipnotify-agent"
-    );
-    // A private copy: the shared target directory may be rebuilt while the bench runs.
-    let private = tempfile::tempdir().expect("a temporary directory");
-    let agent = private.path().join("sipnotify-agent");
-    std::fs::copy(&built, &agent).expect("copy the agent");
-    let agent = agent.to_str().expect("a UTF-8 path");
-    let seconds: u64 = std::env::var("SIPNOTIFY_BENCH_SECONDS")
-        .ok()
-        .map_or(3, |s| {
-            s.parse().expect("SIPNOTIFY_BENCH_SECONDS: whole seconds")
-        });
-    let rates: Vec<u32> = std::env::var("SIPNOTIFY_BENCH_RATES").ok().map_or_else(
-        || RATES.to_vec(),
-        |v| {
-            v.split(',')
-                .map(|r| r.trim().parse().expect("NOTIFYs per second"))
-                .collect()
-        },
-    );
+    let agent = PrivateBinary::release_agent("hep");
+    let seconds = bench::env_seconds("SIPNOTIFY_BENCH_SECONDS", 3);
+    let rates = bench::env_rates().unwrap_or_else(|| RATES.to_vec());
     println!(
         "hep: {seconds} s streams of unique {}-byte NOTIFYs; wire = native XDP on veth, \
          hep = HEPv3 to one --hep-listen socket; {} cores\n",
@@ -119,7 +98,7 @@ fn main() {
     let mut runs = Vec::new();
     for &rate in &rates {
         for path in [Path::Wire, Path::Hep] {
-            let run = measure(agent, path, rate, seconds);
+            let run = measure(agent.path(), path, rate, seconds);
             println!(
                 "{:<5} {:>8} {:>9.0} {:>9} {:>9} {:>7} {:>8} {:>9.2}s {:>12.2}",
                 format!("{path:?}").to_lowercase(),
@@ -192,8 +171,12 @@ fn measure(agent: &str, path: Path, rate: u32, seconds: u64) -> Run {
     net.receiver.ip(&["link", "set", "lo", "up"]);
     // Something listens where the NOTIFYs go on the wire, as Asterisk would.
     let _server = net.receiver.udp(SIP_TO);
-    let mut child = start(&net, agent, path);
-    let pid = child.id();
+    let source: &[&str] = match path {
+        Path::Wire => &["--iface", "veth1", "--port", "5060", "--capture", "xdp"],
+        Path::Hep => &["--hep-listen", HEP_TO],
+    };
+    let agent = QuietAgent::start(&net.receiver, agent, source, METRICS, |_| true);
+    let pid = agent.pid();
     let total = rate * seconds as u32;
     let stream = datagrams(path, total);
     let to = match path {
@@ -221,8 +204,8 @@ fn measure(agent: &str, path: Path, rate: u32, seconds: u64) -> Run {
         }
         started.elapsed()
     });
-    let accepted = wait_for(&net, u64::from(total));
-    let (_, text) = net.receiver.http_get(METRICS, "/metrics");
+    let accepted = agent.accepted(u64::from(total), STALL);
+    let text = agent.metrics().unwrap_or_default();
     let kernel_drops = match path {
         Path::Wire => metric(
             &text,
@@ -237,9 +220,7 @@ fn measure(agent: &str, path: Path, rate: u32, seconds: u64) -> Run {
     }
     .unwrap_or(0.0) as u64;
     let (cpu_after, _) = process_usage(pid);
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(pid as i32, libc::SIGINT) };
-    let _ = child.wait();
+    agent.stop();
     Run {
         path,
         rate,
@@ -248,56 +229,5 @@ fn measure(agent: &str, path: Path, rate: u32, seconds: u64) -> Run {
         sending,
         agent_cpu: cpu_after - cpu_before,
         kernel_drops,
-    }
-}
-
-/// The agent reading `path`, its output discarded; returns once its metrics answer.
-fn start(net: &VethPair, agent: &str, path: Path) -> Child {
-    let source: &[&str] = match path {
-        Path::Wire => &["--iface", "veth1", "--port", "5060", "--capture", "xdp"],
-        Path::Hep => &["--hep-listen", HEP_TO],
-    };
-    let mut child = net
-        .receiver
-        .command(agent)
-        .arg("run")
-        .args(source)
-        .args(["--stdout", "--no-bridge", "--spool", "off"])
-        .args(["--metrics-listen", METRICS])
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the agent");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let up = net
-            .receiver
-            .enter(|| std::net::TcpStream::connect(METRICS).is_ok());
-        if up {
-            return child;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the agent did not start");
-}
-
-/// NOTIFYs the agent accepted, once `expected` or once nothing moves for [`STALL`].
-fn wait_for(net: &VethPair, expected: u64) -> u64 {
-    let mut last = (0, Instant::now());
-    loop {
-        let (_, text) = net.receiver.http_get(METRICS, "/metrics");
-        let accepted = metric(&text, "sipnotify_notifications_total", &[]).map_or(0, |v| v as u64);
-        if accepted >= expected {
-            return accepted;
-        }
-        if accepted != last.0 {
-            last = (accepted, Instant::now());
-        } else if last.1.elapsed() > STALL {
-            return accepted;
-        }
-        thread::sleep(Duration::from_millis(50));
     }
 }

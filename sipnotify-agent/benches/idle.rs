@@ -26,7 +26,9 @@ use std::{
 };
 
 use sipnotify_testkit::{
-    Agent, BridgeOptions, NamespacedBridge, VethPair, genesys_notify, proc::stat_cpu_seconds,
+    Agent, BridgeOptions, NamespacedBridge, VethPair,
+    bench::{self, PrivateBinary},
+    genesys_notify, proc,
 };
 
 /// How long an agent runs before the window opens (attach, first metrics, TLS warm-up).
@@ -86,16 +88,10 @@ struct Cost {
     acknowledged: u64,
 }
 
-fn ticks_per_second() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100)
-}
-
 /// utime + stime of `pid` in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the agent's stat");
-    (stat_cpu_seconds(&stat) * ticks_per_second() as f64).round() as u64
+    let seconds = proc::cpu_seconds(pid).expect("the agent's stat");
+    (seconds * proc::clock_ticks_per_second()).round() as u64
 }
 
 /// Context switches so far of every thread of `pid`.
@@ -174,42 +170,17 @@ fn measure(binary: &str, net: &VethPair, case: &Case, window: Duration, first: u
 }
 
 fn main() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("idle: needs root (network namespaces, XDP); skipped");
+    if !bench::root("idle") {
         return;
     }
-    let built = format!(
-        "{}/../target/release/sipnotify-agent",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    if !std::path::Path::new(&built).is_file() {
-        eprintln!(
-            "idle: {built} is missing; build it first with\n  \
-             cargo build --release -p sipnotify-agent --bin sipnotify-agent"
-        );
-        std::process::exit(1);
-    }
-    // Private copies: the target directory may be rebuilt while the bench runs.
-    let private = tempfile::tempdir().expect("a temporary directory");
-    let copy = |from: &str, name: &str| {
-        let to = private.path().join(name);
-        std::fs::copy(from, &to).unwrap_or_else(|err| panic!("copy {from}: {err}"));
-        to.to_str().expect("a UTF-8 path").to_owned()
-    };
     let mut binaries = Vec::new();
     if let Ok(before) = std::env::var("SIPNOTIFY_IDLE_BEFORE") {
-        binaries.push(("before", copy(&before, "before")));
+        binaries.push(("before", PrivateBinary::of(&before)));
     }
-    binaries.push(("this tree", copy(&built, "sipnotify-agent")));
-    let seconds: u64 = std::env::var("SIPNOTIFY_IDLE_SECONDS")
-        .ok()
-        .map_or(60, |s| {
-            s.parse().expect("SIPNOTIFY_IDLE_SECONDS: whole seconds")
-        });
+    binaries.push(("this tree", PrivateBinary::release_agent("idle")));
+    let seconds = bench::env_seconds("SIPNOTIFY_IDLE_SECONDS", 60);
     let window = Duration::from_secs(seconds);
-    let filter = std::env::var("SIPNOTIFY_BENCH_CASE").unwrap_or_default();
-    let hz = ticks_per_second();
+    let hz = proc::clock_ticks_per_second() as u64;
     println!(
         "agent CPU over {seconds} s on a quiet veth (utime+stime, {hz} ticks/s); target ≤ 0.1 % idle, ≤ 0.5 % at {RATE} NOTIFY/s"
     );
@@ -219,9 +190,9 @@ fn main() {
     );
     let net = VethPair::new("idle");
     let mut first = 0;
-    for case in CASES.iter().filter(|c| c.name.contains(filter.as_str())) {
+    for case in CASES.iter().filter(|c| bench::wants(c.name)) {
         for (label, binary) in &binaries {
-            let cost = measure(binary, &net, case, window, first);
+            let cost = measure(binary.path(), &net, case, window, first);
             first += cost.sent;
             let delivered = if case.rate > 0 {
                 format!("{}/{}", cost.acknowledged, cost.sent)

@@ -19,7 +19,6 @@
 use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream, UdpSocket},
-    process::{Child, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -28,7 +27,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sipnotify_testkit::{VethPair, genesys_notify, metric, proc::process_usage, prometheus::sum};
+use sipnotify_testkit::{
+    VethPair,
+    bench::{self, PrivateBinary, QuietAgent},
+    genesys_notify, metric,
+    proc::process_usage,
+    prometheus::sum,
+};
 
 /// Messages per second, NOTIFYs and other requests together.
 const RATES: &[u32] = &[10_000, 40_000, 160_000, 320_000, 640_000];
@@ -86,36 +91,12 @@ fn message(i: u32) -> Vec<u8> {
 }
 
 fn main() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("tcp: needs root (network namespaces, XDP); skipped");
+    if !bench::root("tcp") {
         return;
     }
-    let built = format!(
-        "{}/../target/release/sipnotify-agent",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    assert!(
-        std::path::Path::new(&built).is_file(),
-        "{built} is missing: cargo build --release -p sipnotify-agent --bin sipnotify-agent"
-    );
-    // A private copy: the shared target directory may be rebuilt while the bench runs.
-    let private = tempfile::tempdir().expect("a temporary directory");
-    let agent = private.path().join("sipnotify-agent");
-    std::fs::copy(&built, &agent).expect("copy the agent");
-    let seconds: u64 = std::env::var("SIPNOTIFY_BENCH_SECONDS")
-        .ok()
-        .map_or(5, |s| {
-            s.parse().expect("SIPNOTIFY_BENCH_SECONDS: whole seconds")
-        });
-    let rates: Vec<u32> = std::env::var("SIPNOTIFY_BENCH_RATES").ok().map_or_else(
-        || RATES.to_vec(),
-        |v| {
-            v.split(',')
-                .map(|r| r.trim().parse().expect("rates per second"))
-                .collect()
-        },
-    );
+    let agent = PrivateBinary::release_agent("tcp");
+    let seconds = bench::env_seconds("SIPNOTIFY_BENCH_SECONDS", 5);
+    let rates = bench::env_rates().unwrap_or_else(|| RATES.to_vec());
     println!(
         "tcp: {seconds} s streams, half {}-byte NOTIFYs, half other requests of that size; \
          native XDP over veth; {} cores\n",
@@ -138,12 +119,7 @@ fn main() {
     let mut runs = Vec::new();
     for &rate in &rates {
         for transport in [Transport::Udp, Transport::Tcp] {
-            let run = measure(
-                agent.to_str().expect("a UTF-8 path"),
-                transport,
-                rate,
-                seconds,
-            );
+            let run = measure(agent.path(), transport, rate, seconds);
             println!(
                 "{:<4} {:>8} {:>9.0} {:>8.1} {:>10} {:>10} {:>7} {:>9.1} {:>9.2}s {:>10.1} {:>9} \
                  {:>8}",
@@ -196,8 +172,11 @@ fn main() {
 fn measure(agent: &str, transport: Transport, rate: u32, seconds: u64) -> Run {
     let net = VethPair::new(&format!("tcpb{}", rate / 1000));
     net.receiver.ip(&["link", "set", "lo", "up"]);
-    let mut child = start(&net, agent);
-    let pid = child.id();
+    let source = ["--iface", "veth1", "--port", "5060", "--capture", "xdp"];
+    let agent = QuietAgent::start(&net.receiver, agent, &source, METRICS, |text| {
+        text.contains("sipnotify_kernel_packets_total")
+    });
+    let pid = agent.pid();
     let done = Arc::new(AtomicBool::new(false));
     let server = serve(&net, transport, done.clone());
     let (cpu_before, _) = process_usage(pid);
@@ -238,8 +217,8 @@ fn measure(agent: &str, transport: Transport, rate: u32, seconds: u64) -> Run {
         started.elapsed()
     });
     let notifies = total.div_ceil(2) as u64;
-    let accepted = wait_for(&net, notifies);
-    let text = metrics(&net).unwrap_or_default();
+    let accepted = agent.accepted(notifies, STALL);
+    let text = agent.metrics().unwrap_or_default();
     let ring_full = metric(
         &text,
         "sipnotify_kernel_packets_total",
@@ -253,9 +232,7 @@ fn measure(agent: &str, transport: Transport, rate: u32, seconds: u64) -> Run {
     let given_up = sum(&text, "sipnotify_reassembly_lost_total") as u64;
     let (cpu_after, _) = process_usage(pid);
     done.store(true, Ordering::Relaxed);
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(pid as i32, libc::SIGINT) };
-    let _ = child.wait();
+    agent.stop();
     let _ = server.join();
     Run {
         transport,
@@ -267,79 +244,6 @@ fn measure(agent: &str, transport: Transport, rate: u32, seconds: u64) -> Run {
         agent_cpu: cpu_after - cpu_before,
         ring_full,
         given_up,
-    }
-}
-
-/// The agent on veth1, its output discarded; returns once its metrics answer.
-fn start(net: &VethPair, agent: &str) -> Child {
-    let mut child = net
-        .receiver
-        .command(agent)
-        .args([
-            "run",
-            "--iface",
-            "veth1",
-            "--port",
-            "5060",
-            "--stdout",
-            "--no-bridge",
-        ])
-        .args([
-            "--spool",
-            "off",
-            "--capture",
-            "xdp",
-            "--metrics-listen",
-            METRICS,
-        ])
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the agent");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Some(text) = metrics(net) {
-            if text.contains("sipnotify_kernel_packets_total") {
-                return child;
-            }
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the agent did not start");
-}
-
-fn metrics(net: &VethPair) -> Option<String> {
-    let text = net.receiver.enter(|| {
-        let mut stream = TcpStream::connect(METRICS).ok()?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            .ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).ok()?;
-        Some(text)
-    })?;
-    Some(text)
-}
-
-/// NOTIFYs the agent accepted, once `expected` or once nothing moves for [`STALL`].
-fn wait_for(net: &VethPair, expected: u64) -> u64 {
-    let mut last = (0, Instant::now());
-    loop {
-        let accepted = metrics(net)
-            .and_then(|text| metric(&text, "sipnotify_notifications_total", &[]))
-            .map_or(0, |v| v as u64);
-        if accepted >= expected {
-            return accepted;
-        }
-        if accepted != last.0 {
-            last = (accepted, Instant::now());
-        } else if last.1.elapsed() > STALL {
-            return accepted;
-        }
-        thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -1,10 +1,11 @@
 //! Test support for sipnotify, kept out of the product crate: the local HTTPS bridge
-//! stand-in and the certificates it serves, private network namespaces, the agent binary as a child process, Genesys-like
-//! NOTIFYs, IP fragments and TCP segments, and readers for `/proc` accounting and the agent's
-//! Prometheus text. Used by the agent's tests, its benches and `cargo xtask demo`
-//! (`examples/demo.rs`).
+//! stand-in and the certificates it serves, private network namespaces, the agent binary as
+//! a child process, Genesys-like NOTIFYs, IP fragments and TCP segments, readers for `/proc`
+//! accounting and the agent's Prometheus text, and what the live benches share (`bench`).
+//! Used by the agent's tests, its benches and `cargo xtask demo` (`examples/demo.rs`).
 
 pub mod agent;
+pub mod bench;
 pub mod bridge;
 pub mod certs;
 pub mod frames;

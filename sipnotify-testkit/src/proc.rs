@@ -13,7 +13,8 @@ pub fn thread_cpu() -> Duration {
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
-fn clock_ticks_per_second() -> f64 {
+/// The kernel's clock tick (`_SC_CLK_TCK`), in which `/proc` counts CPU time.
+pub fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 { ticks as f64 } else { 100.0 }
@@ -35,6 +36,12 @@ pub fn stat_cpu_seconds(stat: &str) -> f64 {
             .unwrap_or(0)
     };
     (ticks(11) + ticks(12)) as f64 / clock_ticks_per_second()
+}
+
+/// utime + stime of process `pid` so far, in seconds; `None` once it is gone.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat_cpu_seconds(&stat))
 }
 
 /// CPU seconds used so far by the threads of this process whose name starts with `prefix`.
