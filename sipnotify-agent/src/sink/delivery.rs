@@ -15,7 +15,7 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncWrite, Stdout as ProcessStdout},
-    sync::Semaphore,
+    sync::{OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
     time::Instant,
 };
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Sink,
-    batch::{Batcher, call_key},
+    batch::{Batch, Batcher, call_key},
     bridge::{Bridge, BridgeHealth, publish_bridge_up},
     http::{BridgeCheck, BridgeClient, BridgeConfigError},
     ledger::Ledger,
@@ -260,6 +260,23 @@ async fn next_settled(tasks: &mut JoinSet<Vec<u64>>) -> Vec<u64> {
     }
 }
 
+/// A slot for one more batch in flight (when the settling sink limits them), then the next
+/// batch: a notification leaves the queue only once it can be sent. `None` when the queue is
+/// closed and drained.
+async fn next_batch<T: Into<Staged>>(
+    slots: Option<&Arc<Semaphore>>,
+    batcher: &mut Batcher,
+    queue: &Queue<T>,
+) -> Option<(Batch, Option<OwnedSemaphorePermit>)> {
+    let slot = match slots {
+        // The semaphore is never closed; were it, that would end delivery like a drained queue.
+        Some(slots) => Some(slots.clone().acquire_owned().await.ok()?),
+        None => None,
+    };
+    let batch = batcher.next(queue).await?;
+    Some((batch, slot))
+}
+
 /// Sleeps until `deadline`, or forever without one.
 async fn until(deadline: Option<Instant>) {
     match deadline {
@@ -305,26 +322,6 @@ impl<T: Into<Staged> + Send> Run<'_, T> {
     async fn main_loop(&mut self) -> End {
         loop {
             self.reap();
-            let slot = match self.slots.clone() {
-                Some(slots) => tokio::select! {
-                    biased;
-                    () = self.shutdown.cancelled(), if self.deadline.is_none() => {
-                        self.begin_shutdown();
-                        continue;
-                    }
-                    () = until(self.deadline) => return End::Deadline,
-                    calls = next_settled(&mut self.tasks) => {
-                        self.batcher.release(calls);
-                        continue;
-                    }
-                    slot = slots.acquire_owned() => match slot {
-                        Ok(slot) => Some(slot),
-                        // The semaphore is never closed; treat it as the end anyway.
-                        Err(_) => return End::Drained,
-                    },
-                },
-                None => None,
-            };
             let next = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled(), if self.deadline.is_none() => {
@@ -334,12 +331,12 @@ impl<T: Into<Staged> + Send> Run<'_, T> {
                 () = until(self.deadline) => return End::Deadline,
                 calls = next_settled(&mut self.tasks) => {
                     self.batcher.release(calls);
-                    // The slot (if any) is dropped; the loop takes one again.
+                    // A slot already taken is given back; the loop takes one again.
                     continue;
                 }
-                batch = self.batcher.next(&self.queue) => batch,
+                next = next_batch(self.slots.as_ref(), &mut self.batcher, &self.queue) => next,
             };
-            let Some(mut batch) = next else {
+            let Some((mut batch, slot)) = next else {
                 return End::Drained;
             };
             self.ledger.refuse_untaken(self.batcher.take_unencodable());
