@@ -376,19 +376,18 @@ impl Pipeline {
                 return Outcome::Rejected(err);
             }
         };
-        // De-duplicate on the parsed bytes first: a retransmission costs no copy at all.
+        // De-duplicate on the parsed bytes first: a copy costs no allocation at all.
         let transaction = Transaction {
             call_id: notify.call_id,
             cseq: notify.cseq,
+            from_tag: notify.from_tag(),
             via_branch: notify.via_branch,
         };
         let verdict = match self.dedup.lock() {
-            Ok(mut dedup) => dedup.observe_transaction(transaction, captured_at),
+            Ok(mut dedup) => dedup.observe(transaction, captured_at),
             // A panic elsewhere while holding the lock cannot leave the table inconsistent
             // in a way that matters more than losing de-dup; keep delivering.
-            Err(poisoned) => poisoned
-                .into_inner()
-                .observe_transaction(transaction, captured_at),
+            Err(poisoned) => poisoned.into_inner().observe(transaction, captured_at),
         };
         if verdict == Verdict::Duplicate {
             return Outcome::Duplicate;

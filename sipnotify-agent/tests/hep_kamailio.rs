@@ -1,8 +1,9 @@
 //! HEP from a real Kamailio (`siptrace`, Debian 12's 5.6) to the agent, in namespaces the
 //! tests create: NOTIFYs reaching Kamailio over UDP and over TLS are each delivered once, in
 //! HEP v1, v2 and v3; with an auth key only packets with that key deliver (a wrong key and
-//! v1 count `auth_failed`); the same NOTIFYs on the wire and in HEP deliver once; and
-//! `--hep-forward` relays every datagram byte for byte.
+//! v1 count `auth_failed`); the same NOTIFYs on the wire and in HEP deliver once; a NOTIFY
+//! Kamailio forwards, mirrored as received and as sent on, delivers once; and `--hep-forward`
+//! relays every datagram byte for byte.
 
 mod support;
 
@@ -14,7 +15,8 @@ use std::{
 
 use sipnotify_agent::hep::decode::build;
 use support::{
-    Agent, Kamailio, KamailioOptions, NetNs, VethPair, call_id, genesys_notify, start_agent,
+    Agent, AnsweringUa, Kamailio, KamailioOptions, NetNs, VethPair, call_id, genesys_notify,
+    start_agent,
 };
 
 const METRICS: &str = "127.0.0.1:9464";
@@ -79,6 +81,7 @@ fn kamailio(version: u8, key: Option<&str>, udp: &str) -> KamailioOptions {
         hep_to: HEP.parse().unwrap(),
         hep_version: version,
         auth_key: key.map(str::to_owned),
+        forward_to: None,
     }
 }
 
@@ -195,6 +198,40 @@ fn a_notify_on_the_wire_and_in_hep_is_delivered_once() {
     assert_eq!(delivered(&stdout), want);
     assert!(outcome(&counts, "sip") >= 20.0, "{counts:?}");
     assert!(dedup >= 20.0, "each NOTIFY seen twice, {dedup} duplicates");
+}
+
+#[test]
+fn a_notify_kamailio_forwards_is_delivered_once() {
+    if !support::privileged("kamailio_forwards") || !Kamailio::available("kamailio_forwards") {
+        return;
+    }
+    let ns = NetNs::new("hepp");
+    let ua = AnsweringUa::start(&ns, "127.0.0.1:5070".parse().unwrap());
+    let kam = Kamailio::start(
+        &ns,
+        KamailioOptions {
+            tls: None,
+            forward_to: Some(ua.addr()),
+            ..kamailio(3, None, "127.0.0.1:5060")
+        },
+    );
+    let agent = hep_agent(&ns, &[]);
+    let notifies: Vec<_> = (0..20).map(|i| notify(i, "UDP")).collect();
+    // Each waits for its 200, which comes from the UA through Kamailio.
+    kam.send_udp(&ns, "127.0.0.1:5090".parse().unwrap(), &notifies);
+    wait_accepted(&ns, 20.0);
+    // Let the copies sent on be read before counting.
+    std::thread::sleep(Duration::from_millis(300));
+    let counts = hep_counts(&ns);
+    let (_, body) = ns.http_get(METRICS, "/metrics");
+    let dedup = support::metric(&body, "sipnotify_dedup_hits_total", &[]).unwrap_or(0.0);
+    let stdout = agent.stop();
+    assert_eq!(ua.answered(), 20, "{}", kam.log());
+    let want: BTreeMap<String, usize> = (0..20).map(|i| (call_id(i), 1)).collect();
+    assert_eq!(delivered(&stdout), want, "hep counts {counts:?}");
+    // Each NOTIFY and its 200, as received and as sent on.
+    assert!(outcome(&counts, "sip") >= 80.0, "{counts:?}");
+    assert_eq!(dedup, 20.0, "each forwarded copy is a duplicate");
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! A real Kamailio (Debian's `kamailio` + `kamailio-tls-modules`) in a test's namespace,
 //! mirroring every SIP message it receives and sends as HEP with `siptrace` (TLS ones in
 //! clear), and the clients that hand it NOTIFYs over UDP and TLS. Kamailio answers every
-//! request with 200 itself (`sl_send_reply`), as a UA would: it forwards nothing, so each
-//! NOTIFY it receives is mirrored once. The whole process group is killed on drop.
+//! request with 200 itself (`sl_send_reply`), as a UA would, so each NOTIFY it receives is
+//! mirrored once; with `forward_to` it is a proxy instead: it sends NOTIFYs on, statelessly
+//! under its own Via, to an [`AnsweringUa`] there, and mirrors each twice (as received and as
+//! sent on). The whole process group is killed on drop.
 #![allow(
     clippy::missing_panics_doc,
     clippy::unwrap_used,
@@ -37,6 +39,8 @@ pub struct KamailioOptions {
     pub hep_version: u8,
     /// `auth_key` (HEPv3 only).
     pub auth_key: Option<String>,
+    /// Forward NOTIFYs to this address (UDP) instead of answering them.
+    pub forward_to: Option<SocketAddr>,
 }
 
 /// A running Kamailio; killed (with its children) on drop.
@@ -262,11 +266,94 @@ fn config_text(options: &KamailioOptions, cert: &Path, key: &Path) -> String {
         ));
     }
     // Replies go where the request came from, whatever its Via says (the test NOTIFYs name
-    // the Genesys host).
-    cfg.push_str(
-        "request_route {\n  force_rport();\n  sl_send_reply(\"200\", \"OK\");\n  exit;\n}\n",
-    );
+    // the Genesys host). Forwarding is stateless (core `forward`, no tm): the reply comes
+    // back through Kamailio by the Via it added.
+    let forward = options.forward_to.map_or_else(String::new, |to| {
+        format!(
+            "  if (method==\"NOTIFY\") {{\n    forward(\"{}\", {});\n    exit;\n  }}\n",
+            to.ip(),
+            to.port()
+        )
+    });
+    cfg.push_str(&format!(
+        "request_route {{\n  force_rport();\n{forward}  sl_send_reply(\"200\", \"OK\");\n  exit;\n}}\n"
+    ));
     cfg
+}
+
+/// A UA that answers every request it receives on a UDP address with 200, copying the Vias
+/// and the dialog headers, as the far end of a proxied NOTIFY does. Stops on drop.
+pub struct AnsweringUa {
+    addr: SocketAddr,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AnsweringUa {
+    /// Listens on `addr` in `ns`.
+    pub fn start(ns: &NetNs, addr: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let socket = ns.enter(|| UdpSocket::bind(addr).unwrap());
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (answered, stop) = (answered.clone(), stop.clone());
+            move || {
+                let mut buf = [0; 65_536];
+                while !stop.load(Relaxed) {
+                    let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let request = String::from_utf8_lossy(&buf[..n]);
+                    if request.starts_with("SIP/2.0") {
+                        continue;
+                    }
+                    let mut reply = String::from("SIP/2.0 200 OK\r\n");
+                    for line in request.lines() {
+                        let name = line.split(':').next().unwrap_or("").trim();
+                        let copied = ["via", "v", "from", "f", "to", "t", "call-id", "i", "cseq"];
+                        if copied.iter().any(|c| name.eq_ignore_ascii_case(c)) {
+                            reply.push_str(line);
+                            reply.push_str("\r\n");
+                        }
+                    }
+                    reply.push_str("Content-Length: 0\r\n\r\n");
+                    if socket.send_to(reply.as_bytes(), from).is_ok() {
+                        answered.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+        });
+        Self {
+            addr,
+            answered,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The requests answered so far.
+    pub fn answered(&self) -> usize {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for AnsweringUa {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Drop for Kamailio {

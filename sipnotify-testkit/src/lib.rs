@@ -17,7 +17,7 @@ pub mod sip;
 
 pub use agent::Agent;
 pub use bridge::{BridgeOptions, Received, Reply, RequestRecord, TestBridge, TestBridgeError};
-pub use kamailio::{Kamailio, KamailioOptions};
+pub use kamailio::{AnsweringUa, Kamailio, KamailioOptions};
 pub use netns::{NamespacedBridge, NetNs, VethPair, ip};
 pub use prometheus::metric;
 pub use sip::{call_id, call_uuid, genesys_notify};

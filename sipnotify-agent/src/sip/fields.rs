@@ -1,5 +1,6 @@
-//! Value parsers for the single headers the NOTIFY parser reads besides To/From: CSeq,
-//! Content-Length (body framing), Event (RFC 6665 §8.2.1) and the top Via's branch.
+//! Value parsers for the single headers the NOTIFY parser reads besides the To/From users:
+//! CSeq, Content-Length (body framing), Event (RFC 6665 §8.2.1), the top Via's branch and
+//! the From tag.
 //!
 //! Each takes a trimmed header value (possibly folded, so CR and LF count as whitespace) and
 //! borrows from it.
@@ -7,6 +8,7 @@
 use super::{
     error::ParseError,
     scan::{find_any, find_byte, is_token, trim_lws},
+    uri::parse_name_addr,
 };
 
 /// The Content-Length value: `1*DIGIT` without sign or whitespace, overflow checked
@@ -145,7 +147,7 @@ pub(crate) fn via_branch(value: &[u8]) -> Option<&[u8]> {
                 let param_start = at + 1;
                 let param_len = find_any(special, &value[param_start..]);
                 let param_end = param_len.map_or(value.len(), |len| param_start + len);
-                if let Some(branch) = branch_value(&value[param_start..param_end]) {
+                if let Some(branch) = param_value(&value[param_start..param_end], b"branch") {
                     return branch;
                 }
                 at = param_end;
@@ -160,19 +162,31 @@ pub(crate) fn via_branch(value: &[u8]) -> Option<&[u8]> {
     let first_hop = split_outside_quotes(value, b',').next()?;
     split_outside_quotes(first_hop, b';')
         .skip(1)
-        .find_map(branch_value)
+        .find_map(|param| param_value(param, b"branch"))
         .flatten()
 }
 
-/// `Some(value)` when `param` is the branch parameter (`None` inside for an empty value),
+/// The `tag` parameter of a From (or To) value, trimmed; `None` when absent, empty, or when
+/// the value does not read as a name-addr or addr-spec. Parameters inside `<…>` belong to the
+/// URI and do not count, nor does a `;tag=` inside a quoted display name.
+pub(crate) fn tag(value: &[u8]) -> Option<&[u8]> {
+    let params = parse_name_addr(value).ok()?.params;
+    // `params` is empty or starts with `;`: the first piece is empty.
+    split_outside_quotes(params, b';')
+        .skip(1)
+        .find_map(|param| param_value(param, b"tag"))
+        .flatten()
+}
+
+/// `Some(value)` when `param` is the parameter `wanted` (`None` inside for an empty value),
 /// `None` for any other parameter.
 #[inline]
-fn branch_value(param: &[u8]) -> Option<Option<&[u8]>> {
+fn param_value<'a>(param: &'a [u8], wanted: &[u8]) -> Option<Option<&'a [u8]>> {
     let (name, value) = match find_byte(b'=', param) {
         Some(eq) => (&param[..eq], &param[eq + 1..]),
         None => (param, &b""[..]),
     };
-    if !trim_lws(name).eq_ignore_ascii_case(b"branch") {
+    if !trim_lws(name).eq_ignore_ascii_case(wanted) {
         return None;
     }
     let value = trim_lws(value);
@@ -270,6 +284,29 @@ mod tests {
             frame_body(buf, 4, Some(b"x")),
             Err(ParseError::BadContentLength)
         );
+    }
+
+    #[test]
+    fn from_tag_table() {
+        let cases: &[(&[u8], Option<&[u8]>)] = &[
+            (b"<sip:1003@192.168.210.81>;tag=A2BB-24", Some(b"A2BB-24")),
+            (
+                b"sip:1003@192.168.210.81:5060;tag=A2BB-24",
+                Some(b"A2BB-24"),
+            ),
+            (b"\"Bob\" <sip:b@h>;x=1; TAG = t1 ;y", Some(b"t1")),
+            // Parameters inside the brackets are the URI's; a quoted `;tag=` is a name.
+            (b"<sip:b@h;tag=uri>;tag=real", Some(b"real")),
+            (b"\"a;tag=no\" <sip:b@h>", None),
+            (b"<sip:b@h;tag=uri>", None),
+            (b"<sip:b@h>;tag=", None),
+            (b"<sip:b@h>;x=\"q;tag=no\";tag=yes", Some(b"yes")),
+            (b"<sip:b@h", None),
+            (b"", None),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(tag(input), *expected, "{}", String::from_utf8_lossy(input));
+        }
     }
 
     #[test]

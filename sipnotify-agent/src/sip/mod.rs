@@ -7,7 +7,7 @@
 //!
 //! Layers, each usable for any SIP message: `scan` (byte search, character classes), `names`
 //! (header names), `lines` (start line, header iterator), `message` (a whole message with
-//! its body), `uri` (To/From user extraction), `fields` (CSeq, Event, Via branch,
+//! its body), `uri` (To/From user extraction), `fields` (CSeq, Event, Via branch, From tag,
 //! Content-Length); `error` holds [`ParseError`].
 
 mod error;
@@ -205,6 +205,12 @@ impl<'a> Notify<'a> {
     /// read gives `None`: the caller is informative and does not cost the notification.
     pub fn caller(&self) -> Option<Dn<'a>> {
         self.from.and_then(|v| dn_of(v).ok())
+    }
+
+    /// The From tag (the sender's half of the dialog's identity), when From has one; read on
+    /// each call, for de-duplication.
+    pub fn from_tag(&self) -> Option<&'a [u8]> {
+        self.from.and_then(fields::tag)
     }
 
     /// The values of the configured extra headers, each with the configured name it matched,

@@ -111,6 +111,7 @@ fn base_message_yields_all_fields() {
     let notify = parse(&payload, &options).unwrap();
     assert_eq!(notify.request_uri, b"sip:192.168.210.54:5061");
     assert_eq!(notify.body, b"");
+    assert_eq!(notify.from_tag(), Some(&b"A2BB"[..]));
 }
 
 #[test]
