@@ -107,7 +107,7 @@ pub struct PipelineSettings {
     pub extra_headers: Vec<String>,
     /// Deliver NOTIFYs without X-Genesys-CallUUID (with `call_uuid: null`).
     pub allow_missing_call_uuid: bool,
-    /// The retransmission filter.
+    /// The copy filter (`dedup`).
     pub dedup: DedupSettings,
     /// Bounds and timeouts of IP fragment and TCP reassembly.
     pub reassembly: ReassemblySettings,
@@ -122,7 +122,7 @@ pub enum Outcome {
     Queued,
     /// Queued; the oldest queued notification was dropped to make room.
     QueuedDroppingOldest,
-    /// A retransmission of a transaction already queued.
+    /// A copy of a NOTIFY already queued (a retransmission, the wire and HEP, a forwarded copy).
     Duplicate,
     /// Not a usable NOTIFY.
     Rejected(ParseError),

@@ -94,7 +94,7 @@ const HELP: &[(&str, &str)] = &[
     ),
     (
         "sipnotify_dedup_hits_total",
-        "Retransmissions dropped by de-duplication.",
+        "Copies of a NOTIFY dropped by de-duplication (retransmissions, the wire and HEP, a proxy's forwarded copy).",
     ),
     (
         "sipnotify_dedup_evictions_total",

@@ -65,7 +65,7 @@ pub struct FileStats {
     pub unsupported_links: BTreeMap<u32, u64>,
     /// Queued for delivery.
     pub queued: u64,
-    /// Retransmissions of a transaction already queued.
+    /// Copies of a NOTIFY already queued (see `dedup`).
     pub duplicates: u64,
     /// Records the parser refused, by reason.
     pub rejects: BTreeMap<&'static str, u64>,
