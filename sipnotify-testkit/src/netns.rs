@@ -136,9 +136,26 @@ impl NetNs {
         })
     }
 
-    /// A UDP socket bound to `addr` inside this namespace.
+    /// A UDP socket bound to `addr` inside this namespace, with a receive buffer (8 MiB) that
+    /// holds a test's whole burst: with the default one, a counting thread descheduled on a
+    /// loaded machine sees the kernel drop datagrams the capture path had let by.
     pub fn udp(&self, addr: &str) -> std::net::UdpSocket {
-        self.enter(|| std::net::UdpSocket::bind(addr).expect("bind"))
+        use std::os::fd::AsRawFd as _;
+        let socket = self.enter(|| std::net::UdpSocket::bind(addr).expect("bind"));
+        let bytes: libc::c_int = 8 << 20;
+        // SAFETY: setsockopt on a descriptor this socket owns, with a c_int of the size given.
+        // SO_RCVBUFFORCE (tests run as root) is not capped by net.core.rmem_max.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&raw const bytes).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+        socket
     }
 }
 

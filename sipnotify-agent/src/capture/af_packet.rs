@@ -507,8 +507,8 @@ pub async fn read_ring(
                 pass(guard.get_inner_mut());
             }
         }
-        // Let the tasks this pass woke (the spool, delivery) run: they wait in this worker's
-        // LIFO slot, which the other worker cannot steal.
+        // Let the tasks this pass woke (the spool, delivery) run before the next block: on
+        // the runtime's one thread they wait until the reader gives way.
         tokio::task::yield_now().await;
     }
     pass(socket.get_mut());

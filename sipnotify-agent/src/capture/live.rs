@@ -18,7 +18,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -217,10 +217,12 @@ const PASS: usize = 1024;
 ///
 /// Idle, the reader waits on the ring's readiness with no timer: the program submits without
 /// `BPF_RB_NO_WAKEUP`, so the kernel notifies when a record lands in a ring the reader has
-/// caught up with. Busy, it drains and then sleeps `poll` without listening, as long as each
-/// pass finds records: reacting to every such notification would wake the reader for nearly
-/// every record (capture capped near 0.4 M/s), while a pass every `poll` takes all that came.
-/// A pass that finds nothing sends it back to waiting.
+/// caught up with. While notifications come less than `poll` apart, it drains and then
+/// sleeps `poll` without listening, as long as each pass finds records: reacting to every
+/// notification would wake the reader for nearly every record (capture capped near
+/// 0.4 M/s), while a pass every `poll` takes all that came. Slower than that (100 NOTIFY/s is
+/// one every 10 ms), a timed pass after each record would only double the wake-ups, so the
+/// reader goes straight back to waiting. A pass that finds nothing does too.
 pub async fn drain_ring(
     events: RingBuf<MapData>,
     poll: Duration,
@@ -232,6 +234,7 @@ pub async fn drain_ring(
     // the timer's next millisecond, about 1.5 periods on average instead of one.
     let mut passes = tokio::time::interval(poll);
     passes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_woken: Option<Instant> = None;
     'idle: loop {
         tokio::select! {
             biased;
@@ -239,12 +242,18 @@ pub async fn drain_ring(
             // Cleared before draining, so a record landing after the pass re-arms it.
             guard = ring.readable_mut() => guard?.clear_ready(),
         }
-        passes.reset();
+        let woken = Instant::now();
+        let busy = last_woken.is_some_and(|last| woken.duration_since(last) < poll);
+        last_woken = Some(woken);
+        // Only a busy reader arms the timer: armed, it would fire (a wake-up) even unheard.
+        if busy {
+            passes.reset();
+        }
         loop {
-            match drain(ring.get_mut(), &mut on_record) {
-                Drained::Empty => continue 'idle,
-                Drained::More => tokio::task::yield_now().await,
-                Drained::Some => tokio::select! {
+            match (drain(ring.get_mut(), &mut on_record), busy) {
+                (Drained::Empty, _) | (Drained::Some, false) => continue 'idle,
+                (Drained::More, _) => tokio::task::yield_now().await,
+                (Drained::Some, true) => tokio::select! {
                     biased;
                     () = cancel.cancelled() => break 'idle,
                     _ = passes.tick() => {}
@@ -275,8 +284,8 @@ enum Drained {
 }
 
 /// Hands on at most [`PASS`] records. A flood keeps the ring full, and a reader that never
-/// returned would hold its worker thread: the tasks it wakes (the spool, delivery) wait in
-/// that worker's LIFO slot, which the other worker cannot steal.
+/// returned would hold the runtime's one thread: the tasks it wakes (the spool, delivery)
+/// would wait until the flood ends.
 fn drain(ring: &mut RingBuf<MapData>, on_record: &mut impl FnMut(&[u8])) -> Drained {
     for n in 0..PASS {
         let Some(item) = ring.next() else {

@@ -261,12 +261,16 @@ fn note_counts(spool: &Spool, seen: &mut SpoolCounts, losses: &Losses) {
     *seen = now;
 }
 
-/// Starts an `fdatasync` + watermark save on a blocking thread, if there is anything to do.
+/// Saves the watermark and starts an `fdatasync` on a blocking thread, if there is one to do.
 fn start_sync(spool: &mut Spool) -> Option<JoinHandle<()>> {
-    let job = spool.sync_job();
-    if job.is_empty() {
-        return None;
-    }
+    let job = match spool.sync_job() {
+        Ok(job) if !job.is_empty() => job,
+        Ok(_) => return None,
+        Err(error) => {
+            tracing::warn!(%error, "cannot save the spool's watermark; will retry");
+            return None;
+        }
+    };
     Some(tokio::task::spawn_blocking(move || {
         if let Err(error) = job.run() {
             tracing::warn!(%error, "cannot sync the spool to disk; will retry");
