@@ -90,7 +90,7 @@ const HELP: &[(&str, &str)] = &[
     ),
     (
         "sipnotify_notifications_total",
-        "NOTIFYs accepted (before de-duplication).",
+        "NOTIFYs accepted, each once (the copies de-dup drops are in sipnotify_dedup_hits_total).",
     ),
     (
         "sipnotify_dedup_hits_total",
