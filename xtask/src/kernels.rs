@@ -130,23 +130,14 @@ struct Report {
 /// Host side: boots every requested kernel and checks what its guest (running `agent`) reports.
 pub(crate) fn run(root: &Path, agent: &Path, args: &Args) -> Result<()> {
     let kernels = select(&args.kernels)?;
-    let agent = agent.to_path_buf();
-    ensure!(
-        agent.is_file(),
-        "{} is missing (cargo xtask build)",
-        agent.display()
-    );
-    let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
-    let cache = root.join("target/test-kernels");
-    fs::create_dir_all(&cache)?;
-    remove_stale_namespaces();
-    let busybox = static_busybox()?;
+    let host = Host::prepare(root, agent)?;
+    let cache = &host.cache;
     let started = Instant::now();
 
     // Downloads and unpacking are I/O; do them all before the CPU-bound boots.
     let mut trees = Vec::new();
     for kernel in &kernels {
-        trees.push(fetch_kernel(&cache, kernel)?);
+        trees.push(fetch_kernel(cache, kernel)?);
     }
     let jobs = args.jobs.max(1);
     let results: Vec<(usize, Result<Report>)> = thread::scope(|scope| {
@@ -160,9 +151,9 @@ pub(crate) fn run(root: &Path, agent: &Path, args: &Args) -> Result<()> {
                     break;
                 };
                 let tx = tx.clone();
-                let (cache, busybox, xtask, agent) = (&cache, &busybox, &xtask, &agent);
+                let host = &host;
                 scope.spawn(move || {
-                    let result = boot(i, kernel, tree, cache, busybox, xtask, agent);
+                    let result = boot(i, kernel, tree, host);
                     let _ = tx.send((i, result));
                 });
                 running += 1;
@@ -214,7 +205,98 @@ pub(crate) fn run(root: &Path, agent: &Path, args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn select(names: &[String]) -> Result<Vec<&'static Kernel>> {
+/// What every matrix boot needs from the host: the kernel cache, the initramfs's busybox, and
+/// the two binaries the guest runs from the host's root (this xtask and the agent).
+pub(crate) struct Host {
+    pub(crate) cache: PathBuf,
+    busybox: PathBuf,
+    xtask: PathBuf,
+    agent: PathBuf,
+}
+
+impl Host {
+    /// Checks the agent and busybox, makes the cache, removes namespaces a killed run left.
+    pub(crate) fn prepare(root: &Path, agent: &Path) -> Result<Self> {
+        ensure!(
+            agent.is_file(),
+            "{} is missing (cargo xtask build)",
+            agent.display()
+        );
+        let xtask = std::env::current_exe().context("cannot find the xtask binary")?;
+        let cache = root.join("target/test-kernels");
+        fs::create_dir_all(cache.join("logs"))?;
+        remove_stale_namespaces();
+        Ok(Self {
+            cache,
+            busybox: static_busybox()?,
+            xtask,
+            agent: agent.to_path_buf(),
+        })
+    }
+
+    /// Boots `kernel` in VM slot `slot` with the host's root over 9p, its /init running
+    /// `xtask TASK --guest AGENT` (plus `params` as `sipnotify.KEY=VALUE` on the kernel command
+    /// line), the console logged to `logs/LOG.log`; the VM must be done by `timeout`.
+    pub(crate) fn boot(
+        &self,
+        slot: usize,
+        kernel: &Kernel,
+        tree: &Tree,
+        guest: &GuestRun<'_>,
+    ) -> Result<(Vm, Console)> {
+        let started = Instant::now();
+        let initrd = initramfs(&self.cache.join(kernel.suite), tree, &self.busybox)?;
+        let log_path = self.cache.join(format!("logs/{}.log", guest.log));
+        let mut vm = Vm::new(slot)?;
+        let mut append = format!(
+            "console=ttyS0 panic=-1 quiet sipnotify.xtask={} sipnotify.agent={} sipnotify.task={}",
+            self.xtask.display(),
+            self.agent.display(),
+            guest.task
+        );
+        for (key, value) in guest.params {
+            append.push_str(&format!(" sipnotify.{key}={value}"));
+        }
+        let mut qemu = vm
+            .qemu_command(
+                tree,
+                &initrd,
+                &append,
+                "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+            )
+            .spawn()
+            .context("cannot start qemu-system-x86_64")?;
+        let console = Console::new(&mut qemu, log_path, started + guest.timeout, guest.mark)?;
+        vm.set_qemu(qemu);
+        Ok((vm, console))
+    }
+}
+
+/// What a matrix VM's guest runs and how the host follows it (see [`Host::boot`]).
+pub(crate) struct GuestRun<'a> {
+    /// The hidden xtask subcommand the guest runs with `--guest AGENT`.
+    pub(crate) task: &'a str,
+    /// `sipnotify.KEY=VALUE` settings for the guest ([`cmdline_param`] reads them).
+    pub(crate) params: &'a [(&'a str, String)],
+    /// The console log's name under `target/test-kernels/logs/`.
+    pub(crate) log: String,
+    /// The whole boot's time limit.
+    pub(crate) timeout: Duration,
+    /// The prefix of the guest's lines for the host.
+    pub(crate) mark: &'static str,
+}
+
+/// In the guest: the value of `sipnotify.KEY=VALUE` on the kernel command line.
+pub(crate) fn cmdline_param(key: &str) -> Option<String> {
+    let cmdline = fs::read_to_string("/proc/cmdline").ok()?;
+    let prefix = format!("sipnotify.{key}=");
+    cmdline
+        .split_whitespace()
+        .find_map(|arg| arg.strip_prefix(&prefix))
+        .map(str::to_owned)
+}
+
+pub(crate) fn select(names: &[String]) -> Result<Vec<&'static Kernel>> {
     if names.is_empty() {
         return Ok(MATRIX.iter().collect());
     }
@@ -463,7 +545,8 @@ for m in /modules/*.ko; do insmod "$m" || echo "initramfs: insmod $m failed"; do
 "#;
 
 /// The VM's /init, after [`INIT_START`]: the host's root over 9p, the NIC, then the guest
-/// side of this binary in a chroot of the host's root (its libc, its agent), then power off.
+/// side of this binary (the xtask subcommand `sipnotify.task` names, with `--guest AGENT`) in a
+/// chroot of the host's root (its libc, its agent), then power off.
 const INIT: &str = r#"mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host
 for fs in proc sys dev; do mount -o bind /$fs /host/$fs; done
 mount -t tmpfs tmp /host/tmp
@@ -479,9 +562,10 @@ for a in $(cat /proc/cmdline); do
   case "$a" in
     sipnotify.xtask=*) XTASK="${a#*=}" ;;
     sipnotify.agent=*) AGENT="${a#*=}" ;;
+    sipnotify.task=*) TASK="${a#*=}" ;;
   esac
 done
-chroot /host "$XTASK" test-kernels --guest "$AGENT"
+chroot /host "$XTASK" "$TASK" --guest "$AGENT"
 echo "sipnotify-guest: exit $?"
 poweroff -f
 "#;
@@ -804,38 +888,22 @@ impl Drop for Vm {
 }
 
 /// Boots one kernel and checks its guest's reports.
-fn boot(
-    slot: usize,
-    kernel: &Kernel,
-    tree: &Tree,
-    cache: &Path,
-    busybox: &Path,
-    xtask: &Path,
-    agent: &Path,
-) -> Result<Report> {
+fn boot(slot: usize, kernel: &Kernel, tree: &Tree, host: &Host) -> Result<Report> {
     let started = Instant::now();
-    let dir = cache.join(kernel.suite);
-    let initrd = initramfs(&dir, tree, busybox)?;
-    fs::create_dir_all(cache.join("logs"))?;
-    let log_path = cache.join(format!("logs/{}.log", kernel.version));
-    let mut vm = Vm::new(slot)?;
+    let (vm, mut console) = host.boot(
+        slot,
+        kernel,
+        tree,
+        &GuestRun {
+            task: "test-kernels",
+            params: &[],
+            log: kernel.version.to_owned(),
+            timeout: VM_TIMEOUT,
+            mark: MARK,
+        },
+    )?;
     let socket = vm.socket()?;
-    let append = format!(
-        "console=ttyS0 panic=-1 quiet sipnotify.xtask={} sipnotify.agent={}",
-        xtask.display(),
-        agent.display()
-    );
-    let mut qemu = vm
-        .qemu_command(
-            tree,
-            &initrd,
-            &append,
-            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        )
-        .spawn()
-        .context("cannot start qemu-system-x86_64")?;
-    let mut console = Console::new(&mut qemu, log_path.clone(), started + VM_TIMEOUT, MARK)?;
-    vm.qemu = Some(qemu);
+    let log_path = console.log_path().to_path_buf();
 
     let mut release = String::new();
     let mut doctor = None;
@@ -947,6 +1015,11 @@ impl Console {
             deadline,
             mark,
         })
+    }
+
+    /// Where the console is logged.
+    pub(crate) fn log_path(&self) -> &Path {
+        &self.log_path
     }
 
     /// The next event (the text after the mark), `None` once the VM has exited; an error at
@@ -1152,72 +1225,9 @@ fn guest_mode(
     sockets: &[UdpSocket],
     listener: &TcpListener,
 ) -> Result<String> {
-    let mut child = Command::new(agent)
-        .args(["run", "--iface", "eth0", "--port", &SIP_PORT.to_string()])
-        .args(["--stdout", "--no-bridge", "--metrics-listen", "off"])
-        .args(flags)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot start the agent")?;
-    let guard = KillOnDrop(child.id());
-    let stdout = child.stdout.take().context("agent stdout")?;
-    let stderr = child.stderr.take().context("agent stderr")?;
-    let (log_tx, log_rx) = mpsc::channel::<String>();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if log_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let (out_tx, out_rx) = mpsc::channel::<String>();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if out_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-
-    // Capturing: the agent logs "capturing" once every interface is open; before that, on the
-    // XDP path, the XDP mode and the copy path it chose.
-    let mut log = Vec::new();
-    let mut attached = String::new();
-    loop {
-        match log_rx.recv_timeout(GUEST_WAIT) {
-            Ok(line) => {
-                if line.contains("XDP program attached") {
-                    attached.clone_from(&line);
-                }
-                let capturing = line.contains("capturing");
-                log.push(line);
-                if capturing {
-                    break;
-                }
-            }
-            Err(_) => bail!("the agent did not start capturing: {}", log.join(" / ")),
-        }
-    }
-    let (mode, copy) = if flags.contains(&"af-packet") {
-        // No XDP copy on this path: the host checks the copy path of the XDP modes only.
-        ("af-packet", None)
-    } else {
-        let copy = ["bpf_xdp_load_bytes", "linear copy"]
-            .into_iter()
-            .find(|c| attached.contains(c))
-            .unwrap_or("unknown");
-        let mode = ["native", "generic"]
-            .into_iter()
-            .find(|m| {
-                attached.contains(&format!("mode={m}"))
-                    || attached.contains(&format!("mode=\"{m}\""))
-            })
-            .unwrap_or("unknown");
-        (mode, Some(copy))
-    };
+    let agent = GuestAgent::start(agent, flags)?;
+    let (mode, copy) = agent.attached_as(flags);
+    let attached = agent.attached_line().to_owned();
     // The SIP server side of the TCP connection: reads the stream to its end.
     let server = listener.try_clone()?;
     let (stream_tx, stream_rx) = mpsc::channel::<usize>();
@@ -1246,15 +1256,13 @@ fn guest_mode(
         .unwrap_or(0);
     let mut lines = Vec::new();
     while lines.len() < NOTIFYS + TCP_NOTIFYS && Instant::now() < deadline {
-        if let Ok(line) = out_rx.recv_timeout(Duration::from_millis(100)) {
+        if let Ok(line) = agent.out.recv_timeout(Duration::from_millis(100)) {
             lines.push(line);
         }
     }
-    drop(guard);
-    let _ = child.wait();
+    let (rest, log) = agent.stop();
     // Whatever the agent flushed on its way out counts too (and shows duplicates).
-    lines.extend(out_rx.try_iter());
-    log.extend(log_rx.try_iter());
+    lines.extend(rest);
 
     let mut problems = Vec::new();
     let mut want = expected.clone();
@@ -1317,16 +1325,134 @@ fn json_call_id(line: &str) -> Option<String> {
     Some(value.get("call_id")?.as_str()?.to_owned())
 }
 
-/// Stops the agent (SIGTERM, for a clean flush) when the check is over or has failed.
-struct KillOnDrop(u32);
+/// In the guest: the agent capturing on eth0 (`run --stdout --no-bridge`, the SIP port, and
+/// the capture flags given), stopped with SIGTERM (a clean flush and detach) by
+/// [`GuestAgent::stop`] or when dropped.
+pub(crate) struct GuestAgent {
+    child: Child,
+    /// The agent's stdout: one JSON notification a line.
+    out: mpsc::Receiver<String>,
+    log_rx: mpsc::Receiver<String>,
+    /// Its log (stderr) so far.
+    log: Vec<String>,
+    /// The log line saying how the XDP program attached (empty on AF_PACKET).
+    attached: String,
+}
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.0) {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+impl GuestAgent {
+    /// Starts the agent and waits until it logs that it is capturing.
+    pub(crate) fn start(agent: &Path, flags: &[&str]) -> Result<Self> {
+        let mut child = Command::new(agent)
+            .args(["run", "--iface", "eth0", "--port", &SIP_PORT.to_string()])
+            .args(["--stdout", "--no-bridge", "--metrics-listen", "off"])
+            .args(flags)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start the agent")?;
+        let stdout = child.stdout.take().context("agent stdout")?;
+        let stderr = child.stderr.take().context("agent stderr")?;
+        let mut agent = Self {
+            child,
+            out: lines_of(stdout),
+            log_rx: lines_of(stderr),
+            log: Vec::new(),
+            attached: String::new(),
+        };
+        // Capturing: the agent logs "capturing" once every interface is open; before that,
+        // on the XDP path, the XDP mode and the copy path it chose.
+        loop {
+            match agent.log_rx.recv_timeout(GUEST_WAIT) {
+                Ok(line) => {
+                    if line.contains("XDP program attached") {
+                        agent.attached.clone_from(&line);
+                    }
+                    let capturing = line.contains("capturing");
+                    agent.log.push(line);
+                    if capturing {
+                        return Ok(agent);
+                    }
+                }
+                Err(_) => bail!(
+                    "the agent did not start capturing: {}",
+                    agent.log.join(" / ")
+                ),
+            }
         }
     }
+
+    /// The capture mode and, on XDP, the copy path the agent logged it attached with
+    /// (`unknown` where its log did not say); `flags` are those it was started with.
+    pub(crate) fn attached_as(&self, flags: &[&str]) -> (&'static str, Option<&'static str>) {
+        if flags.contains(&"af-packet") {
+            // No XDP copy on this path: the host checks the copy path of the XDP modes only.
+            return ("af-packet", None);
+        }
+        let attached = &self.attached;
+        let copy = ["bpf_xdp_load_bytes", "linear copy"]
+            .into_iter()
+            .find(|c| attached.contains(c))
+            .unwrap_or("unknown");
+        let mode = ["native", "generic"]
+            .into_iter()
+            .find(|m| {
+                attached.contains(&format!("mode={m}"))
+                    || attached.contains(&format!("mode=\"{m}\""))
+            })
+            .unwrap_or("unknown");
+        (mode, Some(copy))
+    }
+
+    /// The agent's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The log line saying how the XDP program attached.
+    pub(crate) fn attached_line(&self) -> &str {
+        &self.attached
+    }
+
+    /// Stops the agent and waits for it: what it printed after the last read, and its log.
+    pub(crate) fn stop(mut self) -> (Vec<String>, Vec<String>) {
+        self.terminate();
+        let out = self.out.try_iter().collect();
+        let mut log = std::mem::take(&mut self.log);
+        log.extend(self.log_rx.try_iter());
+        (out, log)
+    }
+
+    fn terminate(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GuestAgent {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// The lines of `stream`, read on a thread of their own.
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 #[cfg(test)]

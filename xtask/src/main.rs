@@ -1,5 +1,5 @@
 //! Project tasks: `cargo xtask setup | build-ebpf | build | build-and-load | test | test-kernels |
-//! demo | bench | dist`.
+//! demo | bench [NAME] [KERNEL…] | dist`.
 //!
 //! Every task first runs the idempotent `setup` checks, so a fresh machine (and CI) needs no
 //! manual step. The eBPF object itself is built by `sipnotify-agent/build.rs` (aya-build), the
@@ -11,6 +11,7 @@ mod kernels;
 mod packages;
 mod setup;
 mod userland;
+mod vmtax;
 
 use std::{
     ffi::OsString,
@@ -57,10 +58,19 @@ enum Task {
     },
     /// Run the main job end to end in private network namespaces (see README).
     Demo,
-    /// Run the benchmarks and print their figures.
+    /// Run the benchmarks and print their figures (the criterion benches, then `vm-tax`:
+    /// per-packet cost of each capture path in the kernel-matrix VMs, a few minutes a kernel).
     Bench {
         /// Only benchmarks whose name contains this.
         filter: Option<String>,
+        /// For `vm-tax`: the kernels to boot (5.10, 6.1, 6.12, 7 or suite names); all when none.
+        kernels: Vec<String>,
+    },
+    /// Inside a `bench vm-tax` VM: the guest side (the VM's /init runs it).
+    #[command(hide = true)]
+    VmTaxGuest {
+        #[arg(long, value_name = "AGENT")]
+        guest: PathBuf,
     },
     /// Build the agent for glibc 2.17+ and package it: .deb, .rpm, .tar.gz in target/dist/.
     Dist {
@@ -86,6 +96,9 @@ fn run(cli: Cli) -> Result<()> {
             // Inside a test VM: no toolchain, no setup.
             return kernels::guest(agent);
         }
+    }
+    if let Task::VmTaxGuest { guest } = &cli.task {
+        return vmtax::guest(guest);
     }
     let root = workspace_root()?;
     setup::ensure()?;
@@ -125,7 +138,8 @@ fn run(cli: Cli) -> Result<()> {
                 ],
             )
         }
-        Task::Bench { filter } => bench(&root, filter.as_deref()),
+        Task::Bench { filter, kernels } => bench(&root, filter.as_deref(), &kernels),
+        Task::VmTaxGuest { .. } => bail!("vm-tax-guest runs only inside a vm-tax VM"),
         Task::TestPackages { deb } => match deb {
             Some(deb) => packages::run(&root, &deb),
             None => packages::run(&root, &dist::dist(&root)?.deb),
@@ -231,7 +245,11 @@ fn count_before(line: &str, label: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn bench(root: &Path, filter: Option<&str>) -> Result<()> {
+fn bench(root: &Path, filter: Option<&str>, kernels: &[String]) -> Result<()> {
+    let vm_tax = filter.is_none_or(|f| "vm-tax".contains(f));
+    if !kernels.is_empty() && !vm_tax {
+        bail!("kernels ({}) apply to `vm-tax` only", kernels.join(" "));
+    }
     build_release(root)?;
     let benches = [
         "xdp",
@@ -257,6 +275,11 @@ fn bench(root: &Path, filter: Option<&str>) -> Result<()> {
         }
         ran += 1;
         cargo(root, &["bench", "-p", "sipnotify-agent", "--bench", name])?;
+    }
+    // Last: boots VMs (see xtask/src/vmtax.rs).
+    if vm_tax {
+        ran += 1;
+        vmtax::run(root, &root.join("target/release/sipnotify-agent"), kernels)?;
     }
     if ran == 0 {
         bail!("no benchmark matches `{}`", filter.unwrap_or(""));

@@ -2,10 +2,11 @@
 //!
 //! `auto` takes the path that costs the host least per packet it does not capture (RTP, on a
 //! PBX), among those that can run here ([`AutoPlan`]): native XDP where the driver runs it on
-//! the frame in place (+7 ns), AF_PACKET where the driver's native XDP copies (veth) or where
-//! there is no native XDP, since generic XDP costs more than AF_PACKET's classic filter
-//! (+316 ns against about nothing, `benches/capture.rs` on veth). Generic XDP is the last
-//! resort. Within that order the choice is made by trying: only the reasons that make XDP
+//! the frame in place (the program: +4 to +5 ns in `BPF_PROG_TEST_RUN`; on virtio_net no dearer than
+//! AF_PACKET within the noise of `cargo xtask bench vm-tax`), AF_PACKET where the driver's
+//! native XDP copies (veth) or where there is no native XDP, since generic XDP costs more than
+//! AF_PACKET's classic filter (+316 ns against about nothing, `benches/capture.rs` on veth).
+//! Generic XDP is the last resort. Within that order the choice is made by trying: only the reasons that make XDP
 //! impossible here (a kernel that lacks a feature, an interface held by another XDP program,
 //! BPF loading not permitted, a build without the program) fall back to AF_PACKET, with that
 //! reason logged once. A bad interface name stays a configuration error.
@@ -92,6 +93,9 @@ pub fn fallback_reason(err: &LoadError) -> Option<String> {
 /// buffers the stack already built, reallocating those without XDP's headroom (every frame
 /// from a local sender). Measured there (`benches/capture.rs`, RTP-like traffic to an
 /// unwatched port): +341 ns per packet, where AF_PACKET's classic filter costs about nothing.
+/// virtio_net is not here: in the kernel-matrix VMs (`cargo xtask bench vm-tax`, TCG guests
+/// on Linux 6.1 and 6.12, guest CPU per datagram to an unwatched port) its native XDP cost no
+/// more than AF_PACKET within the noise of the measurement (README, "What the agent costs").
 const NATIVE_XDP_COPIES: &[&str] = &["veth"];
 
 /// Why `auto` takes AF_PACKET where the driver's native XDP copies.
@@ -99,8 +103,10 @@ const COPIES_WHY: &str = "native XDP copies every frame on this driver (+341 ns 
     other traffic measured on veth) while AF_PACKET's filter costs about nothing";
 /// Why `auto` tries native XDP first (and what it takes where the driver has none).
 const NATIVE_WHY: &str = "native XDP where the driver runs it, before any socket buffer exists \
-    (+7 ns per packet of other traffic); where it has none, AF_PACKET, since generic XDP costs \
-    more per packet than AF_PACKET (+316 ns against about nothing, measured on veth)";
+    (the program: +4 to +5 ns per packet of other traffic in BPF_PROG_TEST_RUN; on virtio_net in the \
+    kernel-matrix VMs no dearer than AF_PACKET within the noise); where it has none, AF_PACKET, \
+    since generic XDP costs more per packet than AF_PACKET (+316 ns against about nothing, \
+    measured on veth)";
 /// Why `auto` takes AF_PACKET rather than generic XDP where native XDP cannot run.
 const GENERIC_WHY: &str = "generic XDP costs more per packet of other traffic than AF_PACKET \
     (+316 ns against about nothing, measured on veth)";
